@@ -1,0 +1,25 @@
+"""Federated algorithms behind one protocol (DESIGN.md section 4).
+
+``ALGORITHMS`` maps the config's ``federation.algorithm`` to ``"module:Class"``; classes are imported
+only when a run needs them, so config validation stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["ALGORITHMS", "get_algorithm"]
+
+ALGORITHMS: dict[str, str] = {
+    "fedamole": "fedamole.algorithms.fedamole:FedAMoLE",
+}
+
+
+def get_algorithm(name: str) -> type:
+    """Import and return the algorithm class registered under ``name``."""
+    try:
+        target = ALGORITHMS[name]
+    except KeyError:
+        raise KeyError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

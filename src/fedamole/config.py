@@ -1,0 +1,351 @@
+"""Typed, frozen, validated configuration tree.
+
+A run is configured by ``configs/defaults.toml`` (every field, documented) overlaid with an experiment's
+TOML diff and dotted ``key=value`` overrides from the command line. :func:`load` merges the three,
+validates types *and* cross-field feasibility (SPEC.md section 10 item 11), and reports every error at
+once as a :class:`ConfigError`, each line naming the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "CONFIG_DIR",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "FederationConfig",
+    "MoLEConfig",
+    "ModelConfig",
+    "PartitionConfig",
+    "RunConfig",
+    "TrainConfig",
+    "dump",
+    "feasibility_errors",
+    "load",
+    "parse_overrides",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(_Section):
+    """The backbone (SPEC.md 5.1)."""
+
+    name: str = "embedded:smollm2-135m-instruct"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    max_length: int = Field(1024, ge=8)
+
+
+class MoLEConfig(_Section):
+    """The HMoLE layer and its expert pool (SPEC.md 2 and 3.5)."""
+
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    num_experts: int = Field(30, ge=1)
+    clients_per_expert: int = Field(2, ge=1)
+    min_experts_per_client: int = Field(2, ge=1)
+    max_experts_per_client: int = Field(8, ge=1)
+    top_k: int = Field(2, ge=1)
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    balance_coef: float = Field(0.001, ge=0)
+    shared_expert: bool = True
+    router: Literal["expert_embedding", "linear"] = "expert_embedding"
+    adapter_dtype: Literal["float32", "base"] = "float32"
+
+
+class DataConfig(_Section):
+    """Which dataset, where from, and the per-client split ratios and caps (SPEC.md 5.2, 5.6)."""
+
+    dataset: Literal["synthetic", "snli", "dolly", "natural_instructions", "local"] = "synthetic"
+    path: str | None = None
+    num_examples: int = Field(2000, ge=1)
+    num_tasks: int = Field(100, ge=1)
+    families: tuple[str, ...] = ()
+    embedding_ratio: float = Field(0.05, ge=0, lt=1)
+    eval_ratio: float = Field(0.1, ge=0, lt=1)
+    test_ratio: float = Field(0.1, ge=0, lt=1)
+    embedding_cap: int = Field(200, ge=0)
+    eval_cap: int = Field(200, ge=0)
+    test_cap: int | None = Field(None, ge=1)
+
+
+class PartitionConfig(_Section):
+    """How examples are spread over clients (SPEC.md 5.5)."""
+
+    kind: Literal["iid", "dirichlet", "task"] = "dirichlet"
+    alpha: float = 1.0
+    tasks_per_client: int = Field(1, ge=1)
+    min_size: int = Field(10, ge=1)
+    seed: int | None = None
+
+
+class FederationConfig(_Section):
+    """The federated protocol (SPEC.md 1, 3.6, 3.7, 4)."""
+
+    algorithm: str = "fedamole"
+    num_clients: int = Field(10, ge=1)
+    rounds: int = Field(30, ge=1)
+    assignment: Literal["rsea", "static", "random", "homogeneous"] = "rsea"
+    weighting: Literal["uniform", "examples"] = "uniform"
+    privacy: bool = False
+    privacy_eta: float = Field(100.0, gt=0)
+    fail_clients: tuple[tuple[int, int], ...] = ()
+
+
+class TrainConfig(_Section):
+    """Local training (SPEC.md 4)."""
+
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(1, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    lr_decay: float = Field(0.99, gt=0, le=1)
+    adam_eps: float = Field(1e-6, gt=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    """Evaluation (SPEC.md 5.7)."""
+
+    test_init: bool = True
+    timing: Literal["personalized", "global", "both"] = "personalized"
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
+    rouge_impl: Literal["rouge", "rouge-score"] = "rouge"
+
+
+class RunConfig(_Section):
+    """Run directory, seed, logging."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 42
+    checkpoint: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    """The whole configuration tree."""
+
+    model: ModelConfig = ModelConfig()
+    mole: MoLEConfig = MoLEConfig()
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    federation: FederationConfig = FederationConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists, no ``None`` values) suitable for TOML."""
+        return _drop_none(self.model_dump(mode="json"))
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with dotted overrides applied and re-validated: ``cfg.replace(**{"run.seed": 1})``."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(data, key, value)
+        return _validate(data)
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration, one per line."""
+
+    def __init__(self, errors: Sequence[str]):
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(f"{len(self.errors)} configuration error(s):\n{lines}")
+
+
+def feasibility_errors(cfg: Config) -> list[str]:
+    """Cross-field constraints that the types alone cannot express (SPEC.md 3.5 and 10.11)."""
+    m, f, errors = cfg.mole, cfg.federation, []
+    n, e, k = f.num_clients, m.num_experts, m.clients_per_expert
+    lo, hi = m.min_experts_per_client, m.max_experts_per_client
+    uses_mole = f.algorithm == "fedamole"
+    if uses_mole:
+        if k > n:
+            errors.append(
+                f"`mole.clients_per_expert` ({k}) must be <= `federation.num_clients` ({n}): "
+                "an expert cannot serve more clients than exist"
+            )
+        if lo > hi:
+            errors.append(
+                f"`mole.min_experts_per_client` ({lo}) must be <= `mole.max_experts_per_client` "
+                f"({hi})"
+            )
+        if lo * n > e * k:
+            errors.append(
+                f"infeasible assignment: min_experts_per_client*num_clients ({lo}*{n}={lo * n}) > "
+                f"num_experts*clients_per_expert ({e}*{k}={e * k}); raise `mole.num_experts` to "
+                f">= {-(-lo * n // k)} or `mole.clients_per_expert`"
+            )
+        if e * k > n * hi:
+            errors.append(
+                f"infeasible assignment: num_experts*clients_per_expert ({e}*{k}={e * k}) > "
+                f"num_clients*max_experts_per_client ({n}*{hi}={n * hi}); lower "
+                f"`mole.num_experts` to <= {n * hi // k} or raise `mole.max_experts_per_client`"
+            )
+        if m.top_k > lo:
+            errors.append(
+                f"`mole.top_k` ({m.top_k}) must be <= `mole.min_experts_per_client` ({lo}), "
+                "or a client with the fewest experts cannot route"
+            )
+        if f.assignment == "homogeneous" and (e * k) // n < max(lo, m.top_k):
+            errors.append(
+                f"homogeneous assignment gives floor(E*k_c/N) = {(e * k) // n} experts per client, "
+                f"fewer than `mole.top_k` ({m.top_k}); raise `mole.num_experts`"
+            )
+    if m.dropout >= 1:
+        errors.append(f"`mole.dropout` ({m.dropout}) must be < 1")
+    if cfg.data.eval_ratio + cfg.data.test_ratio >= 1:
+        errors.append(
+            f"`data.eval_ratio` + `data.test_ratio` ({cfg.data.eval_ratio} + "
+            f"{cfg.data.test_ratio}) must be < 1"
+        )
+    if cfg.data.dataset == "local" and not cfg.data.path:
+        errors.append("`data.path` is required when `data.dataset` = 'local'")
+    if cfg.partition.kind == "dirichlet" and cfg.partition.alpha <= 0:
+        errors.append(f"`partition.alpha` ({cfg.partition.alpha}) must be > 0 for Dirichlet")
+    mb = cfg.train.micro_batch_size
+    if mb is not None and cfg.train.batch_size % mb:
+        errors.append(
+            f"`train.batch_size` ({cfg.train.batch_size}) must be a multiple of "
+            f"`train.micro_batch_size` ({mb})"
+        )
+    for rnd, client in f.fail_clients:
+        if not (0 <= client < n) or not (0 <= rnd <= f.rounds):
+            errors.append(
+                f"`federation.fail_clients` entry ({rnd}, {client}) is out of range: "
+                f"rounds 0..{f.rounds}, clients 0..{n - 1}"
+            )
+    from fedamole.algorithms import ALGORITHMS  # late import: algorithms import config
+
+    if f.algorithm not in ALGORITHMS:
+        errors.append(
+            f"`federation.algorithm` ({f.algorithm!r}) is unknown; choose one of {sorted(ALGORITHMS)}"
+        )
+    return errors
+
+
+def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load defaults, overlay a TOML file and ``key=value`` overrides, validate everything.
+
+    Args:
+        path: an experiment TOML (a diff over the defaults), or ``None`` for the defaults alone.
+        overrides: dotted assignments such as ``"mole.num_experts=3"``; values are parsed as TOML
+            (``1e-4``, ``true``, ``["q_proj"]``) and fall back to plain strings.
+
+    Raises:
+        ConfigError: every type, range and feasibility error at once.
+        FileNotFoundError: the file does not exist.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(Path(path))
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(data, key, value)
+    return _validate(data)
+
+
+def dump(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as TOML."""
+    Path(path).write_text(tomli_w.dumps(cfg.to_dict()))
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings into a ``{dotted_key: value}`` dict."""
+    out: dict[str, Any] = {}
+    bad = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or "." not in key:
+            bad.append(f"override {item!r} must look like `section.field=value`")
+            continue
+        out[key.strip()] = _parse_value(raw.strip())
+    if bad:
+        raise ConfigError(bad)
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+    extends = data.pop("extends", None)
+    if extends is None:
+        return data
+    base = _read_toml((path.parent / extends).resolve())
+    _deep_merge(base, data)
+    return base
+
+
+def _deep_merge(base: dict[str, Any], diff: Mapping[str, Any]) -> None:
+    for key, value in diff.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError([f"override `{key}`: `{part}` is not a section"])
+    node[leaf] = value
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _validate(data: dict[str, Any]) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_pydantic(err) for err in exc.errors()]) from None
+    errors = feasibility_errors(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _format_pydantic(err: Mapping[str, Any]) -> str:
+    field = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section = ".".join(str(p) for p in err["loc"][:-1]) or "top level"
+        return f"`{field}` is not a known field (in {section}); check the spelling in defaults.toml"
+    value = err.get("input")
+    return f"`{field}` = {value!r}: {err['msg']}"

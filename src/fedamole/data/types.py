@@ -1,0 +1,52 @@
+"""The record every dataset is converted to, and the per-client bundle of splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ClientData", "Example", "FederatedData"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction example, already rendered to its prompt (SPEC.md 5.3).
+
+    Attributes:
+        prompt: the full source text fed to the model (template applied).
+        response: the target text, without EOS (collation appends it).
+        category: the class used for heterogeneity (NLI label, Dolly category, NI task id, family).
+        choices: for answer-choice tasks, the candidate answers (``response`` is one of them);
+            empty for free-text tasks, which are scored by generation and ROUGE-L.
+        instruction / context: the raw fields, kept for reports and export.
+    """
+
+    prompt: str
+    response: str
+    category: str
+    choices: tuple[str, ...] = ()
+    instruction: str = ""
+    context: str = ""
+
+    @property
+    def is_choice(self) -> bool:
+        return len(self.choices) > 0
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's splits (SPEC.md 5.6): train, embedding ("aux"), eval and test."""
+
+    train: tuple[Example, ...]
+    embedding: tuple[Example, ...]
+    eval: tuple[Example, ...]
+    test: tuple[Example, ...]
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Every client's data plus what describes it."""
+
+    clients: tuple[ClientData, ...]
+    categories: tuple[str, ...]
+    dataset: str
+    meta: dict = field(default_factory=dict)

