@@ -8,6 +8,7 @@ once as a :class:`ConfigError`, each line naming the field, the value and the fi
 
 from __future__ import annotations
 
+import copy
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -100,7 +101,8 @@ class FederationConfig(_Section):
     algorithm: str = "fedamole"
     num_clients: int = Field(10, ge=1)
     rounds: int = Field(30, ge=1)
-    assignment: Literal["rsea", "static", "random", "homogeneous"] = "rsea"
+    assignment: Literal["rsea", "static", "random"] = "rsea"
+    homogeneous: bool = False
     weighting: Literal["uniform", "examples"] = "uniform"
     privacy: bool = False
     privacy_eta: float = Field(100.0, gt=0)
@@ -208,7 +210,7 @@ def feasibility_errors(cfg: Config) -> list[str]:
                 f"`mole.top_k` ({m.top_k}) must be <= `mole.min_experts_per_client` ({lo}), "
                 "or a client with the fewest experts cannot route"
             )
-        if f.assignment == "homogeneous" and (e * k) // n < max(lo, m.top_k):
+        if f.homogeneous and (e * k) // n < max(lo, m.top_k):
             errors.append(
                 f"homogeneous assignment gives floor(E*k_c/N) = {(e * k) // n} experts per client, "
                 f"fewer than `mole.top_k` ({m.top_k}); raise `mole.num_experts`"
@@ -335,11 +337,30 @@ def _validate(data: dict[str, Any]) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_pydantic(err) for err in exc.errors()]) from None
+        errors = [_format_pydantic(err) for err in exc.errors()]
+        # Report feasibility problems too: re-check with the bad fields reset to their defaults.
+        repaired = copy.deepcopy(data)
+        for err in exc.errors():
+            _pop_dotted(repaired, err["loc"])
+        try:
+            errors += feasibility_errors(Config.model_validate(repaired))
+        except ValidationError:
+            pass
+        raise ConfigError(errors) from None
     errors = feasibility_errors(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def _pop_dotted(data: dict[str, Any], loc: Sequence[Any]) -> None:
+    node: Any = data
+    for part in loc[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return
+        node = node[part]
+    if isinstance(node, dict):
+        node.pop(loc[-1], None)
 
 
 def _format_pydantic(err: Mapping[str, Any]) -> str:

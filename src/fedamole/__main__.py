@@ -1,0 +1,5 @@
+"""``python -m fedamole``."""
+
+from fedamole.cli import main
+
+main()

@@ -1,0 +1,215 @@
+"""Logging setup, the run directory, and the metric/communication loggers (DESIGN.md section 6).
+
+A run directory holds::
+
+    config.toml      the resolved config          env.json       versions, device, git sha, start
+    metrics.jsonl    one record per (round, client, split, metric)
+    comm.jsonl       bytes up/down per client per round, by payload kind
+    assignments/     round_NNN.json                checkpoints/   last/ (written atomically)
+    log.txt          the console log
+
+Nothing here ever deletes a run: ``overwrite`` moves the old directory aside to ``NAME.old-<time>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedamole.config import Config, dump
+
+__all__ = [
+    "JsonlLogger",
+    "MetricLogger",
+    "RunDir",
+    "RunDirError",
+    "environment",
+    "read_jsonl",
+    "setup_logging",
+]
+
+_PACKAGES = ("fedamole", "torch", "transformers", "peft", "numpy", "scipy", "safetensors", "flwr")
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (exists, missing, or mismatched)."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def env(self) -> Path:
+        return self.path / "env.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def comm(self) -> Path:
+        return self.path / "comm.jsonl"
+
+    @property
+    def assignments(self) -> Path:
+        return self.path / "assignments"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "log.txt"
+
+    @classmethod
+    def prepare(
+        cls, cfg: Config, path: Path, *, resume: bool = False, overwrite: bool = False
+    ) -> RunDir:
+        """Create (or reopen with ``resume``) a run directory and write config and environment.
+
+        Raises:
+            RunDirError: the directory exists and neither ``resume`` nor ``overwrite`` was given, or
+                ``resume`` was given for a directory that does not exist.
+        """
+        run = cls(path)
+        if resume:
+            if not run.config.exists():
+                raise RunDirError(f"cannot resume: {path} has no config.toml (start it without --resume)")
+            return run
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise RunDirError(
+                    f"run directory {path} already exists; pass --resume to continue it, "
+                    "--overwrite to move it aside and start again, or --run-dir for another one"
+                )
+            backup = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(backup)
+            logging.getLogger(__name__).warning("moved the existing %s to %s", path, backup)
+        path.mkdir(parents=True, exist_ok=True)
+        run.assignments.mkdir(exist_ok=True)
+        dump(cfg, run.config)
+        run.env.write_text(json.dumps(environment(), indent=2) + "\n")
+        return run
+
+
+def environment() -> dict[str, Any]:
+    """Package versions, device, git sha and start time, for ``env.json``."""
+    import torch
+
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "start": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "cuda": torch.cuda.is_available(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_sha": _git_sha(),
+        "argv": sys.argv,
+    }
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def setup_logging(level: str = "INFO", log_file: Path | None = None) -> None:
+    """Console logging plus an optional file (appended, so a resumed run keeps its history)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_fedamole", False):
+            root.removeHandler(handler)
+            handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler._fedamole = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class MetricLogger(Protocol):
+    """Where metrics go. The default writes JSON lines; others (TensorBoard) may follow."""
+
+    def log(self, record: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """Append one JSON object per line, flushed after each record."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        self._fh.write(json.dumps(record, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def truncate_after(self, round_idx: int) -> None:
+        """Drop records of rounds after ``round_idx`` (used on resume)."""
+        self._fh.close()
+        kept = [r for r in read_jsonl(self.path) if r.get("round", -1) <= round_idx]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        tmp.replace(self.path)
+        self._fh = self.path.open("a", encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; a malformed line raises with the file and line number."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
