@@ -67,7 +67,7 @@ def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
 def run(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    engine: Annotated[str, typer.Option(help="`embedded` (one process) or `flower`.")] = "embedded",
+    engine: Annotated[str, typer.Option(help="`embedded`: every client in this process.")] = "embedded",
     run_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default: run.out_dir/run.name).")
     ] = None,
@@ -80,6 +80,7 @@ def run(
 
     Example: fedamole run configs/smoke.toml train.steps=4 --run-dir runs/try
     """
+    from fedamole.checkpoint import CheckpointError
     from fedamole.engines import run_experiment
     from fedamole.tracking import RunDirError
 
@@ -90,7 +91,7 @@ def run(
     target = run_dir or Path(cfg.run.out_dir) / cfg.run.name
     try:
         run_experiment(cfg, target, engine=engine, resume=resume, overwrite=overwrite)
-    except RunDirError as exc:
+    except (RunDirError, CheckpointError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -1,0 +1,97 @@
+"""The protocol every federated algorithm implements (DESIGN.md section 4).
+
+The server side (``setup``, ``configure_round``, ``aggregate``, ``state_dict``) keeps only server state.
+``local_update`` runs where the data is: it may use only the message, that client's
+:class:`ClientContext` (its data, the shared backbone, and a private ``state`` dict that the engine
+persists and checkpoints) and the config. Nothing else: that is what lets the Flower engine run the
+same objects as the embedded one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fedamole.config import Config
+from fedamole.data.types import ClientData
+from fedamole.federated.messages import ClientMessage, ServerMessage
+
+__all__ = ["Algorithm", "ClientContext", "RoundSummary", "client_seed"]
+
+
+@dataclass
+class ClientContext:
+    """Everything a client may use in ``local_update``.
+
+    Attributes:
+        client_id: 0-based client index.
+        data: this client's splits only.
+        model: the (shared) backbone, already prepared by :meth:`Algorithm.prepare_model`.
+        tokenizer: the backbone's tokenizer.
+        state: client-private persistent state (tensors and plain values), saved in checkpoints
+            and, on Flower, in ``context.state``.
+        cache: per-process scratch (encoded examples); never checkpointed, rebuilt on demand.
+    """
+
+    client_id: int
+    data: ClientData
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    state: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """What the server did with a round's updates."""
+
+    round: int
+    accepted: tuple[int, ...]
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Algorithm(Protocol):
+    """A federated algorithm: one object per process, server state only."""
+
+    cfg: Config
+
+    def prepare_model(self, model: PreTrainedModel) -> None:
+        """Install the algorithm's adapters on a freshly loaded backbone (once per process)."""
+
+    def setup(self, model: PreTrainedModel) -> None:
+        """Create the server state (initial global weights) from a prepared model."""
+
+    def configure_round(self, rnd: int) -> dict[int, ServerMessage]:
+        """One message per client for round ``rnd`` (0 = evaluate the initial model)."""
+
+    def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
+        """Client work for one round: load, train, evaluate, compute statistics, reply."""
+
+    def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
+        """Fold the round's (valid) updates into the server state."""
+
+    def assignment_record(self) -> dict[str, Any] | None:
+        """JSON-able description of the current architecture per client, or ``None``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server state for checkpoints (tensors and plain values)."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+def client_seed(seed: int, rnd: int, client: int) -> int:
+    """A deterministic per-(round, client) seed: dropout and sampling restart from it every round,
+    so an uninterrupted run, a resumed run and the Flower engine draw the same randomness."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, rnd, client]).generate_state(1)[0])

@@ -1,0 +1,200 @@
+"""Local training (SPEC.md section 4).
+
+- ``steps`` optimizer steps per round, each over ``batch_size`` examples, split into micro-batches
+  whose gradients are accumulated; the loss is **token-weighted** over the whole batch (the sum of
+  response-token NLLs divided by the batch's response-token count), so micro-batching never changes the
+  gradient.
+- A **fresh Adam** each round (betas, eps from config, no weight decay by default), lr constant within a
+  round: ``lr * lr_decay ** (round - 1)`` (:func:`round_lr`).
+- The training order persists across rounds: :class:`BatchStream` walks a per-epoch permutation derived
+  from ``(seed, client, epoch)`` and keeps only ``(epoch, position)`` as state, so a resumed run and the
+  Flower engine draw the same batches.
+- The load-balance term (SPEC.md 2.4) is added through the MoLE collector; each micro-batch's term is
+  weighted by its share of the batch's response tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedamole.config import TrainConfig
+from fedamole.data.collate import IGNORE_INDEX, Encoded, collate
+
+__all__ = [
+    "BatchStream",
+    "TrainResult",
+    "causal_lm_loss_sum",
+    "local_train",
+    "model_inputs",
+    "round_lr",
+]
+
+
+def round_lr(base_lr: float, decay: float, rnd: int) -> float:
+    """Learning rate of 1-based round ``rnd``: ``base_lr * decay ** (rnd - 1)``."""
+    return base_lr * decay ** max(rnd - 1, 0)
+
+
+class BatchStream:
+    """An endless, resumable stream of training batches over one client's encoded examples.
+
+    Epoch ``e`` visits the examples in ``default_rng([seed, client, e]).permutation(n)`` order; the
+    state is just ``(epoch, position)``.
+    """
+
+    def __init__(self, examples: Sequence[Encoded], *, seed: int, client: int):
+        if not examples:
+            raise ValueError(f"client {client} has no training examples; check the partition")
+        self.examples = examples
+        self.seed, self.client = seed, client
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.client, self.epoch])
+        return rng.permutation(len(self.examples))
+
+    def take(self, count: int) -> list[Encoded]:
+        """The next ``count`` examples, wrapping into a new epoch (reshuffled) when exhausted."""
+        out = []
+        for _ in range(count):
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation()
+            out.append(self.examples[int(self._order[self.position])])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation()
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Model keyword arguments for a left-padded batch, with explicit position ids.
+
+    Position ids count real tokens only (``cumsum(mask) - 1``), so a left-padded sequence is
+    processed exactly like the same sequence without padding.
+    """
+    mask = batch["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    return {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": mask,
+        "position_ids": positions,
+    }
+
+
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLLs over supervised positions, and their count.
+
+    Args:
+        logits: (B, T, V).
+        labels: (B, T) with ``IGNORE_INDEX`` where unsupervised.
+    """
+    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
+    shift_labels = labels[:, 1:].to(logits.device)  # (B, T-1)
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),  # (B*(T-1), V)
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((shift_labels != IGNORE_INDEX).sum())
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one round of local training did."""
+
+    loss: float  # token-weighted mean response NLL over the round
+    balance: float  # mean load-balance term per step (already times the coefficient)
+    tokens: int  # supervised tokens seen
+    steps: int
+
+
+BalanceContext = Callable[[], contextlib.AbstractContextManager]
+
+
+def local_train(
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    stream: BatchStream,
+    cfg: TrainConfig,
+    *,
+    lr: float,
+    pad_id: int,
+    balance: BalanceContext | None = None,
+    progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
+) -> TrainResult:
+    """Train ``params`` for ``cfg.steps`` optimizer steps with a fresh Adam.
+
+    Args:
+        model: the causal LM (adapters installed); put in train mode for the call and restored.
+        params: the trainable parameters (the only ones the optimizer sees).
+        stream: the client's persistent batch stream.
+        cfg: steps, batch and micro-batch sizes, Adam settings, optional gradient clipping.
+        lr: this round's learning rate (:func:`round_lr`).
+        pad_id: the tokenizer's pad id.
+        balance: a factory of a context manager yielding an object with ``total() -> Tensor`` (the
+            coefficient-weighted load-balance loss of the forwards run inside it), or ``None``.
+        progress: optional wrapper of the step iterator (a progress bar).
+
+    Raises:
+        FloatingPointError: the loss became NaN or infinite (the update must not be sent).
+    """
+    device = next(iter(params)).device
+    opt = torch.optim.Adam(
+        params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+    )
+    micro = cfg.micro_batch_size or cfg.batch_size
+    was_training = model.training
+    model.train()
+    total_loss, total_bal, total_tokens = 0.0, 0.0, 0
+    steps = range(cfg.steps) if progress is None else progress(iter(range(cfg.steps)))
+    try:
+        for _ in steps:
+            batch = stream.take(cfg.batch_size)
+            n_tokens = sum(sum(1 for t in ex["labels"][1:] if t != IGNORE_INDEX) for ex in batch)
+            denom = max(n_tokens, 1)
+            opt.zero_grad(set_to_none=True)
+            for start in range(0, len(batch), micro):
+                chunk = collate(batch[start : start + micro], pad_id)
+                ctx = balance() if balance is not None else contextlib.nullcontext()
+                with ctx as collector:
+                    logits = model(**model_inputs(chunk, device)).logits  # (b, T, V)
+                    nll, count = causal_lm_loss_sum(logits, chunk["labels"])
+                    loss = nll / denom
+                    if collector is not None:
+                        bal = collector.total() * (count / denom)
+                        loss = loss + bal
+                        total_bal += float(bal)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {float(loss)}; update discarded")
+                loss.backward()
+                total_loss += float(nll)
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            total_tokens += n_tokens
+    finally:
+        model.train(was_training)
+        opt.zero_grad(set_to_none=True)
+    mean = total_loss / max(total_tokens, 1)
+    return TrainResult(
+        loss=mean if total_tokens else math.nan,
+        balance=total_bal / cfg.steps,
+        tokens=total_tokens,
+        steps=cfg.steps,
+    )
