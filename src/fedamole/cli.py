@@ -32,7 +32,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-ConfigArg = Annotated[Path, typer.Argument(help="Experiment TOML (a diff over configs/defaults.toml).")]
+ConfigArg = Annotated[
+    Path, typer.Argument(help="Experiment TOML (a diff over configs/defaults.toml).")
+]
 OverridesArg = Annotated[
     list[str] | None,
     typer.Argument(help="Dotted overrides such as `mole.num_experts=15 train.lr=1e-4`."),
@@ -67,7 +69,9 @@ def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
 def run(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    engine: Annotated[str, typer.Option(help="`embedded`: every client in this process.")] = "embedded",
+    engine: Annotated[
+        str, typer.Option(help="`embedded`: every client in this process.")
+    ] = "embedded",
     run_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default: run.out_dir/run.name).")
     ] = None,
@@ -127,7 +131,9 @@ def bench(
     names = sorted(BENCHMARKS) if which == "all" else [which]
     for name in names:
         if name not in BENCHMARKS:
-            typer.echo(f"error: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}", err=True)
+            typer.echo(
+                f"error: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}", err=True
+            )
             raise typer.Exit(2)
         result = run_benchmark(name, out, quick=quick)
         typer.echo(f"# {name}: wrote {out / (name + '.json')} ({len(json.dumps(result))} bytes)")

@@ -1,20 +1,23 @@
 """Typed, frozen, validated configuration tree.
 
-A run is configured by ``configs/defaults.toml`` (every field, documented) overlaid with an experiment's
+A run is configured by ``configs/defaults.toml`` (every field, documented) overlaid with an
+experiment's
 TOML diff and dotted ``key=value`` overrides from the command line. :func:`load` merges the three,
-validates types *and* cross-field feasibility (SPEC.md section 10 item 11), and reports every error at
+validates types *and* cross-field feasibility (SPEC.md section 10 item 11), and reports every error
+at
 once as a :class:`ConfigError`, each line naming the field, the value and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
@@ -160,7 +163,7 @@ class Config(_Section):
         return _drop_none(self.model_dump(mode="json"))
 
     def replace(self, **overrides: Any) -> Config:
-        """A copy with dotted overrides applied and re-validated: ``cfg.replace(**{"run.seed": 1})``."""
+        """A re-validated copy with dotted overrides: ``cfg.replace(**{"run.seed": 1})``."""
         data = self.to_dict()
         for key, value in overrides.items():
             _set_dotted(data, key, value)
@@ -242,7 +245,8 @@ def feasibility_errors(cfg: Config) -> list[str]:
 
     if f.algorithm not in ALGORITHMS:
         errors.append(
-            f"`federation.algorithm` ({f.algorithm!r}) is unknown; choose one of {sorted(ALGORITHMS)}"
+            f"`federation.algorithm` ({f.algorithm!r}) is unknown; "
+            f"choose one of {sorted(ALGORITHMS)}"
         )
     return errors
 
@@ -342,10 +346,8 @@ def _validate(data: dict[str, Any]) -> Config:
         repaired = copy.deepcopy(data)
         for err in exc.errors():
             _pop_dotted(repaired, err["loc"])
-        try:
+        with contextlib.suppress(ValidationError):
             errors += feasibility_errors(Config.model_validate(repaired))
-        except ValidationError:
-            pass
         raise ConfigError(errors) from None
     errors = feasibility_errors(cfg)
     if errors:

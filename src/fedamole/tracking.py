@@ -92,7 +92,9 @@ class RunDir:
         run = cls(path)
         if resume:
             if not run.config.exists():
-                raise RunDirError(f"cannot resume: {path} has no config.toml (start it without --resume)")
+                raise RunDirError(
+                    f"cannot resume: {path} has no config.toml (start it without --resume)"
+                )
             return run
         if path.exists() and any(path.iterdir()):
             if not overwrite:

@@ -7,22 +7,27 @@ last known RSEA embeddings. Each round:
 1. ``configure_round``: every client gets the weights of the experts it is assigned (plus shared
    expert and token projection) whenever the bank changed since the last dispatch (round 0 and after
    every aggregation); otherwise it continues with what it holds.
-2. ``local_update`` (on the client): load, train (rounds >= 1), evaluate on the test split right after
+2. ``local_update`` (on the client): load, train (rounds >= 1), evaluate on the test split right
+after
    training (the personalized metric, SPEC.md 1), compute mean embeddings on the embedding split
    (rounds 1..R-1, RSEA only), optionally add privacy noise, upload.
-3. ``aggregate`` (rounds 1..R-1 only: nothing after the last round): per expert id, the mean over its
+3. ``aggregate`` (rounds 1..R-1 only: nothing after the last round): per expert id, the mean over
+its
    holders; shared expert and token projection over all clients (SPEC.md 3.3); then RSEA (or the
    ablation policy) computes next round's assignment.
 
 Faults: an update that fails validation (missing module, wrong shape, non-finite value) is rejected
 with a logged reason; a failed or rejected client is simply absent from the means. An expert whose
-holders all failed keeps its previous weights. For RSEA a missing client reuses its last uploaded token
+holders all failed keeps its previous weights. For RSEA a missing client reuses its last uploaded
+token
 embeddings (or, before it ever uploaded, the mean of the other clients'); an expert without fresh
 holder embeddings keeps its last ones.
 
-Ablations (config flags): ``federation.assignment = "static"`` (FedAMoLE-R: round-0 random assignment
+Ablations (config flags): ``federation.assignment = "static"`` (FedAMoLE-R: round-0 random
+assignment
 kept, no embeddings computed or sent), ``"random"`` (a fresh random assignment every round),
-``federation.homogeneous`` (every client holds floor(E*k_c/N) experts), ``mole.shared_expert = false``
+``federation.homogeneous`` (every client holds floor(E*k_c/N) experts), ``mole.shared_expert =
+false``
 (FedAMoLE-S), ``mole.router = "linear"`` (FedAMoLE-H: a learned gate vector per expert).
 """
 
@@ -159,7 +164,7 @@ class FedAMoLE:
     # ---------------------------------------------------------------------------------- client side
 
     def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
-        cfg, model, tok = self.cfg, ctx.model, ctx.tokenizer
+        cfg, model = self.cfg, ctx.model
         if msg.tensors:
             ctx.state["modules"] = unpack_modules(msg.tensors)
         if "modules" not in ctx.state:
@@ -194,7 +199,11 @@ class FedAMoLE:
             progress=ctx.cache.get("progress"),
         )
         ctx.state["stream"] = stream.state_dict()
-        return {"train/loss": result.loss, "train/balance": result.balance, "train/tokens": result.tokens}
+        return {
+            "train/loss": result.loss,
+            "train/balance": result.balance,
+            "train/tokens": result.tokens,
+        }
 
     def _evaluate(self, ctx: ClientContext) -> dict[str, float]:
         cfg, out = self.cfg, {}
@@ -206,14 +215,21 @@ class FedAMoLE:
                 out[f"test/{key}"] = float(value)
         if ctx.data.eval:
             out["eval/loss"] = mean_loss(
-                ctx.model, ctx.tokenizer, ctx.data.eval, batch_size=cfg.eval.batch_size, max_length=max_len
+                ctx.model,
+                ctx.tokenizer,
+                ctx.data.eval,
+                batch_size=cfg.eval.batch_size,
+                max_length=max_len,
             )
         return out
 
     def _stats(self, ctx: ClientContext, rnd: int) -> dict[str, Any]:
         encoded = [
             e
-            for e in (encode_train(x, ctx.tokenizer, self.cfg.model.max_length) for x in ctx.data.embedding)
+            for e in (
+                encode_train(x, ctx.tokenizer, self.cfg.model.max_length)
+                for x in ctx.data.embedding
+            )
             if e is not None
         ] or _cached_train(ctx, self.cfg)[:1]
         bs, device = self.cfg.eval.batch_size, ctx.device
@@ -292,7 +308,11 @@ class FedAMoLE:
         return out
 
     def _check_update(self, client: int, msg: ClientMessage) -> list[str]:
-        problems = [f"{k} is not finite" for k, t in msg.tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        problems = [
+            f"{k} is not finite"
+            for k, t in msg.tensors.items()
+            if t.is_floating_point() and not torch.isfinite(t).all()
+        ]
         if problems or not msg.tensors:
             return problems
         try:
@@ -306,17 +326,24 @@ class FedAMoLE:
                 problems.append(f"module {name} missing")
                 continue
             if not torch.equal(got.expert_ids, exp.expert_ids):
-                problems.append(f"{name}: expert ids {got.expert_ids.tolist()} != assigned {exp.expert_ids.tolist()}")
+                problems.append(
+                    f"{name}: expert ids {got.expert_ids.tolist()} != assigned "
+                    f"{exp.expert_ids.tolist()}"
+                )
             for field in ("lora_A", "lora_B", "shared_A", "shared_B", "token_proj", "gate"):
                 a, b = getattr(got, field), getattr(exp, field)
                 if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
-                    problems.append(f"{name}.{field}: shape {None if a is None else tuple(a.shape)} != {None if b is None else tuple(b.shape)}")
+                    problems.append(
+                        f"{name}.{field}: shape {_shape(a)} != expected {_shape(b)}"
+                    )
         return problems
 
     def _average(self, accepted: Mapping[int, ClientMessage]) -> None:
         weighted = self.cfg.federation.weighting == "examples"
         uploads = {c: unpack_modules(m.tensors) for c, m in accepted.items()}
-        weight = {c: float(m.config["num_examples"]) if weighted else 1.0 for c, m in accepted.items()}
+        weight = {
+            c: float(m.config["num_examples"]) if weighted else 1.0 for c, m in accepted.items()
+        }
         for name, bank in self.bank.items():
             states = {c: up[name] for c, up in uploads.items()}
             clients = sorted(states)
@@ -354,8 +381,13 @@ class FedAMoLE:
         missing = [c for c in range(self.num_clients) if c not in self.token_emb]
         for c in missing:  # never uploaded yet: a neutral stand-in
             self.token_emb[c] = {
-                name: torch.stack([self.token_emb[o][name] for o in uploads]).mean(0) for name in self.shapes
+                name: torch.stack([self.token_emb[o][name] for o in uploads]).mean(0)
+                for name in self.shapes
             }
+
+
+def _shape(t: torch.Tensor | None) -> tuple[int, ...] | None:
+    return None if t is None else tuple(t.shape)
 
 
 def _maybe(bank: Mapping[str, torch.Tensor], key: str) -> torch.Tensor | None:
@@ -386,7 +418,12 @@ def _stream(ctx: ClientContext, cfg: Config) -> BatchStream:
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     state = rng.bit_generator.state
-    return {"bit_generator": state["bit_generator"], "state": {k: str(v) for k, v in state["state"].items()}, "has_uint32": state["has_uint32"], "uinteger": state["uinteger"]}
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": {k: str(v) for k, v in state["state"].items()},
+        "has_uint32": state["has_uint32"],
+        "uinteger": state["uinteger"],
+    }
 
 
 def json_to_rng_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,4 +433,3 @@ def json_to_rng_state(state: Mapping[str, Any]) -> dict[str, Any]:
         "has_uint32": int(state["has_uint32"]),
         "uinteger": int(state["uinteger"]),
     }
-

@@ -2,11 +2,13 @@
 
 Training format: ``tok(prompt)`` (with the tokenizer's own special tokens, e.g. BOS) followed by
 ``tok(response)`` without special tokens and then EOS; labels are -100 over the prompt. Sequences
-longer than ``max_length`` are truncated and their last token is overwritten with EOS. Examples whose
+longer than ``max_length`` are truncated and their last token is overwritten with EOS. Examples
+whose
 prompt alone is ``>= max_length`` tokens cannot be trained on and are dropped (:func:`encode_train`
 returns ``None``; callers count and log them).
 
-Batches are left-padded: ``input_ids`` with the pad id, ``attention_mask`` with 0, ``labels`` with -100.
+Batches are left-padded: ``input_ids`` with the pad id, ``attention_mask`` with 0, ``labels`` with
+-100.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _join(
 def encode_train(
     example: Example, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> Encoded | None:
-    """``{"input_ids", "labels"}`` of one training example, or ``None`` if its prompt is too long."""
+    """``{"input_ids", "labels"}`` of one example, or ``None`` if its prompt is too long."""
     prompt_ids = encode_prompt(example.prompt, tokenizer)
     target_ids = _encode_target(example.response, tokenizer)
     return _join(prompt_ids, target_ids, tokenizer.eos_token_id, max_length)
@@ -71,7 +73,9 @@ def encode_choices(
     prompt_ids = encode_prompt(example.prompt, tokenizer)
     out = []
     for choice in example.choices:
-        enc = _join(prompt_ids, _encode_target(choice, tokenizer), tokenizer.eos_token_id, max_length)
+        enc = _join(
+            prompt_ids, _encode_target(choice, tokenizer), tokenizer.eos_token_id, max_length
+        )
         if enc is None:
             return None
         out.append(enc)

@@ -12,7 +12,12 @@ ENGINES = ("embedded",)
 
 
 def run_experiment(
-    cfg: Config, run_dir: Path, *, engine: str = "embedded", resume: bool = False, overwrite: bool = False
+    cfg: Config,
+    run_dir: Path,
+    *,
+    engine: str = "embedded",
+    resume: bool = False,
+    overwrite: bool = False,
 ):
     """Run one experiment on the chosen engine and return its :class:`RunResult`.
 

@@ -1,12 +1,14 @@
 """The embedded engine: THE round loop, every client in one process on one shared frozen backbone.
 
 Timing (SPEC.md section 1): round 0 evaluates the initial model (``eval.test_init``); every round
-``1..R`` each client loads its experts (swapped into the shared backbone in place), trains, is evaluated
+``1..R`` each client loads its experts (swapped into the shared backbone in place), trains, is
+evaluated
 right after training, and uploads; the server then aggregates and re-assigns (the algorithm decides
 what happens after the last round: FedAMoLE aggregates nothing there).
 
 After every round the engine appends to ``metrics.jsonl`` and ``comm.jsonl``, writes
-``assignments/round_NNN.json`` and an atomic checkpoint (server state, every client's private state).
+``assignments/round_NNN.json`` and an atomic checkpoint (server state, every client's private
+state).
 ``resume=True`` restores the last checkpoint, drops log records of later rounds, and continues: the
 result equals an uninterrupted run because all randomness is derived from ``(seed, round, client)``.
 
@@ -52,7 +54,9 @@ class RunResult:
 
     run_dir: Path
     rounds: int
-    first: dict[int, dict[str, float]] = field(default_factory=dict)  # client -> metrics, first round
+    first: dict[int, dict[str, float]] = field(
+        default_factory=dict
+    )  # client -> metrics, first round
     last: dict[int, dict[str, float]] = field(default_factory=dict)  # client -> metrics, last round
     bytes_up: int = 0
     bytes_down: int = 0
@@ -60,7 +64,12 @@ class RunResult:
 
 
 def run_embedded(
-    cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> RunResult:
     """Run (or resume) one experiment in this process; see the module docstring."""
     run = RunDir.prepare(cfg, run_dir, resume=resume, overwrite=overwrite)
@@ -75,7 +84,8 @@ def run_embedded(
     algo.prepare_model(model)
     algo.setup(model)
     contexts = [
-        ClientContext(c, data.clients[c], model, tokenizer) for c in range(cfg.federation.num_clients)
+        ClientContext(c, data.clients[c], model, tokenizer)
+        for c in range(cfg.federation.num_clients)
     ]
     start = 0 if cfg.eval.test_init else 1
     if resume:
@@ -132,7 +142,9 @@ def _round(
             update = algo.local_update(rnd, msg, ctx)
         except Exception as exc:  # a crashing client must not stop the federation
             failed += 1
-            log.error("round %d: client %d failed: %s: %s", rnd, ctx.client_id, type(exc).__name__, exc)
+            log.error(
+                "round %d: client %d failed: %s: %s", rnd, ctx.client_id, type(exc).__name__, exc
+            )
             log.debug("traceback", exc_info=True)
             continue
         updates[ctx.client_id] = update
@@ -140,7 +152,13 @@ def _round(
         for key, value in sorted(update.metrics.items()):
             split, _, metric = key.partition("/")
             metrics_log.log(
-                {"round": rnd, "client": ctx.client_id, "split": split, "metric": metric, "value": value}
+                {
+                    "round": rnd,
+                    "client": ctx.client_id,
+                    "split": split,
+                    "metric": metric,
+                    "value": value,
+                }
             )
         log.info("%s", _client_line(ctx.client_id, update, msg))
     summary = algo.aggregate(rnd, updates)
@@ -149,20 +167,34 @@ def _round(
             {"round": rnd, "client": client, "split": "server", "metric": "rejected", "value": 1.0}
         )
         log.warning("round %d: update of client %d rejected: %s", rnd, client, reason)
-    log.info("round %d done in %.1f s (%d failed, %d rejected)", rnd, time.perf_counter() - t0, failed, len(summary.rejected))
+    log.info(
+        "round %d done in %.1f s (%d failed, %d rejected)",
+        rnd,
+        time.perf_counter() - t0,
+        failed,
+        len(summary.rejected),
+    )
     return failed
 
 
 def _progress_bar(client: int, steps: int):
     def wrap(it: Iterator[int]) -> Iterator[int]:
-        return iter(tqdm(it, total=steps, desc=f"client {client}", leave=False, file=sys.stderr, disable=None))
+        return iter(
+            tqdm(
+                it, total=steps, desc=f"client {client}", leave=False, file=sys.stderr, disable=None
+            )
+        )
 
     return wrap
 
 
-def _log_comm(comm_log: JsonlLogger, rnd: int, client: int, direction: str, msg: ServerMessage | ClientMessage) -> None:
+def _log_comm(
+    comm_log: JsonlLogger, rnd: int, client: int, direction: str, msg: ServerMessage | ClientMessage
+) -> None:
     for kind, nbytes in sorted(msg.nbytes().items()):
-        comm_log.log({"round": rnd, "client": client, "direction": direction, "kind": kind, "bytes": nbytes})
+        comm_log.log(
+            {"round": rnd, "client": client, "direction": direction, "kind": kind, "bytes": nbytes}
+        )
 
 
 def _client_line(client: int, update: ClientMessage, msg: ServerMessage) -> str:
@@ -212,7 +244,9 @@ def summarize_run(run_dir: Path) -> RunResult:
     by_round: dict[int, dict[int, dict[str, float]]] = {}
     for rec in read_jsonl(run.metrics):
         if rec["split"] == "test":
-            by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = rec["value"]
+            by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = (
+                rec["value"]
+            )
     up = down = 0
     for rec in read_jsonl(run.comm):
         if rec["direction"] == "up":
@@ -227,7 +261,7 @@ def summarize_run(run_dir: Path) -> RunResult:
 
 
 def format_summary(result: RunResult) -> str:
-    """A readable end-of-run summary: per-client first vs last test score, bytes, where the run is."""
+    """A readable end-of-run summary: per-client first vs last score, bytes, the run's path."""
     lines = ["", "summary: test score per client (first round -> last round)"]
     for client in sorted(result.last):
         first = result.first.get(client, {}).get("score", float("nan"))
@@ -236,8 +270,12 @@ def format_summary(result: RunResult) -> str:
     if result.last:
         mean_first = _mean(r.get("score") for r in result.first.values())
         mean_last = _mean(r.get("score") for r in result.last.values())
-        lines.append(f"  mean      : {mean_first:.4f} -> {mean_last:.4f} ({mean_last - mean_first:+.4f})")
-    lines.append(f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up")
+        lines.append(
+            f"  mean      : {mean_first:.4f} -> {mean_last:.4f} ({mean_last - mean_first:+.4f})"
+        )
+    lines.append(
+        f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
+    )
     lines.append(f"run directory: {result.run_dir}")
     return "\n".join(lines)
 

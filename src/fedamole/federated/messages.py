@@ -1,6 +1,7 @@
 """Typed messages between server and clients, with exact byte counts (DESIGN.md principle 2).
 
-A message is a flat ``{key: Tensor}`` map plus small scalar ``config`` and ``metrics`` maps; that shape
+A message is a flat ``{key: Tensor}`` map plus small scalar ``config`` and ``metrics`` maps; that
+shape
 converts losslessly to any transport (Flower's ``ArrayRecord``/``ConfigRecord``/``MetricRecord``).
 Tensor keys are ``"<kind>:<module>[:<part>]"``; the kind before the first ``:`` is what
 :meth:`nbytes` groups by and what ``comm.jsonl`` reports:
@@ -16,7 +17,8 @@ embeddings  mean token (r,) and mean expert (n, r) embeddings for RSEA
 ids         global expert ids (n,) int64 (metadata, not in SPEC.md's formula)
 ========== ===============================================================
 
-Only tensor bytes are counted (``numel * element_size``); scalars in ``config``/``metrics`` are a few
+Only tensor bytes are counted (``numel * element_size``); scalars in ``config``/``metrics`` are a
+few
 bytes and transport-specific.
 """
 
@@ -117,7 +119,9 @@ def pack_stats(stats: Mapping[str, ModuleStats]) -> dict[str, torch.Tensor]:
     return out
 
 
-def unpack_stats(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def unpack_stats(
+    tensors: Mapping[str, torch.Tensor],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{module: (token (r,), experts (n, r))}`` from a message's embedding tensors."""
     out = {}
     for key in tensors:

@@ -1,0 +1,61 @@
+"""Checkpoints: round trip of nested state, atomic replacement, clear errors on corruption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedamole.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def _state(v: float):
+    return {
+        "round": 3,
+        "server": {
+            "bank": {"m.q_proj": {"A": torch.full((2, 3), v)}},
+            "assign": np.eye(3, dtype=bool),
+        },
+        "clients": {0: {"stream": {"epoch": 1, "position": 4}}, 1: {}},
+        "list": [1, "a", None, torch.arange(3)],
+    }
+
+
+def test_round_trip(tmp_path):
+    save_checkpoint(tmp_path, _state(1.5))
+    got = load_checkpoint(tmp_path)
+    assert got["round"] == 3
+    assert torch.equal(got["server"]["bank"]["m.q_proj"]["A"], torch.full((2, 3), 1.5))
+    assert got["server"]["assign"].dtype == bool and got["server"]["assign"].sum() == 3
+    assert got["clients"][0]["stream"] == {"epoch": 1, "position": 4}
+    assert got["clients"][1] == {}
+    assert got["list"][:3] == [1, "a", None] and torch.equal(got["list"][3], torch.arange(3))
+
+
+def test_save_replaces_and_falls_back_to_old(tmp_path):
+    save_checkpoint(tmp_path, _state(1.0))
+    save_checkpoint(tmp_path, _state(2.0))
+    assert load_checkpoint(tmp_path)["server"]["bank"]["m.q_proj"]["A"][0, 0] == 2.0
+    # a crash between the two renames leaves last.old only
+    (tmp_path / "last").rename(tmp_path / "last.old")
+    assert load_checkpoint(tmp_path)["server"]["bank"]["m.q_proj"]["A"][0, 0] == 2.0
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    save_checkpoint(tmp_path, _state(1.0))
+    (tmp_path / "last" / "tensors.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="tensors.safetensors is corrupt"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "last" / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="state.json is corrupt"):
+        load_checkpoint(tmp_path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="without --resume"):
+        load_checkpoint(tmp_path)
+
+
+def test_unsupported_values_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="cannot checkpoint a object"):
+        save_checkpoint(tmp_path, {"x": object()})

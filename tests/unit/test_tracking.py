@@ -1,0 +1,47 @@
+"""Run directories never lose data; JSONL logs are read back with line numbers on errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedamole.config import Config, load
+from fedamole.tracking import JsonlLogger, RunDir, RunDirError, read_jsonl
+
+
+def test_prepare_writes_config_and_env(tmp_path):
+    cfg = Config().replace(**{"run.seed": 5})
+    run = RunDir.prepare(cfg, tmp_path / "r")
+    assert load(run.config) == cfg
+    env = json.loads(run.env.read_text())
+    assert env["packages"]["torch"] and "start" in env and "git_sha" in env
+
+
+def test_existing_directory_is_never_overwritten_silently(tmp_path):
+    cfg = Config()
+    run = RunDir.prepare(cfg, tmp_path / "r")
+    (run.path / "metrics.jsonl").write_text('{"round": 0}\n')
+    with pytest.raises(RunDirError, match="--resume"):
+        RunDir.prepare(cfg, tmp_path / "r")
+    RunDir.prepare(cfg, tmp_path / "r", overwrite=True)
+    backups = [p for p in tmp_path.iterdir() if p.name.startswith("r.old-")]
+    assert len(backups) == 1 and (backups[0] / "metrics.jsonl").read_text() == '{"round": 0}\n'
+
+
+def test_resume_requires_an_existing_run(tmp_path):
+    with pytest.raises(RunDirError, match="cannot resume"):
+        RunDir.prepare(Config(), tmp_path / "missing", resume=True)
+
+
+def test_jsonl_truncate_and_malformed_line(tmp_path):
+    logger = JsonlLogger(tmp_path / "m.jsonl")
+    for rnd in range(4):
+        logger.log({"round": rnd})
+    logger.truncate_after(1)
+    logger.log({"round": 2, "again": True})
+    logger.close()
+    assert [r["round"] for r in read_jsonl(tmp_path / "m.jsonl")] == [0, 1, 2]
+    (tmp_path / "m.jsonl").write_text('{"round": 0}\n{oops\n')
+    with pytest.raises(ValueError, match=r"m.jsonl:2: not valid JSON"):
+        list(read_jsonl(tmp_path / "m.jsonl"))
