@@ -110,10 +110,15 @@ def partition(
 
     Example: fedamole partition configs/scenarios/synthetic_task.toml --plot clients.png
     """
+    from fedamole.data import DataError
     from fedamole.data.report import describe_partition
 
     cfg = _load(config, overrides)
-    typer.echo(describe_partition(cfg, plot))
+    try:
+        typer.echo(describe_partition(cfg, plot))
+    except DataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -3,9 +3,8 @@
 Training format: ``tok(prompt)`` (with the tokenizer's own special tokens, e.g. BOS) followed by
 ``tok(response)`` without special tokens and then EOS; labels are -100 over the prompt. Sequences
 longer than ``max_length`` are truncated and their last token is overwritten with EOS. Examples
-whose
-prompt alone is ``>= max_length`` tokens cannot be trained on and are dropped (:func:`encode_train`
-returns ``None``; callers count and log them).
+whose prompt alone is ``>= max_length`` tokens cannot be trained on and are dropped
+(:func:`encode_train` returns ``None``; callers count and log them).
 
 Batches are left-padded: ``input_ids`` with the pad id, ``attention_mask`` with 0, ``labels`` with
 -100.
@@ -89,6 +88,11 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long, and ``labels`` (B, T) long when
         every item has labels.
     """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    with_labels = sum("labels" in item for item in batch)
+    if with_labels not in (0, len(batch)):
+        raise ValueError(f"{with_labels} of {len(batch)} items have labels: all or none must")
     width = max(len(item["input_ids"]) for item in batch)
     ids, mask, labels = [], [], []
     for item in batch:
