@@ -129,7 +129,7 @@ class TrainResult:
     steps: int
 
 
-BalanceContext = Callable[[], contextlib.AbstractContextManager]
+BalanceContext = Callable[[torch.Tensor], contextlib.AbstractContextManager]
 
 
 def local_train(
@@ -152,8 +152,9 @@ def local_train(
         cfg: steps, batch and micro-batch sizes, Adam settings, optional gradient clipping.
         lr: this round's learning rate (:func:`round_lr`).
         pad_id: the tokenizer's pad id.
-        balance: a factory of a context manager yielding an object with ``total() -> Tensor`` (the
-            coefficient-weighted load-balance loss of the forwards run inside it), or ``None``.
+        balance: a factory, called with the micro-batch's attention mask (B, T), of a context
+            manager yielding an object with ``total() -> Tensor`` (the coefficient-weighted
+            load-balance loss of the forwards run inside it), or ``None``.
         progress: optional wrapper of the step iterator (a progress bar).
 
     Raises:
@@ -176,19 +177,24 @@ def local_train(
             opt.zero_grad(set_to_none=True)
             for start in range(0, len(batch), micro):
                 chunk = collate(batch[start : start + micro], pad_id)
-                ctx = balance() if balance is not None else contextlib.nullcontext()
+                inputs = model_inputs(chunk, device)
+                ctx = (
+                    balance(inputs["attention_mask"])
+                    if balance is not None
+                    else contextlib.nullcontext()
+                )
                 with ctx as collector:
-                    logits = model(**model_inputs(chunk, device)).logits  # (b, T, V)
+                    logits = model(**inputs).logits  # (b, T, V)
                     nll, count = causal_lm_loss_sum(logits, chunk["labels"])
                     loss = nll / denom
                     if collector is not None:
                         bal = collector.total() * (count / denom)
                         loss = loss + bal
-                        total_bal += float(bal)
+                        total_bal += float(bal.detach())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss is {float(loss)}; update discarded")
                 loss.backward()
-                total_loss += float(nll)
+                total_loss += float(nll.detach())
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

@@ -46,7 +46,13 @@ from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
 from fedamole.evaluation import evaluate_examples, mean_loss
 from fedamole.federated.aggregation import average_tensors
-from fedamole.federated.assignment import Assignment, affinity, random_assignment, solve_assignment
+from fedamole.federated.assignment import (
+    Assignment,
+    affinity,
+    homogeneous_bounds,
+    random_assignment,
+    solve_assignment,
+)
 from fedamole.federated.messages import (
     ClientMessage,
     ServerMessage,
@@ -61,7 +67,7 @@ from fedamole.mole import (
     balance_loss,
     embedding_stats,
     get_mole_state,
-    init_module_experts,
+    init_module_state,
     inject_mole,
     mole_modules,
     mole_parameters,
@@ -101,7 +107,13 @@ class FedAMoLE:
         for name, layer in mole_modules(model).items():
             d_in, d_out = layer.base_layer.in_features, layer.base_layer.out_features
             self.shapes[name] = (d_in, d_out)
-            self.bank[name] = init_module_experts(d_in, d_out, m, generator=gen)
+            init = init_module_state(d_in, d_out, m, generator=gen)
+            bank = {"A": init.lora_A, "B": init.lora_B, "token_proj": init.token_proj}
+            if init.shared_A is not None:
+                bank["shared_A"], bank["shared_B"] = init.shared_A, init.shared_B
+            if init.gate is not None:
+                bank["gate"] = init.gate
+            self.bank[name] = bank
             self.expert_emb[name] = torch.zeros(m.num_experts, m.rank)
         self.assignment = {name: self._random(name) for name in self.shapes}
 
@@ -165,20 +177,20 @@ class FedAMoLE:
 
     def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
         cfg, model = self.cfg, ctx.model
-        if msg.tensors:
-            ctx.state["modules"] = unpack_modules(msg.tensors)
+        if msg.tensors:  # packed module states (see federated.messages)
+            ctx.state["modules"] = dict(msg.tensors)
         if "modules" not in ctx.state:
             raise RuntimeError(f"client {ctx.client_id} holds no experts and none were sent")
-        set_mole_state(model, ctx.state["modules"])
+        set_mole_state(model, unpack_modules(ctx.state["modules"]))
         torch.manual_seed(client_seed(cfg.run.seed, rnd, ctx.client_id))
         metrics: dict[str, float] = {}
         if msg.config["train"]:
             metrics.update(self._train(ctx, float(msg.config["lr"])))
-        ctx.state["modules"] = get_mole_state(model)
+        ctx.state["modules"] = pack_modules(get_mole_state(model))
         metrics.update(self._evaluate(ctx))
         tensors: dict[str, torch.Tensor] = {}
         if msg.config["upload"]:
-            tensors.update(pack_modules(ctx.state["modules"]))
+            tensors.update(ctx.state["modules"])
         if msg.config["stats"]:
             tensors.update(pack_stats(self._stats(ctx, rnd)))
         config = {"num_examples": len(ctx.data.train)}
@@ -195,7 +207,9 @@ class FedAMoLE:
             cfg.train,
             lr=lr,
             pad_id=ctx.tokenizer.pad_token_id,
-            balance=(lambda: balance_loss(ctx.model, coef=coef)) if coef > 0 else None,
+            balance=(lambda mask: balance_loss(ctx.model, coef=coef, token_mask=mask))
+            if coef > 0
+            else None,
             progress=ctx.cache.get("progress"),
         )
         ctx.state["stream"] = stream.state_dict()
@@ -250,7 +264,7 @@ class FedAMoLE:
         out = {}
         for name, st in stats.items():
             vec = torch.cat([st.token[None], st.experts]).double().numpy()  # (1+n, r)
-            clip = clipper.update(vec)
+            clip = clipper.update(vec, key=name)
             noisy = privatize(vec, eta=self.cfg.federation.privacy_eta, rng=rng, clip_norm=clip)
             noisy_t = torch.from_numpy(noisy).to(st.token.dtype)
             out[name] = type(st)(**{**st.__dict__, "token": noisy_t[0], "experts": noisy_t[1:]})
@@ -274,8 +288,7 @@ class FedAMoLE:
     def _bounds(self) -> tuple[int, int]:
         m = self.cfg.mole
         if self.cfg.federation.homogeneous:
-            equal = m.num_experts * m.clients_per_expert // self.num_clients
-            return equal, equal
+            return homogeneous_bounds(m.num_experts, self.num_clients, m.clients_per_expert)
         return m.min_experts_per_client, m.max_experts_per_client
 
     def _next_assignment(self, name: str) -> np.ndarray:
@@ -284,6 +297,9 @@ class FedAMoLE:
             return self.assignment[name]
         if policy == "random":
             return self._random(name)
+        if len(self.token_emb) < self.num_clients:  # no client has uploaded embeddings yet
+            log.warning("no RSEA embeddings received yet; keeping the current assignment")
+            return self.assignment[name]
         tokens = torch.stack([self.token_emb[c][name] for c in range(self.num_clients)])  # (N, r)
         probs = affinity(self.expert_emb[name].double().numpy(), tokens.double().numpy())  # (E, N)
         lo, hi = self._bounds()

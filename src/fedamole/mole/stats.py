@@ -1,0 +1,142 @@
+"""Client-side RSEA statistics: mean token and expert embeddings per MoLE module (SPEC.md 3.1).
+
+Over a client's embedding set, in eval mode (no dropout) and without gradients, each module keeps
+the running token-weighted mean of its input ``x_bar`` (padding excluded through the attention mask;
+the reference uses batch size 1, so it has none). Because the embeddings are linear in ``x``::
+
+    mean token embedding    q_bar   = W_tok x_bar      (r,)
+    mean expert embeddings  h_bar_e = A_e x_bar        (n, r), one row per held expert
+
+The inputs are read by forward pre-hooks on our own :class:`MoLELinear` modules, installed and
+removed by a context manager. The shared expert's zero placeholder row (SPEC.md 3.1) belongs to the
+upload message, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fedamole.mole.layer import MoLELinear, mole_modules
+
+__all__ = ["ModuleStats", "embedding_stats"]
+
+
+@dataclass(frozen=True)
+class ModuleStats:
+    """RSEA statistics of one module (float32, CPU).
+
+    Attributes:
+        token: ``(r,)`` mean token embedding ``W_tok x_bar``.
+        experts: ``(n, r)`` mean expert embeddings ``A_e x_bar``, rows ordered like ``expert_ids``.
+        expert_ids: ``(n,)`` global ids of the held experts.
+        num_tokens: how many (non-padding) tokens the means cover.
+    """
+
+    token: Tensor
+    experts: Tensor
+    expert_ids: Tensor
+    num_tokens: int
+
+
+def embedding_stats(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
+) -> dict[str, ModuleStats]:
+    """One no-grad eval forward per batch; mean embeddings per MoLE module (SPEC.md 3.1).
+
+    Args:
+        model: a model with MoLE layers; its train/eval mode is restored afterwards.
+        batches: mappings with ``input_ids`` ``(B, S)`` and optionally ``attention_mask``
+            ``(B, S)`` (other keys, e.g. ``labels``, are ignored).
+
+    Returns:
+        ``{module name: ModuleStats}``, sorted by name.
+
+    Raises:
+        ValueError: no MoLE layers, or no (non-padding) token was seen.
+    """
+    modules = mole_modules(model)
+    if not modules:
+        raise ValueError("the model has no MoLE layers: call inject_mole first")
+    device = next(iter(modules.values())).token_proj.weight.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _record_inputs(modules) as recorder:
+            for batch in batches:
+                mask = batch.get("attention_mask")
+                mask = None if mask is None else mask.to(device)
+                recorder.mask = mask
+                model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
+    finally:
+        model.train(was_training)
+    return {name: _stats(module, *recorder.result(name)) for name, module in modules.items()}
+
+
+class _InputRecorder:
+    """Running token-weighted sums of each module's input (float64)."""
+
+    def __init__(self) -> None:
+        self.mask: Tensor | None = None
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, name: str, x: Tensor) -> None:
+        x_flat = x.reshape(-1, x.shape[-1]).float()  # (T, d_in)
+        if self.mask is None:
+            weight = x_flat.new_ones(x_flat.shape[0])  # (T,)
+        elif self.mask.numel() != x_flat.shape[0]:
+            raise ValueError(
+                f"attention_mask has {self.mask.numel()} entries but module {name!r} received "
+                f"{x_flat.shape[0]} tokens"
+            )
+        else:
+            weight = self.mask.reshape(-1).float()  # (T,)
+        total = (weight @ x_flat).double()  # (T,) @ (T, d_in) -> (d_in,)
+        self.sums[name] = self.sums.get(name, 0) + total
+        self.counts[name] = self.counts.get(name, 0.0) + float(weight.sum())
+
+    def result(self, name: str) -> tuple[Tensor, float]:
+        count = self.counts.get(name, 0.0)
+        if count <= 0:
+            raise ValueError(
+                f"module {name!r} saw no token: pass at least one batch with a non-padding token"
+            )
+        return self.sums[name] / count, count  # (d_in,) mean input
+
+
+@contextmanager
+def _record_inputs(modules: Mapping[str, MoLELinear]) -> Iterator[_InputRecorder]:
+    recorder = _InputRecorder()
+    handles = []
+    try:
+        for name, module in modules.items():
+            hook = _pre_hook(recorder, name)
+            handles.append(module.register_forward_pre_hook(hook))
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pre_hook(recorder: _InputRecorder, name: str):
+    def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        recorder.add(name, args[0])
+
+    return hook
+
+
+def _stats(module: MoLELinear, mean_input: Tensor, count: float) -> ModuleStats:
+    x_bar = mean_input.to(module.token_proj.weight.device)  # (d_in,) float64
+    token = module.token_proj.weight.detach().double() @ x_bar  # (r, d_in) @ (d_in,) -> (r,)
+    experts = module.lora_A.detach().double() @ x_bar  # (n, r, d_in) @ (d_in,) -> (n, r)
+    return ModuleStats(
+        token=token.float().cpu(),
+        experts=experts.float().cpu(),
+        expert_ids=module.expert_ids.detach().cpu().clone(),
+        num_tokens=round(count),
+    )

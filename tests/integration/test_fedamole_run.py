@@ -1,0 +1,150 @@
+"""FedAMoLE end to end on the smoke config: files, resume, failures, rejected updates, bytes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import fedamole.engines.embedded as embedded
+from fedamole.config import load
+from fedamole.engines.embedded import run_embedded
+from fedamole.tracking import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def smoke(repo):
+    return load(repo / "configs" / "smoke.toml")
+
+
+@pytest.fixture(scope="module")
+def full_run(smoke, tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs") / "full"
+    result = run_embedded(smoke, path, progress=False)
+    return path, result
+
+
+def _metrics(path):
+    return [
+        (r["round"], r["client"], r["split"], r["metric"], r["value"])
+        for r in read_jsonl(path / "metrics.jsonl")
+    ]
+
+
+def test_run_writes_every_file(full_run, smoke):
+    path, result = full_run
+    for name in ("config.toml", "env.json", "metrics.jsonl", "comm.jsonl", "log.txt"):
+        assert (path / name).is_file(), name
+    assert (path / "checkpoints" / "last" / "tensors.safetensors").is_file()
+    rounds = smoke.federation.rounds
+    for rnd in range(rounds + 1):
+        record = json.loads((path / "assignments" / f"round_{rnd:03d}.json").read_text())
+        assert record
+    metrics = _metrics(path)
+    assert {m[0] for m in metrics} == set(range(rounds + 1))
+    assert {m[1] for m in metrics} == set(range(smoke.federation.num_clients))
+    assert any(m[2] == "test" and m[3] == "score" for m in metrics)
+    assert any(m[2] == "train" and m[3] == "loss" and m[0] == 1 for m in metrics)
+    assert result.failures == 0 and result.last
+
+
+def test_resume_after_kill_equals_uninterrupted(full_run, smoke, tmp_path, monkeypatch):
+    path, _ = full_run
+    real_round = embedded._round
+
+    def killed_in_round_2(rnd, *args, **kwargs):
+        if rnd == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_round(rnd, *args, **kwargs)
+
+    monkeypatch.setattr(embedded, "_round", killed_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_embedded(smoke, tmp_path / "r", progress=False)
+    monkeypatch.setattr(embedded, "_round", real_round)
+    run_embedded(smoke, tmp_path / "r", resume=True, progress=False)
+    assert _metrics(tmp_path / "r") == _metrics(path)
+    for rnd in range(smoke.federation.rounds + 1):
+        name = f"round_{rnd:03d}.json"
+        assert (tmp_path / "r" / "assignments" / name).read_text() == (
+            path / "assignments" / name
+        ).read_text()
+
+
+def test_resume_with_another_config_is_refused(full_run, smoke, tmp_path):
+    from fedamole.checkpoint import CheckpointError
+
+    run_embedded(smoke.replace(**{"federation.rounds": 1}), tmp_path / "r", progress=False)
+    other = smoke.replace(**{"federation.rounds": 1, "train.lr": 0.5})
+    with pytest.raises(CheckpointError, match="train.lr"):
+        run_embedded(other, tmp_path / "r", resume=True, progress=False)
+    assert (tmp_path / "r" / "metrics.jsonl").stat().st_size > 0
+
+
+def test_injected_client_failure_does_not_stop_the_run(smoke, tmp_path):
+    cfg = smoke.replace(**{"federation.fail_clients": [[1, 2]]})
+    result = run_embedded(cfg, tmp_path / "r", progress=False)
+    assert result.failures == 1
+    metrics = _metrics(tmp_path / "r")
+    assert not [m for m in metrics if m[0] == 1 and m[1] == 2]
+    assert [m for m in metrics if m[0] == 2 and m[1] == 2]
+    assert "client 2 failed" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_comm_matches_the_byte_formula(full_run, smoke):
+    """SPEC.md section 4: down = b*sum_m[(n+1)*r*(d_in+d_out) + r*d_in]; up adds the embeddings,
+    (n+1)*r per module here (we do not send the shared expert's zero placeholder row)."""
+    path, _ = full_run
+    r, b = smoke.mole.rank, 4  # fp32 adapters
+    d = {"q_proj": (32, 32), "v_proj": (32, 16)}  # tiny llama: hidden 32, 2 KV heads of 8
+    comm = list(read_jsonl(path / "comm.jsonl"))
+    for rnd in range(1, smoke.federation.rounds + 1):
+        assignment = json.loads((path / "assignments" / f"round_{rnd - 1:03d}.json").read_text())
+        for client in range(smoke.federation.num_clients):
+            held = {m: len(per_client[client]) for m, per_client in assignment["modules"].items()}
+            weights = sum(
+                (n + 1) * r * sum(d[m.rsplit(".", 1)[-1]]) + r * d[m.rsplit(".", 1)[-1]][0]
+                for m, n in held.items()
+            )
+            emb = sum((n + 1) * r for n in held.values())
+            recs = [c for c in comm if c["round"] == rnd and c["client"] == client]
+            up = sum(c["bytes"] for c in recs if c["direction"] == "up" and c["kind"] != "ids")
+            down = sum(c["bytes"] for c in recs if c["direction"] == "down" and c["kind"] != "ids")
+            if rnd < smoke.federation.rounds:
+                assert up == b * (weights + emb)
+            else:
+                assert up == 0  # nothing is aggregated after the last round
+            if rnd == 1:
+                assert down == 0  # round 0 already delivered the weights
+            else:
+                assert down == b * weights
+
+
+def test_nan_update_is_rejected_and_not_averaged(smoke):
+    from fedamole.algorithms.fedamole import FedAMoLE
+    from fedamole.federated.messages import ClientMessage, pack_modules
+    from fedamole.models import load_model_and_tokenizer
+
+    cfg = smoke.replace(**{"federation.rounds": 3})
+    model, _ = load_model_and_tokenizer(cfg.model.name, dtype="float32", device="cpu")
+    algo = FedAMoLE(cfg)
+    algo.prepare_model(model)
+    algo.setup(model)
+    before = {k: v.clone() for k, v in next(iter(algo.bank.values())).items()}
+    updates = {}
+    for c in range(cfg.federation.num_clients):
+        tensors = pack_modules(algo._client_modules(c))
+        tensors = {k: v + 1.0 if v.is_floating_point() else v for k, v in tensors.items()}
+        if c == 0:
+            key = next(k for k in tensors if k.startswith("experts:"))
+            tensors[key] = tensors[key].clone()
+            tensors[key].view(-1)[0] = float("nan")
+        updates[c] = ClientMessage(1, c, tensors, {"num_examples": 10}, {})
+    summary = algo.aggregate(1, updates)
+    assert 0 in summary.rejected and "not finite" in summary.rejected[0]
+    assert set(summary.accepted) == {1, 2}
+    bank = next(iter(algo.bank.values()))
+    torch.testing.assert_close(bank["token_proj"], before["token_proj"] + 1.0)
+    assert all(torch.isfinite(t).all() for t in bank.values())
+    assert np.all([a.sum(1).min() >= 2 for a in algo.assignment.values()])
