@@ -1,11 +1,9 @@
 """Checkpoints: nested state (tensors, arrays, plain values) as safetensors + a JSON manifest.
 
 Layout: ``checkpoints/last/{tensors.safetensors, state.json}``. A save writes ``last.tmp/``
-completely
-(``state.json`` last, with ``"complete": true``), then swaps it in with two renames; a crash between
-them leaves ``last.old/``, which :func:`load_checkpoint` falls back to. A checkpoint is therefore
-always
-either the previous round's or this round's, never a mixture.
+completely (``state.json`` last, with ``"complete": true``), then swaps it in with two renames; a
+crash between them leaves ``last.old/``, which :func:`load_checkpoint` falls back to. A checkpoint
+is therefore always either the previous round's or this round's, never a mixture.
 
 Tensors and numpy arrays anywhere in the nested state are stored in the safetensors file under their
 path (``server/bank/layers.0.q_proj/A``); everything else must be JSON-serialisable.

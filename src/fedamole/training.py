@@ -3,19 +3,14 @@
 - ``steps`` optimizer steps per round, each over ``batch_size`` examples, split into micro-batches
   whose gradients are accumulated; the loss is **token-weighted** over the whole batch (the sum of
   response-token NLLs divided by the batch's response-token count), so micro-batching never changes
-  the
-  gradient.
+  the gradient.
 - A **fresh Adam** each round (betas, eps from config, no weight decay by default), lr constant
-within a
-  round: ``lr * lr_decay ** (round - 1)`` (:func:`round_lr`).
+  within a round: ``lr * lr_decay ** (round - 1)`` (:func:`round_lr`).
 - The training order persists across rounds: :class:`BatchStream` walks a per-epoch permutation
-derived
-  from ``(seed, client, epoch)`` and keeps only ``(epoch, position)`` as state, so a resumed run
-  and the
-  Flower engine draw the same batches.
+  derived from ``(seed, client, epoch)`` and keeps only ``(epoch, position)`` as state, so a resumed
+  run and the Flower engine draw the same batches.
 - The load-balance term (SPEC.md 2.4) is added through the MoLE collector; each micro-batch's term
-is
-  weighted by its share of the batch's response tokens.
+  is weighted by its share of the batch's response tokens.
 """
 
 from __future__ import annotations

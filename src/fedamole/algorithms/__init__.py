@@ -1,8 +1,7 @@
 """Federated algorithms behind one protocol (DESIGN.md section 4).
 
 ``ALGORITHMS`` maps the config's ``federation.algorithm`` to ``"module:Class"``; classes are
-imported
-only when a run needs them, so config validation stays cheap.
+imported only when a run needs them, so config validation stays cheap.
 """
 
 from __future__ import annotations

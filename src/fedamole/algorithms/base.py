@@ -1,8 +1,7 @@
 """The protocol every federated algorithm implements (DESIGN.md section 4).
 
 The server side (``setup``, ``configure_round``, ``aggregate``, ``state_dict``) keeps only server
-state.
-``local_update`` runs where the data is: it may use only the message, that client's
+state. ``local_update`` runs where the data is: it may use only the message, that client's
 :class:`ClientContext` (its data, the shared backbone, and a private ``state`` dict that the engine
 persists and checkpoints) and the config. Nothing else: that is what lets the Flower engine run the
 same objects as the embedded one.

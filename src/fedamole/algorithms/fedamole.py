@@ -8,27 +8,23 @@ last known RSEA embeddings. Each round:
    expert and token projection) whenever the bank changed since the last dispatch (round 0 and after
    every aggregation); otherwise it continues with what it holds.
 2. ``local_update`` (on the client): load, train (rounds >= 1), evaluate on the test split right
-after
-   training (the personalized metric, SPEC.md 1), compute mean embeddings on the embedding split
-   (rounds 1..R-1, RSEA only), optionally add privacy noise, upload.
+   after training (the personalized metric, SPEC.md 1), compute mean embeddings on the embedding
+   split (rounds 1..R-1, RSEA only), optionally add privacy noise, upload.
 3. ``aggregate`` (rounds 1..R-1 only: nothing after the last round): per expert id, the mean over
-its
-   holders; shared expert and token projection over all clients (SPEC.md 3.3); then RSEA (or the
+   its holders; shared expert and token projection over all clients (SPEC.md 3.3); then RSEA (or the
    ablation policy) computes next round's assignment.
 
 Faults: an update that fails validation (missing module, wrong shape, non-finite value) is rejected
 with a logged reason; a failed or rejected client is simply absent from the means. An expert whose
 holders all failed keeps its previous weights. For RSEA a missing client reuses its last uploaded
-token
-embeddings (or, before it ever uploaded, the mean of the other clients'); an expert without fresh
-holder embeddings keeps its last ones.
+token embeddings (or, before it ever uploaded, the mean of the other clients'); an expert without
+fresh holder embeddings keeps its last ones.
 
 Ablations (config flags): ``federation.assignment = "static"`` (FedAMoLE-R: round-0 random
-assignment
-kept, no embeddings computed or sent), ``"random"`` (a fresh random assignment every round),
-``federation.homogeneous`` (every client holds floor(E*k_c/N) experts), ``mole.shared_expert =
-false``
-(FedAMoLE-S), ``mole.router = "linear"`` (FedAMoLE-H: a learned gate vector per expert).
+assignment kept, no embeddings computed or sent), ``"random"`` (a fresh random assignment every
+round), ``federation.homogeneous`` (every client holds about E*k_c/N experts),
+``mole.shared_expert = false`` (FedAMoLE-S), ``mole.router = "linear"`` (FedAMoLE-H: a learned gate
+vector per expert).
 """
 
 from __future__ import annotations
@@ -349,9 +345,7 @@ class FedAMoLE:
             for field in ("lora_A", "lora_B", "shared_A", "shared_B", "token_proj", "gate"):
                 a, b = getattr(got, field), getattr(exp, field)
                 if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
-                    problems.append(
-                        f"{name}.{field}: shape {_shape(a)} != expected {_shape(b)}"
-                    )
+                    problems.append(f"{name}.{field}: shape {_shape(a)} != expected {_shape(b)}")
         return problems
 
     def _average(self, accepted: Mapping[int, ClientMessage]) -> None:

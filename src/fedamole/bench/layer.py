@@ -125,14 +125,12 @@ class _SortLoopMoLE(nn.Module):
         result = m.base_layer(x)  # (..., d_out)
         x_flat = x.reshape(-1, x.shape[-1]).to(m.lora_A.dtype)  # (T, d_in)
         num_tokens, (n, rank, d_in), k = x_flat.shape[0], m.lora_A.shape, m.top_k
-        token = x_flat @ m.token_proj.weight.T  # (T, r)
-        expert = (x_flat @ m.lora_A.reshape(n * rank, d_in).T).view(
-            num_tokens, n, rank
-        )  # (T, n, r)
+        token = x_flat @ m.token_proj.weight.T  # (T, d_in) @ (d_in, r)
+        a_rows = m.lora_A.reshape(n * rank, d_in)  # (n*r, d_in)
+        expert = (x_flat @ a_rows.T).view(num_tokens, n, rank)  # (T, n, r)
         routing = route(expert_embedding_logits(expert, token), k)
-        shared = (
-            F.dropout(x_flat, m.dropout, m.training) @ m.shared_A.T @ m.shared_B.T
-        )  # (T, d_out)
+        x_shared = F.dropout(x_flat, m.dropout, m.training)  # (T, d_in)
+        shared = x_shared @ m.shared_A.T @ m.shared_B.T  # (T, d_out)
         slots = routing.indices.reshape(-1)  # (T*k,)
         order = slots.argsort()  # (T*k,)
         counts = torch.bincount(slots, minlength=n).tolist()

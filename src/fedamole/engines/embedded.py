@@ -1,16 +1,20 @@
 """The embedded engine: THE round loop, every client in one process on one shared frozen backbone.
 
-Timing (SPEC.md section 1): round 0 evaluates the initial model (``eval.test_init``); every round
+Timing (SPEC.md section 1): round 0 evaluates the initial model (``eval.test_init``); in every round
 ``1..R`` each client loads its experts (swapped into the shared backbone in place), trains, is
-evaluated
-right after training, and uploads; the server then aggregates and re-assigns (the algorithm decides
-what happens after the last round: FedAMoLE aggregates nothing there).
+evaluated right after training, and uploads; the server then aggregates and re-assigns (the
+algorithm decides what happens after the last round: FedAMoLE aggregates nothing there).
+
+Global evaluation (``eval.timing`` = ``global`` or ``both``, for the baselines' plain variants): a
+client reports metrics of the model it *received* in round ``r`` under the key prefix ``received/``;
+that model is the global model after round ``r-1``'s aggregation, so the engine logs them as split
+``test_global`` of round ``r-1``. An extra evaluation-only round ``R+1`` covers the last one.
 
 After every round the engine appends to ``metrics.jsonl`` and ``comm.jsonl``, writes
 ``assignments/round_NNN.json`` and an atomic checkpoint (server state, every client's private
-state).
-``resume=True`` restores the last checkpoint, drops log records of later rounds, and continues: the
-result equals an uninterrupted run because all randomness is derived from ``(seed, round, client)``.
+state). ``resume=True`` restores the last checkpoint, drops log records of later rounds, and
+continues: the result equals an uninterrupted run because all randomness is derived from
+``(seed, round, client)``.
 
 A client that raises is logged and left out of that round (``federation.fail_clients`` injects such
 failures for tests); the run goes on.
@@ -98,7 +102,7 @@ def run_embedded(
         comm_log.truncate_after(start - 1)
     failures = 0
     try:
-        for rnd in range(start, cfg.federation.rounds + 1):
+        for rnd in range(start, last_round(cfg) + 1):
             failures += _round(rnd, cfg, algo, contexts, metrics_log, comm_log, progress)
             _write_assignment(run, rnd, algo.assignment_record())
             if cfg.run.checkpoint:
@@ -151,9 +155,12 @@ def _round(
         _log_comm(comm_log, rnd, ctx.client_id, "up", update)
         for key, value in sorted(update.metrics.items()):
             split, _, metric = key.partition("/")
+            at = rnd
+            if split == "received":  # the model received this round = the global one of rnd-1
+                split, at = "test_global", rnd - 1
             metrics_log.log(
                 {
-                    "round": rnd,
+                    "round": at,
                     "client": ctx.client_id,
                     "split": split,
                     "metric": metric,
@@ -238,12 +245,21 @@ def _restore(run: RunDir, cfg: Config, algo: Any, contexts: list[ClientContext])
     return int(state["round"]) + 1
 
 
+def last_round(cfg: Config) -> int:
+    """The last round the engine runs: ``R``, or ``R + 1`` (evaluation only) when the global model
+    after the final aggregation must be evaluated (``eval.timing`` = ``global`` or ``both``)."""
+    rounds = cfg.federation.rounds
+    return rounds + 1 if cfg.eval.timing != "personalized" else rounds
+
+
 def summarize_run(run_dir: Path) -> RunResult:
     """First/last-round test metrics per client and total bytes, from a run directory's logs."""
     run = RunDir(run_dir)
     by_round: dict[int, dict[int, dict[str, float]]] = {}
-    for rec in read_jsonl(run.metrics):
-        if rec["split"] == "test":
+    records = list(read_jsonl(run.metrics))
+    primary = "test" if any(r["split"] == "test" for r in records) else "test_global"
+    for rec in records:
+        if rec["split"] == primary:
             by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = (
                 rec["value"]
             )

@@ -1,10 +1,9 @@
 """Typed messages between server and clients, with exact byte counts (DESIGN.md principle 2).
 
 A message is a flat ``{key: Tensor}`` map plus small scalar ``config`` and ``metrics`` maps; that
-shape
-converts losslessly to any transport (Flower's ``ArrayRecord``/``ConfigRecord``/``MetricRecord``).
-Tensor keys are ``"<kind>:<module>[:<part>]"``; the kind before the first ``:`` is what
-:meth:`nbytes` groups by and what ``comm.jsonl`` reports:
+shape converts losslessly to any transport (Flower's
+``ArrayRecord``/``ConfigRecord``/``MetricRecord``). Tensor keys are ``"<kind>:<module>[:<part>]"``;
+the kind before the first ``:`` is what :meth:`nbytes` groups by and what ``comm.jsonl`` reports:
 
 ========== ===============================================================
 kind        content
@@ -18,8 +17,7 @@ ids         global expert ids (n,) int64 (metadata, not in SPEC.md's formula)
 ========== ===============================================================
 
 Only tensor bytes are counted (``numel * element_size``); scalars in ``config``/``metrics`` are a
-few
-bytes and transport-specific.
+few bytes and transport-specific.
 """
 
 from __future__ import annotations

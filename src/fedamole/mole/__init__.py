@@ -15,7 +15,6 @@ from fedamole.mole.layer import ROUTERS, MoLELinear, mole_forward, mole_modules
 from fedamole.mole.router import (
     Routing,
     expert_embedding_logits,
-    linear_logits,
     load_balance_loss,
     route,
 )
@@ -36,7 +35,6 @@ __all__ = [
     "get_mole_state",
     "init_module_state",
     "inject_mole",
-    "linear_logits",
     "load_balance_loss",
     "mole_forward",
     "mole_modules",

@@ -6,11 +6,13 @@ Pure functions over stacked tensors (tokens flattened to ``T``), called by
 - :func:`expert_embedding_logits` is the HMoLE router of SPEC.md 2.3 step 3: no gate matrix, the
   logit of expert ``e`` is ``<A_e x, W_tok x> / sqrt(r)``, so the gate travels with the expert's
   own LoRA-A.
-- :func:`linear_logits` is the "FedAMoLE-H" ablation (SPEC.md 3.6; absent from the reference code,
-  so the definition is ours): each expert carries its own learned gate vector ``g_e`` (a row of the
-  layer's ``gate`` parameter, shape ``(n, d_in)``) and the logit is ``g_e . x``. Like the HMoLE
-  router it needs no resizing when a client holds a different subset of experts: the gate row is
-  stored, aggregated and dispatched with the expert.
+- The linear router of the "FedAMoLE-H" ablation (SPEC.md 3.6; absent from the reference code, so
+  the definition is ours): each expert carries its own learned gate vector ``g_e`` (a row of the
+  layer's ``gate`` parameter, shape ``(n, d_in)``) and the logit is ``g_e . x`` on the un-dropped
+  input (computed inside :func:`fedamole.mole.layer.mole_forward`'s fused input projection). Like
+  the HMoLE router it needs no resizing when a client holds a different subset of experts: the
+  gate row is stored, aggregated and dispatched with the expert. ``token_proj`` stays in the layer
+  (RSEA statistics use it) but gets no gradient from this router.
 - :func:`route` is softmax over the **held** experts only, top-k, renormalization (SPEC.md 2.3 step
   3, 10.1), computed as a softmax over the top-k logits (the same numbers, fewer operations). It
   runs in float32 or wider whatever the adapter dtype (the reference runs it in bf16).
@@ -29,7 +31,6 @@ from torch import Tensor
 __all__ = [
     "Routing",
     "expert_embedding_logits",
-    "linear_logits",
     "load_balance_loss",
     "route",
 ]
@@ -75,19 +76,6 @@ def expert_embedding_logits(expert_emb: Tensor, token_emb: Tensor) -> Tensor:
     rank = token_emb.shape[-1]
     logits = torch.bmm(expert_emb, token_emb.unsqueeze(-1)).squeeze(-1)  # (T, n, r) @ (T, r, 1)
     return logits / math.sqrt(rank)  # (T, n)
-
-
-def linear_logits(x: Tensor, gate: Tensor) -> Tensor:
-    """Per-expert gate-vector logits ``z[t, e] = g_e . x_t`` (the "FedAMoLE-H" router).
-
-    Args:
-        x: ``(T, d_in)`` un-dropped layer input.
-        gate: ``(n, d_in)`` one gate vector per held expert.
-
-    Returns:
-        ``(T, n)`` logits.
-    """
-    return x @ gate.T  # (T, d_in) @ (d_in, n)
 
 
 def route(logits: Tensor, top_k: int) -> Routing:
