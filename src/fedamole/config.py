@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "CONFIG_DIR",
+    "BaselinesConfig",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -96,6 +97,26 @@ class PartitionConfig(_Section):
     seed: int | None = None
 
 
+class BaselinesConfig(_Section):
+    """Settings of the baseline algorithms (SPEC.md section 6); FedAMoLE ignores them."""
+
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    prompt_tokens: int = Field(20, ge=1)
+    prompt_encoder_hidden: int = Field(1024, ge=1)
+    ptuning_reference_quirk: bool = False
+    fdlora_sync_every: int = Field(5, ge=1)
+    fdlora_outer_lr: float = Field(1.0, gt=0)
+    fdlora_outer_momentum: float = Field(0.5, ge=0, lt=1)
+    fdlora_fusion_budget: int = Field(5, ge=1)
+    fdlora_fusion_batches: int = Field(5, ge=1)
+    fdlora_fusion_l1: float = Field(0.05, ge=0)
+    fdlora_weight_decay: float = Field(0.01, ge=0)
+    feddpa_local_steps: int | None = Field(None, ge=1)
+
+
 class FederationConfig(_Section):
     """The federated protocol (SPEC.md 1, 3.6, 3.7, 4)."""
 
@@ -152,6 +173,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     federation: FederationConfig = FederationConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()

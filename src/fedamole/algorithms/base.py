@@ -64,8 +64,9 @@ class Algorithm(Protocol):
 
     cfg: Config
 
-    def prepare_model(self, model: PreTrainedModel) -> None:
-        """Install the algorithm's adapters on a freshly loaded backbone (once per process)."""
+    def prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
+        """Install the algorithm's adapters on a freshly loaded backbone (once per process) and
+        return the model clients use (the same object, or a wrapper such as a peft model)."""
 
     def setup(self, model: PreTrainedModel) -> None:
         """Create the server state (initial global weights) from a prepared model."""

@@ -94,9 +94,10 @@ class FedAMoLE:
 
     # ---------------------------------------------------------------------------------- server side
 
-    def prepare_model(self, model: PreTrainedModel) -> None:
+    def prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
         gen = torch.Generator().manual_seed(self.cfg.run.seed)
         inject_mole(model, self.cfg.mole, generator=gen)
+        return model
 
     def setup(self, model: PreTrainedModel) -> None:
         m, gen = self.cfg.mole, torch.Generator().manual_seed(self.cfg.run.seed + 1)

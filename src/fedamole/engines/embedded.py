@@ -85,7 +85,7 @@ def run_embedded(
     )
     data = load_federated_data(cfg)
     algo = get_algorithm(cfg.federation.algorithm)(cfg)
-    algo.prepare_model(model)
+    model = algo.prepare_model(model)
     algo.setup(model)
     contexts = [
         ClientContext(c, data.clients[c], model, tokenizer)
