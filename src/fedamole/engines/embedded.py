@@ -65,6 +65,7 @@ class RunResult:
     bytes_up: int = 0
     bytes_down: int = 0
     failures: int = 0
+    experts: dict[int, list[int]] = field(default_factory=dict)  # client -> experts held per module
 
 
 def run_embedded(
@@ -273,6 +274,12 @@ def summarize_run(run_dir: Path) -> RunResult:
     result = RunResult(run_dir, rounds[-1] if rounds else -1, bytes_up=up, bytes_down=down)
     if rounds:
         result.first, result.last = by_round[rounds[0]], by_round[rounds[-1]]
+    assignments = sorted(run.assignments.glob("round_*.json")) if run.assignments.is_dir() else []
+    if assignments:
+        modules = json.loads(assignments[-1].read_text())["modules"]
+        for per_client in modules.values():
+            for client, ids in enumerate(per_client):
+                result.experts.setdefault(client, []).append(len(ids))
     return result
 
 
@@ -289,6 +296,11 @@ def format_summary(result: RunResult) -> str:
         lines.append(
             f"  mean      : {mean_first:.4f} -> {mean_last:.4f} ({mean_last - mean_first:+.4f})"
         )
+    if result.experts:
+        lines.append("domain experts held per module in the last assignment (mean, min-max):")
+        for client, counts in sorted(result.experts.items()):
+            mean = sum(counts) / len(counts)
+            lines.append(f"  client {client:>3}: {mean:4.1f} ({min(counts)}-{max(counts)})")
     lines.append(
         f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
     )
