@@ -142,9 +142,91 @@ def test_nan_update_is_rejected_and_not_averaged(smoke):
             tensors[key].view(-1)[0] = float("nan")
         updates[c] = ClientMessage(1, c, tensors, {"num_examples": 10}, {})
     summary = algo.aggregate(1, updates)
-    assert 0 in summary.rejected and "not finite" in summary.rejected[0]
+    assert 0 in summary.rejected and "NaN/Inf" in summary.rejected[0]
     assert set(summary.accepted) == {1, 2}
     bank = next(iter(algo.bank.values()))
     torch.testing.assert_close(bank["token_proj"], before["token_proj"] + 1.0)
     assert all(torch.isfinite(t).all() for t in bank.values())
     assert np.all([a.sum(1).min() >= 2 for a in algo.assignment.values()])
+
+
+def _algo(cfg):
+    from fedamole.algorithms.fedamole import FedAMoLE
+    from fedamole.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(cfg.model.name, dtype="float32", device="cpu")
+    algo = FedAMoLE(cfg)
+    algo.setup(algo.prepare_model(model))
+    return algo
+
+
+def test_aggregation_matches_hand_computed_means(smoke):
+    """Each domain expert over its holders only; shared expert and token projection over all."""
+    from fedamole.federated.messages import ClientMessage, pack_modules
+
+    cfg = smoke.replace(**{"federation.rounds": 3, "federation.assignment": "static"})
+    algo = _algo(cfg)
+    name = next(iter(algo.bank))
+    holders = {e: np.flatnonzero(algo.assignment[name][e]) for e in range(cfg.mole.num_experts)}
+    updates = {}
+    for c in range(cfg.federation.num_clients):
+        tensors = pack_modules(algo._client_modules(c))
+        # client c sends every float tensor filled with the value c + 1
+        tensors = {
+            k: torch.full_like(v, c + 1.0) if v.is_floating_point() else v
+            for k, v in tensors.items()
+        }
+        updates[c] = ClientMessage(1, c, tensors, {"num_examples": 10 * (c + 1)}, {})
+    summary = algo.aggregate(1, updates)
+    assert summary.accepted == (0, 1, 2) and not summary.rejected
+    bank = algo.bank[name]
+    assert torch.all(bank["token_proj"] == 2.0)  # mean of 1, 2, 3
+    assert torch.all(bank["shared_A"] == 2.0) and torch.all(bank["shared_B"] == 2.0)
+    for e, clients in holders.items():
+        expected = float(np.mean(clients + 1.0))
+        assert torch.all(bank["A"][e] == expected), (e, clients)
+        assert torch.all(bank["B"][e] == expected)
+
+
+def test_example_weighted_aggregation(smoke):
+    from fedamole.federated.messages import ClientMessage, pack_modules
+
+    cfg = smoke.replace(
+        **{
+            "federation.rounds": 3,
+            "federation.weighting": "examples",
+            "federation.assignment": "static",
+        }
+    )
+    algo = _algo(cfg)
+    updates = {}
+    for c in range(cfg.federation.num_clients):
+        tensors = pack_modules(algo._client_modules(c))
+        tensors = {
+            k: torch.full_like(v, c + 1.0) if v.is_floating_point() else v
+            for k, v in tensors.items()
+        }
+        updates[c] = ClientMessage(1, c, tensors, {"num_examples": 10 * (c + 1)}, {})
+    algo.aggregate(1, updates)
+    bank = next(iter(algo.bank.values()))
+    # weights 10, 20, 30 on values 1, 2, 3: (10 + 40 + 90) / 60
+    torch.testing.assert_close(bank["token_proj"], torch.full_like(bank["token_proj"], 140 / 60))
+
+
+def test_misshapen_or_mistyped_update_is_rejected(smoke):
+    from fedamole.federated.messages import ClientMessage, pack_modules
+
+    cfg = smoke.replace(**{"federation.rounds": 3, "federation.assignment": "static"})
+    algo = _algo(cfg)
+    updates = {}
+    for c in range(cfg.federation.num_clients):
+        tensors = pack_modules(algo._client_modules(c))
+        key = next(k for k in tensors if k.startswith("token_proj:"))
+        if c == 1:
+            tensors[key] = tensors[key][:, :-1]
+        if c == 2:
+            tensors[key] = tensors[key].double()
+        updates[c] = ClientMessage(1, c, tensors, {"num_examples": 1}, {})
+    summary = algo.aggregate(1, updates)
+    assert summary.accepted == (0,)
+    assert "shape" in summary.rejected[1] and "dtype" in summary.rejected[2]

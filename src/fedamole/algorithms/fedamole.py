@@ -41,7 +41,13 @@ from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed
 from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
 from fedamole.evaluation import evaluate_examples, mean_loss
-from fedamole.federated.aggregation import average_tensors
+from fedamole.federated.aggregation import (
+    TensorSpec,
+    aggregate_experts,
+    aggregate_shared,
+    check_update,
+    spec_of,
+)
 from fedamole.federated.assignment import (
     Assignment,
     affinity,
@@ -321,58 +327,46 @@ class FedAMoLE:
         return out
 
     def _check_update(self, client: int, msg: ClientMessage) -> list[str]:
-        problems = [
-            f"{k} is not finite"
-            for k, t in msg.tensors.items()
-            if t.is_floating_point() and not torch.isfinite(t).all()
-        ]
-        if problems or not msg.tensors:
-            return problems
-        try:
-            states = unpack_modules(msg.tensors)
-        except KeyError as exc:
-            return [f"missing tensor {exc}"]
-        expected = self._client_modules(client)
-        for name, exp in expected.items():
-            got = states.get(name)
-            if got is None:
-                problems.append(f"module {name} missing")
-                continue
-            if not torch.equal(got.expert_ids, exp.expert_ids):
-                problems.append(
-                    f"{name}: expert ids {got.expert_ids.tolist()} != assigned "
-                    f"{exp.expert_ids.tolist()}"
-                )
-            for field in ("lora_A", "lora_B", "shared_A", "shared_B", "token_proj", "gate"):
-                a, b = getattr(got, field), getattr(exp, field)
-                if (a is None) != (b is None) or (a is not None and a.shape != b.shape):
-                    problems.append(f"{name}.{field}: shape {_shape(a)} != expected {_shape(b)}")
+        """Problems with an upload: missing/unexpected tensors, shapes, dtypes, NaN/Inf, ids."""
+        if not msg.tensors:
+            return []
+        sent = pack_modules(self._client_modules(client))
+        expected = spec_of(sent)
+        if any(k.startswith("embeddings:") for k in msg.tensors):
+            r = self.cfg.mole.rank
+            for name in self.shapes:
+                n = int(self.assignment[name][:, client].sum())
+                expected[f"embeddings:{name}:token"] = TensorSpec((r,), torch.float32)
+                expected[f"embeddings:{name}:experts"] = TensorSpec((n, r), torch.float32)
+        problems = check_update(msg.tensors, expected)
+        for key, ids in sent.items():
+            got = msg.tensors.get(key)
+            if key.startswith("ids:") and got is not None and not torch.equal(got, ids):
+                problems.append(f"{key}: {got.tolist()} are not the assigned ids {ids.tolist()}")
         return problems
 
     def _average(self, accepted: Mapping[int, ClientMessage]) -> None:
-        weighted = self.cfg.federation.weighting == "examples"
-        uploads = {c: unpack_modules(m.tensors) for c, m in accepted.items()}
-        weight = {
-            c: float(m.config["num_examples"]) if weighted else 1.0 for c, m in accepted.items()
-        }
+        """Per expert id over its holders; token projection and shared expert over all clients."""
+        uploads = {c: unpack_modules(m.tensors) for c, m in accepted.items() if m.tensors}
+        if not uploads:
+            return
+        weights = None
+        if self.cfg.federation.weighting == "examples":
+            weights = {c: float(accepted[c].config["num_examples"]) for c in uploads}
         for name, bank in self.bank.items():
             states = {c: up[name] for c, up in uploads.items()}
-            clients = sorted(states)
-            w = [weight[c] for c in clients]
-            bank["token_proj"] = average_tensors([states[c].token_proj for c in clients], w)
+            (bank["token_proj"],) = aggregate_shared(
+                {c: (st.token_proj,) for c, st in states.items()}, weights
+            )
             if "shared_A" in bank:
-                bank["shared_A"] = average_tensors([states[c].shared_A for c in clients], w)
-                bank["shared_B"] = average_tensors([states[c].shared_B for c in clients], w)
-            held: dict[int, list[tuple[int, int]]] = {}
-            for c in clients:
-                for pos, e in enumerate(states[c].expert_ids.tolist()):
-                    held.setdefault(e, []).append((c, pos))
-            for e, holders in held.items():
-                ws = [weight[c] for c, _ in holders]
-                bank["A"][e] = average_tensors([states[c].lora_A[p] for c, p in holders], ws)
-                bank["B"][e] = average_tensors([states[c].lora_B[p] for c, p in holders], ws)
+                bank["shared_A"], bank["shared_B"] = aggregate_shared(
+                    {c: (st.shared_A, st.shared_B) for c, st in states.items()}, weights
+                )
+            per_expert = {c: _expert_tensors(st) for c, st in states.items()}
+            for e, tensors in aggregate_experts(per_expert, weights).items():
+                bank["A"][e], bank["B"][e] = tensors[0], tensors[1]
                 if "gate" in bank:
-                    bank["gate"][e] = average_tensors([states[c].gate[p] for c, p in holders], ws)
+                    bank["gate"][e] = tensors[2]
 
     def _update_embeddings(self, accepted: Mapping[int, ClientMessage]) -> None:
         uploads = {c: unpack_stats(m.tensors) for c, m in accepted.items()}
@@ -397,8 +391,13 @@ class FedAMoLE:
             }
 
 
-def _shape(t: torch.Tensor | None) -> tuple[int, ...] | None:
-    return None if t is None else tuple(t.shape)
+def _expert_tensors(st: ModuleState) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Expert id -> (A, B[, gate]) of one uploaded module state."""
+    out = {}
+    for pos, e in enumerate(st.expert_ids.tolist()):
+        parts = (st.lora_A[pos], st.lora_B[pos])
+        out[int(e)] = parts if st.gate is None else (*parts, st.gate[pos])
+    return out
 
 
 def _maybe(bank: Mapping[str, torch.Tensor], key: str) -> torch.Tensor | None:
