@@ -160,24 +160,30 @@ def _algo(cfg):
     return algo
 
 
-def test_aggregation_matches_hand_computed_means(smoke):
-    """Each domain expert over its holders only; shared expert and token projection over all."""
+def _constant_updates(algo, cfg):
+    """Client c uploads its assigned module states with every float tensor equal to c + 1 and
+    10 * (c + 1) training examples."""
     from fedamole.federated.messages import ClientMessage, pack_modules
 
-    cfg = smoke.replace(**{"federation.rounds": 3, "federation.assignment": "static"})
-    algo = _algo(cfg)
-    name = next(iter(algo.bank))
-    holders = {e: np.flatnonzero(algo.assignment[name][e]) for e in range(cfg.mole.num_experts)}
     updates = {}
     for c in range(cfg.federation.num_clients):
         tensors = pack_modules(algo._client_modules(c))
-        # client c sends every float tensor filled with the value c + 1
         tensors = {
             k: torch.full_like(v, c + 1.0) if v.is_floating_point() else v
             for k, v in tensors.items()
         }
         updates[c] = ClientMessage(1, c, tensors, {"num_examples": 10 * (c + 1)}, {})
-    summary = algo.aggregate(1, updates)
+    return updates
+
+
+def test_aggregation_matches_hand_computed_means(smoke):
+    """Each domain expert over its holders only; shared expert and token projection over all."""
+
+    cfg = smoke.replace(**{"federation.rounds": 3, "federation.assignment": "static"})
+    algo = _algo(cfg)
+    name = next(iter(algo.bank))
+    holders = {e: np.flatnonzero(algo.assignment[name][e]) for e in range(cfg.mole.num_experts)}
+    summary = algo.aggregate(1, _constant_updates(algo, cfg))
     assert summary.accepted == (0, 1, 2) and not summary.rejected
     bank = algo.bank[name]
     assert torch.all(bank["token_proj"] == 2.0)  # mean of 1, 2, 3
@@ -189,7 +195,6 @@ def test_aggregation_matches_hand_computed_means(smoke):
 
 
 def test_example_weighted_aggregation(smoke):
-    from fedamole.federated.messages import ClientMessage, pack_modules
 
     cfg = smoke.replace(
         **{
@@ -199,15 +204,7 @@ def test_example_weighted_aggregation(smoke):
         }
     )
     algo = _algo(cfg)
-    updates = {}
-    for c in range(cfg.federation.num_clients):
-        tensors = pack_modules(algo._client_modules(c))
-        tensors = {
-            k: torch.full_like(v, c + 1.0) if v.is_floating_point() else v
-            for k, v in tensors.items()
-        }
-        updates[c] = ClientMessage(1, c, tensors, {"num_examples": 10 * (c + 1)}, {})
-    algo.aggregate(1, updates)
+    algo.aggregate(1, _constant_updates(algo, cfg))
     bank = next(iter(algo.bank.values()))
     # weights 10, 20, 30 on values 1, 2, 3: (10 + 40 + 90) / 60
     torch.testing.assert_close(bank["token_proj"], torch.full_like(bank["token_proj"], 140 / 60))
