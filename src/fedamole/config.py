@@ -26,6 +26,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "FederationConfig",
+    "FlowerConfig",
     "MoLEConfig",
     "ModelConfig",
     "PartitionConfig",
@@ -165,6 +166,16 @@ class RunConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class FlowerConfig(_Section):
+    """The Flower engine (``--engine flower``, ``fedamole deploy-local``); the embedded engine
+    ignores it."""
+
+    client_cpus: float = Field(1.0, gt=0)
+    client_gpus: float = Field(0.0, ge=0)
+    round_timeout: float = Field(3600.0, gt=0)
+    connect_timeout: float = Field(300.0, gt=0)
+
+
 class Config(_Section):
     """The whole configuration tree."""
 
@@ -177,6 +188,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+    flower: FlowerConfig = FlowerConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists, no ``None`` values) suitable for TOML."""

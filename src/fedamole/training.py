@@ -5,7 +5,9 @@
   response-token NLLs divided by the batch's response-token count), so micro-batching never changes
   the gradient.
 - A **fresh Adam** each round (betas, eps from config, no weight decay by default), lr constant
-  within a round: ``lr * lr_decay ** (round - 1)`` (:func:`round_lr`).
+  within a round: ``lr * lr_decay ** (round - 1)`` (:func:`round_lr`). ``cfg.weight_decay`` is
+  Adam's L2 penalty; an algorithm that needs AdamW's *decoupled* decay (FDLoRA) passes
+  ``decoupled_weight_decay`` instead.
 - The training order persists across rounds: :class:`BatchStream` walks a per-epoch permutation
   derived from ``(seed, client, epoch)`` and keeps only ``(epoch, position)`` as state, so a resumed
   run and the Flower engine draw the same batches.
@@ -137,8 +139,9 @@ def local_train(
     pad_id: int,
     balance: BalanceContext | None = None,
     progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
+    decoupled_weight_decay: float | None = None,
 ) -> TrainResult:
-    """Train ``params`` for ``cfg.steps`` optimizer steps with a fresh Adam.
+    """Train ``params`` for ``cfg.steps`` optimizer steps with a fresh Adam (or AdamW).
 
     Args:
         model: the causal LM (adapters installed); put in train mode for the call and restored.
@@ -151,14 +154,25 @@ def local_train(
             manager yielding an object with ``total() -> Tensor`` (the coefficient-weighted
             load-balance loss of the forwards run inside it), or ``None``.
         progress: optional wrapper of the step iterator (a progress bar).
+        decoupled_weight_decay: when given, a fresh ``torch.optim.AdamW`` with this decoupled
+            weight decay replaces Adam, and ``cfg.weight_decay`` is ignored.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite (the update must not be sent).
     """
     device = next(iter(params)).device
-    opt = torch.optim.Adam(
-        params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
-    )
+    if decoupled_weight_decay is None:
+        opt = torch.optim.Adam(
+            params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = torch.optim.AdamW(
+            params,
+            lr=lr,
+            betas=cfg.adam_betas,
+            eps=cfg.adam_eps,
+            weight_decay=decoupled_weight_decay,
+        )
     micro = cfg.micro_batch_size or cfg.batch_size
     was_training = model.training
     model.train()

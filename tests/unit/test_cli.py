@@ -13,12 +13,12 @@ runner = CliRunner()
 def test_top_level_help_lists_commands_and_examples():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "validate", "partition", "bench"):
+    for command in ("run", "validate", "partition", "bench", "export", "generate"):
         assert command in result.output
     assert "fedamole run configs/demo.toml" in result.output
 
 
-@pytest.mark.parametrize("command", ["run", "validate", "partition", "bench"])
+@pytest.mark.parametrize("command", ["run", "validate", "partition", "bench", "export", "generate"])
 def test_each_command_help_shows_an_example(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0

@@ -11,7 +11,15 @@ import importlib
 __all__ = ["ALGORITHMS", "get_algorithm"]
 
 ALGORITHMS: dict[str, str] = {
+    "fdlora": "fedamole.algorithms.fdlora:FDLoRA",
     "fedamole": "fedamole.algorithms.fedamole:FedAMoLE",
+    "feddpa": "fedamole.algorithms.feddpa:FedDPA",
+    "fedit": "fedamole.algorithms.fedit:FedIT",
+    "fedprompt": "fedamole.algorithms.prompt_tuning:FedPrompt",
+    "fedptuning": "fedamole.algorithms.p_tuning:FedPTuning",
+    "fedsa_lora": "fedamole.algorithms.fedsa_lora:FedSALoRA",
+    "ffa_lora": "fedamole.algorithms.ffa_lora:FFALoRA",
+    "local": "fedamole.algorithms.local:LocalOnly",
 }
 
 

@@ -1,0 +1,317 @@
+"""The round logic shared by the LoRA baselines: one small strategy class, configured by flags.
+
+:class:`LoRAStrategy` implements the :class:`~fedamole.algorithms.base.Algorithm` protocol for "one
+federated LoRA adapter, some halves shared": an algorithm names which halves (``lora_A``,
+``lora_B``) travel and are averaged (``shared_parts``) and which are trained
+(``trained_parts``); FedDPA adds a second, private adapter and overrides training and evaluation.
+
+**Protocol** (SPEC.md section 6):
+
+- *Init.* The server draws one adapter from ``run.seed`` (:func:`~.lora_common.initial_lora_state`)
+  and broadcasts all of it (A and B) in the first round it configures, so every client starts from
+  the same weights. Afterwards it sends only the shared parts, and only when they changed (after an
+  aggregation). Unshared parts live in the client's ``ctx.state`` and never travel again.
+  Local-only broadcasts nothing: its clients draw the same init from the same seed themselves.
+- *Client round* (:meth:`LoRAStrategy.local_update`): merge what arrived into the client's state
+  and load it; optionally evaluate this received model (metrics ``received/...``, which the
+  engine logs as split ``test_global`` of the previous round); train (rounds ``1..R``); evaluate
+  the trained model (``test/...``, ``eval/loss``); upload the shared parts (rounds ``1..R``).
+- *Server* (:meth:`LoRAStrategy.aggregate`): reject updates that fail
+  :func:`~fedamole.federated.aggregation.check_update` (wrong keys or shapes, NaN/Inf) with a
+  logged reason; average the shared parts over the accepted clients, unweighted (the reference)
+  or weighted by training-set size (``federation.weighting = "examples"``). Aggregation happens
+  after **every** training round including the last, so the final global model exists (FedAMoLE
+  aggregates nothing after round R).
+
+**Evaluation timing** (``eval.timing``, :func:`round_plan`): ``personalized`` evaluates after local
+training (the reference's "-FT" numbers; round 0 evaluates the initial model when
+``eval.test_init``); ``global`` evaluates the received global model before training, which the
+engine completes with an evaluation-only round ``R+1`` (no training, no upload) for the model
+after the last aggregation; ``both`` does both, as the reference's ``--do_ft``.
+
+Randomness: dropout is seeded with ``client_seed(run.seed, round, client)`` before training; the
+training order persists across rounds (:class:`~fedamole.training.BatchStream`, its position kept
+in ``ctx.state["stream"]``). Client state: ``{"lora": {key: tensor}, "stream": {...}}`` plus
+``"lora_<name>"`` per private adapter (:func:`state_key`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from transformers import PreTrainedModel
+
+from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed
+from fedamole.algorithms.lora_common import (
+    DEFAULT_ADAPTER,
+    PARTS,
+    initial_lora_state,
+    install_lora,
+    lora_parameters,
+    lora_state,
+    select_parts,
+    set_lora_state,
+    trainable,
+)
+from fedamole.config import Config
+from fedamole.data.collate import Encoded, encode_train
+from fedamole.evaluation import evaluate_examples, mean_loss
+from fedamole.federated.aggregation import average_tensors, check_update, spec_of
+from fedamole.federated.messages import ClientMessage, ServerMessage
+from fedamole.training import BatchStream, TrainResult, local_train, round_lr
+
+__all__ = ["LoRAStrategy", "round_plan", "state_key", "train_adapter", "train_examples"]
+
+log = logging.getLogger(__name__)
+
+
+def round_plan(cfg: Config, rnd: int) -> dict[str, bool | float]:
+    """What every client does in round ``rnd`` (the ``config`` of the server's messages).
+
+    Returns:
+        ``train``/``upload``: rounds ``1..R``; ``lr``: :func:`~fedamole.training.round_lr`;
+        ``eval_personalized``: after training (or on the initial model in round 0) unless
+        ``eval.timing = "global"``, never in the evaluation-only round ``R+1``;
+        ``eval_received``: before training, rounds ``>= 1`` unless ``eval.timing =
+        "personalized"`` (round 1's received model is the initial one, evaluated only with
+        ``eval.test_init``).
+    """
+    rounds, timing = cfg.federation.rounds, cfg.eval.timing
+    train = 1 <= rnd <= rounds
+    received = timing != "personalized" and (rnd >= 2 or (rnd == 1 and cfg.eval.test_init))
+    return {
+        "train": train,
+        "upload": train,
+        "lr": round_lr(cfg.train.lr, cfg.train.lr_decay, rnd),
+        "eval_personalized": timing != "global" and rnd <= rounds,
+        "eval_received": received,
+    }
+
+
+class LoRAStrategy:
+    """A federated LoRA algorithm; subclasses set the class flags (and FedDPA overrides hooks).
+
+    Attributes:
+        shared_parts: adapter halves sent and averaged every round after the initial broadcast.
+        trained_parts: halves of the federated adapter that local training updates.
+        adapters: peft adapter names to install; the first is the federated one.
+        broadcast_init: whether the server broadcasts the initial adapter (False: local-only).
+    """
+
+    name: ClassVar[str] = ""
+    shared_parts: ClassVar[tuple[str, ...]] = PARTS
+    trained_parts: ClassVar[tuple[str, ...]] = PARTS
+    adapters: ClassVar[tuple[str, ...]] = (DEFAULT_ADAPTER,)
+    broadcast_init: ClassVar[bool] = True
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.num_clients = cfg.federation.num_clients
+        self.global_state: dict[str, torch.Tensor] = {}
+        self.initialized = False  # the initial broadcast has gone out
+        self.dirty = False  # the shared parts changed since the last dispatch
+
+    # ---------------------------------------------------------------------------------- server side
+
+    def prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
+        return install_lora(model, self.cfg.baselines, self.adapters)
+
+    def setup(self, model: PreTrainedModel) -> None:
+        gen = torch.Generator().manual_seed(self.cfg.run.seed)
+        self.global_state = initial_lora_state(model, generator=gen)
+
+    def configure_round(self, rnd: int) -> dict[int, ServerMessage]:
+        config = round_plan(self.cfg, rnd)
+        tensors = self._dispatch()
+        return {c: ServerMessage(rnd, c, dict(tensors), config) for c in range(self.num_clients)}
+
+    def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
+        upload = bool(round_plan(self.cfg, rnd)["upload"]) and bool(self.shared_parts)
+        expected = spec_of(select_parts(self.global_state, self.shared_parts)) if upload else {}
+        accepted, rejected = {}, {}
+        for client, msg in sorted(updates.items()):
+            problems = check_update(msg.tensors, expected) + self._check_count(msg)
+            if problems:
+                rejected[client] = "; ".join(problems)
+                log.warning("round %d: rejected client %d: %s", rnd, client, rejected[client])
+            else:
+                accepted[client] = msg
+        if upload:
+            if accepted:
+                self.global_state.update(self._average(accepted))
+            self.dirty = True  # clients trained away from the global parts: always resend them
+        return RoundSummary(rnd, tuple(accepted), rejected)
+
+    def assignment_record(self) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"global": self.global_state, "initialized": self.initialized, "dirty": self.dirty}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.global_state = dict(state["global"])
+        self.initialized, self.dirty = bool(state["initialized"]), bool(state["dirty"])
+
+    def _dispatch(self) -> dict[str, torch.Tensor]:
+        if not self.broadcast_init:
+            return {}
+        if not self.initialized:
+            self.initialized, self.dirty = True, False
+            return dict(self.global_state)
+        if self.dirty:
+            self.dirty = False
+            return select_parts(self.global_state, self.shared_parts)
+        return {}
+
+    def _check_count(self, msg: ClientMessage) -> list[str]:
+        if self.cfg.federation.weighting != "examples" or not msg.tensors:
+            return []
+        count = msg.config.get("num_examples")
+        if not isinstance(count, int) or count <= 0:
+            return [f"num_examples = {count!r}: a positive count is needed to weight by examples"]
+        return []
+
+    def _average(self, accepted: Mapping[int, ClientMessage]) -> dict[str, torch.Tensor]:
+        clients = sorted(accepted)
+        weights = None
+        if self.cfg.federation.weighting == "examples":
+            weights = [float(accepted[c].config["num_examples"]) for c in clients]
+        keys = sorted(accepted[clients[0]].tensors)
+        return {
+            k: average_tensors([accepted[c].tensors[k] for c in clients], weights) for k in keys
+        }
+
+    # ---------------------------------------------------------------------------------- client side
+
+    def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
+        cfg = self.cfg
+        self._receive(msg, ctx)
+        for name in self.adapters:
+            set_lora_state(ctx.model, ctx.state[state_key(name)], name)
+        metrics: dict[str, float] = {}
+        if msg.config["eval_received"]:
+            metrics.update({f"received/{k}": v for k, v in self.evaluate(ctx).items()})
+        if msg.config["train"]:
+            torch.manual_seed(client_seed(cfg.run.seed, rnd, ctx.client_id))
+            metrics.update(self.train(ctx, float(msg.config["lr"])))
+            for name in self.adapters:
+                ctx.state[state_key(name)] = lora_state(ctx.model, name)
+        if msg.config["eval_personalized"]:
+            metrics.update({f"test/{k}": v for k, v in self.evaluate(ctx).items()})
+            if ctx.data.eval:
+                metrics["eval/loss"] = self.eval_loss(ctx)
+        own = ctx.state[state_key(DEFAULT_ADAPTER)]
+        tensors = select_parts(own, self.shared_parts) if msg.config["upload"] else {}
+        config = {"num_examples": len(ctx.data.train)}
+        return ClientMessage(rnd, ctx.client_id, tensors, config, metrics)
+
+    def train(self, ctx: ClientContext, lr: float) -> dict[str, float]:
+        """One round of local training of the federated adapter's ``trained_parts``."""
+        params = lora_parameters(ctx.model, DEFAULT_ADAPTER, self.trained_parts)
+        result = train_adapter(ctx, self.cfg, params, lr=lr)
+        return {"train/loss": result.loss, "train/tokens": result.tokens}
+
+    def evaluate(self, ctx: ClientContext) -> dict[str, float]:
+        """Test-split metrics of the model as loaded (``evaluate_examples``)."""
+        if not ctx.data.test:
+            return {}
+        return evaluate_examples(
+            ctx.model,
+            ctx.tokenizer,
+            ctx.data.test,
+            self.cfg.eval,
+            max_length=self.cfg.model.max_length,
+        )
+
+    def eval_loss(self, ctx: ClientContext) -> float:
+        """Token-weighted response NLL on the eval split (logged only)."""
+        return mean_loss(
+            ctx.model,
+            ctx.tokenizer,
+            ctx.data.eval,
+            batch_size=self.cfg.eval.batch_size,
+            max_length=self.cfg.model.max_length,
+        )
+
+    def private_init(self, ctx: ClientContext, adapter: str) -> dict[str, torch.Tensor]:
+        """Initial state of a private (never sent) extra adapter, such as FedDPA's local one: drawn
+        from ``run.seed + 1``, so every client starts it from the same weights too."""
+        gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
+        return initial_lora_state(ctx.model, generator=gen, adapter=adapter)
+
+    def _receive(self, msg: ServerMessage, ctx: ClientContext) -> None:
+        key = state_key(DEFAULT_ADAPTER)
+        received = {k: v.clone() for k, v in msg.tensors.items()}  # never alias the server's
+        own = {**ctx.state.get(key, {}), **received}
+        if not own and not self.broadcast_init:  # local-only: the same init, drawn here
+            gen = torch.Generator().manual_seed(self.cfg.run.seed)
+            own = initial_lora_state(ctx.model, generator=gen)
+        if not own:
+            raise RuntimeError(
+                f"client {ctx.client_id} holds no adapter and none was sent; "
+                "it missed the initial broadcast"
+            )
+        ctx.state[key] = own
+        for name in self.adapters[1:]:
+            if state_key(name) not in ctx.state:
+                ctx.state[state_key(name)] = self.private_init(ctx, name)
+
+
+def state_key(adapter: str) -> str:
+    """Where a client keeps an adapter's state in ``ctx.state``: ``"lora"`` for the federated
+    (default) adapter, ``"lora_<name>"`` for a private one."""
+    return "lora" if adapter == DEFAULT_ADAPTER else f"lora_{adapter}"
+
+
+def train_examples(ctx: ClientContext, cfg: Config) -> list[Encoded]:
+    """The client's encoded training examples (cached per process; too-long prompts dropped)."""
+    if "train_encoded" not in ctx.cache:
+        encoded = [encode_train(x, ctx.tokenizer, cfg.model.max_length) for x in ctx.data.train]
+        kept = [e for e in encoded if e is not None]
+        if len(kept) < len(encoded):
+            log.warning(
+                "client %d: dropped %d training examples whose prompt is >= model.max_length (%d)",
+                ctx.client_id,
+                len(encoded) - len(kept),
+                cfg.model.max_length,
+            )
+        ctx.cache["train_encoded"] = kept
+    return ctx.cache["train_encoded"]
+
+
+def train_adapter(
+    ctx: ClientContext,
+    cfg: Config,
+    params: Sequence[torch.nn.Parameter],
+    *,
+    lr: float,
+    steps: int | None = None,
+) -> TrainResult:
+    """Train ``params`` (only they require gradients) on the client's persistent batch stream.
+
+    Args:
+        ctx: the client; its ``state["stream"]`` is read and advanced.
+        cfg: the run config (``train`` section, ``model.max_length``).
+        params: the tensors to optimize (a fresh Adam, :func:`~fedamole.training.local_train`).
+        lr: this round's learning rate.
+        steps: optimizer steps (default ``train.steps``).
+    """
+    train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
+    stream = BatchStream(train_examples(ctx, cfg), seed=cfg.run.seed, client=ctx.client_id)
+    if "stream" in ctx.state:
+        stream.load_state_dict(ctx.state["stream"])
+    with trainable(ctx.model, params):
+        result = local_train(
+            ctx.model,
+            params,
+            stream,
+            train_cfg,
+            lr=lr,
+            pad_id=ctx.tokenizer.pad_token_id,
+            progress=ctx.cache.get("progress"),
+        )
+    ctx.state["stream"] = stream.state_dict()
+    return result

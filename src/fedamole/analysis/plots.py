@@ -1,0 +1,363 @@
+"""The paper's figures from run directories (SPEC.md 8; v3 figure numbers), PNG and SVG.
+
+One function per figure; each takes loaded runs, writes ``<out>/<figure>.png`` and ``.svg`` and
+returns the paths. Figures are drawn on :class:`matplotlib.figure.Figure` objects (no pyplot, no
+global backend state). Values are the client-mean score × 100 per seed (best or last round, SPEC
+5.7; the reference's plots use the last round), then mean ± sample std over seeds.
+
+| figure | shows | runs it needs |
+|---|---|---|
+| ``rounds`` | metric per round, one line per method, a panel per scenario (Fig. 6) | any |
+| ``clients`` | metric vs number of clients N, one line per method (Fig. 7) | N varies |
+| ``alpha`` | metric vs Dirichlet α, one line per method, a panel per dataset (Fig. 10) | α varies |
+| ``sensitivity`` | metric vs learning rate, one line per k_c (Fig. 9a) | FedAMoLE, k_c × lr |
+| ``heatmap`` | metric over E × M_max (Fig. 9b, a heatmap instead of a 3-D surface) | FedAMoLE |
+| ``ablation`` | bars per method, a panel per scenario (Fig. 2 of v3) | any |
+| ``privacy`` | metric vs noise rate η, no-noise line dashed (Fig. 11) | FedAMoLE(-DP) |
+| ``experts`` | experts held per client per round, one figure per run (Fig. 8 bars) | FedAMoLE |
+
+Not drawn: the t-SNE of per-batch routing logits (Fig. 8, left). It needs token embeddings and
+routing logits from forward passes over client data, which run directories do not store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedamole.analysis.results import (
+    METHOD_ORDER,
+    Entry,
+    RoundMode,
+    Run,
+    entries,
+    load_runs,
+    mean_std,
+    method_sort_key,
+    metric_name,
+    scenario_sort_key,
+)
+
+__all__ = ["FIGURES", "plot"]
+
+FORMATS = ("png", "svg")
+
+
+def plot(
+    figure: str, paths: Iterable[str | Path], out: str | Path, *, round_mode: RoundMode = "last"
+) -> list[Path]:
+    """Draw ``figure`` from the runs under ``paths`` into ``out``; returns the files written.
+
+    Raises:
+        ValueError: an unknown figure, or runs that lack what the figure shows.
+    """
+    if figure not in FIGURES:
+        raise ValueError(f"unknown figure {figure!r}; choose one of {sorted(FIGURES)}")
+    runs = load_runs(paths)
+    if not runs:
+        raise ValueError(f"no run directory under {[str(p) for p in paths]}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return FIGURES[figure](runs, Path(out), round_mode)
+
+
+def plot_rounds(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Fig. 6: client-mean score per round, mean over seeds with a ± std band."""
+    items = _need(entries(runs), "test scores")
+    fig, axes = _panels(_scenarios(items))
+    color = _palette(items)
+    for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        for method, seeds in _by_method(group):
+            per_round: dict[int, list[float]] = {}
+            for e in seeds:
+                for rnd, value in e.run.mean_by_round(e.split).items():
+                    per_round.setdefault(rnd, []).append(value * 100)
+            x = sorted(per_round)
+            stats = [mean_std(per_round[r]) for r in x]
+            y = np.array([s[0] for s in stats])
+            sd = np.array([s[1] or 0.0 for s in stats])
+            ax.plot(x, y, marker="o", ms=3, label=method, color=color[method])
+            ax.fill_between(x, y - sd, y + sd, alpha=0.15, color=color[method])
+        _style(ax, scenario, "round", metric_name(group))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, axes, out, "rounds")
+
+
+def plot_clients(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Fig. 7: score vs number of clients; FedAMoLE's pool sizing may change with N."""
+    items = entries(runs, ignore=("federation.num_clients", "mole"))
+    return _versus(items, "federation.num_clients", "number of clients N", out, "clients", mode)
+
+
+def plot_alpha(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Fig. 10: score vs Dirichlet concentration α, a panel per dataset."""
+    items = [e for e in entries(runs) if e.run.get("partition.kind") == "dirichlet"]
+    for e in items:
+        e.scenario = e.scenario.split(" α=")[0]
+    return _versus(items, "partition.alpha", "Dirichlet α", out, "alpha", mode, log=True)
+
+
+def plot_sensitivity(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Fig. 9a: FedAMoLE's score vs learning rate, one line per k_c (clients per expert)."""
+    items = _fedamole(runs, ("train.lr", "mole.clients_per_expert"))
+    for e in items:  # keep a variant suffix, if any, so that other settings never pool
+        e.method = f"k_c = {e.run.get('mole.clients_per_expert')}{e.method[len(e.base_method) :]}"
+    return _versus(items, "train.lr", "learning rate η", out, "sensitivity", mode, log=True)
+
+
+def plot_heatmap(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Fig. 9b: FedAMoLE's score over experts per module E × max experts per client M_max."""
+    items = _fedamole(runs, ("mole.num_experts", "mole.max_experts_per_client"))
+    fig, axes = _panels(_scenarios(items), width=4.6)
+    for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        cells: dict[tuple[int, int], list[float]] = {}
+        for e in group:
+            if (v := e.value(mode)) is not None:
+                key = (e.run.get("mole.num_experts"), e.run.get("mole.max_experts_per_client"))
+                cells.setdefault(key, []).append(v[1] * 100)
+        rows, cols = sorted({k[0] for k in cells}), sorted({k[1] for k in cells})
+        grid = np.full((len(rows), len(cols)), np.nan)
+        for (e_, m_), values in cells.items():
+            grid[rows.index(e_), cols.index(m_)] = mean_std(values)[0]
+        image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            if not math.isnan(value):
+                shade = "k" if image.norm(value) > 0.6 else "w"
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", color=shade, fontsize=8)
+        ax.set_xticks(range(len(cols)), [str(c) for c in cols])
+        ax.set_yticks(range(len(rows)), [str(r) for r in rows])
+        ax.set_xlabel("max experts per client M_max")
+        ax.set_ylabel("experts per module E")
+        ax.set_title(scenario)
+        fig.colorbar(image, ax=ax, label=metric_name(group))
+    return _save(fig, axes, out, "heatmap", legend=False)
+
+
+def plot_ablation(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Ablation bars (Fig. 2 of v3): one bar per method, mean ± std over seeds."""
+    items = _need(entries(runs), "test scores")
+    fig, axes = _panels(_scenarios(items))
+    color = _palette(items)
+    for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        names, means, stds = [], [], []
+        for method, seeds in _by_method(group):
+            values = [v[1] * 100 for e in seeds if (v := e.value(mode)) is not None]
+            mean, std, _ = mean_std(values)
+            names.append(method)
+            means.append(mean)
+            stds.append(std or 0.0)
+        x = np.arange(len(names))
+        ax.bar(x, means, yerr=stds, capsize=3, color=[color[m] for m in names])
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        low = min(m - s for m, s in zip(means, stds, strict=True))
+        high = max(m + s for m, s in zip(means, stds, strict=True))
+        ax.set_ylim(max(0.0, low - 0.25 * (high - low or 1.0)), high + 0.1 * (high - low or 1.0))
+        ax.set_title(scenario)
+        ax.set_ylabel(metric_name(group))
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, axes, out, "ablation", legend=False)
+
+
+def plot_privacy(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Fig. 11: FedAMoLE-DP's score vs noise rate η (smaller = more noise); FedAMoLE dashed."""
+    items = _fedamole(runs, ("federation.privacy", "federation.privacy_eta"), dp=True)
+    private = [e for e in items if e.run.get("federation.privacy") is True]
+    _need(private, "FedAMoLE runs with federation.privacy = true")
+    for e in items:
+        e.method = "FedAMoLE-DP"
+    paths = _versus(
+        private,
+        "federation.privacy_eta",
+        "noise rate η",
+        out,
+        "privacy",
+        mode,
+        log=True,
+        reference=[e for e in items if e not in private],
+    )
+    return paths
+
+
+def plot_experts(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """Domain experts held per client per round (mean over modules), one figure per run: a
+    client × round heatmap and the last round's bars with the min-max over modules."""
+    paths = []
+    with_assignments = [(r, x) for r in runs if (x := r.experts_by_round())]
+    _need(with_assignments, "assignments/round_NNN.json files (FedAMoLE runs)")
+    for run, by_round in with_assignments:
+        rounds = sorted(by_round)
+        clients = sorted({c for per in by_round.values() for c in per})
+        grid = np.array([[np.mean(by_round[r].get(c, [np.nan])) for r in rounds] for c in clients])
+        fig = Figure(figsize=(10, 3.6))
+        left, right = fig.subplots(1, 2)
+        image = left.imshow(grid, aspect="auto", cmap="magma", origin="lower")
+        left.set_xticks(range(len(rounds))[:: max(1, len(rounds) // 15)])
+        left.set_xticklabels([str(r) for r in rounds][:: max(1, len(rounds) // 15)])
+        left.set_yticks(range(len(clients))[:: max(1, len(clients) // 15)])
+        left.set_yticklabels([str(c) for c in clients][:: max(1, len(clients) // 15)])
+        left.set_xlabel("round")
+        left.set_ylabel("client")
+        left.set_title("experts held (mean over modules)")
+        fig.colorbar(image, ax=left, label="domain experts")
+        last = by_round[rounds[-1]]
+        counts = [last.get(c, [0]) for c in clients]
+        mean = np.array([np.mean(c) for c in counts])
+        err = np.array(
+            [
+                [m - min(c) for m, c in zip(mean, counts, strict=True)],
+                [max(c) - m for m, c in zip(mean, counts, strict=True)],
+            ]
+        )
+        right.bar(clients, mean, yerr=err, capsize=3, color="tab:purple")
+        right.xaxis.set_major_locator(MaxNLocator(integer=True))
+        right.set_xlabel("client")
+        right.set_ylabel("domain experts per module")
+        right.set_title(f"round {rounds[-1]} (bars: mean, whiskers: min-max)")
+        fig.suptitle(run.name, fontsize=9)
+        paths += _save(fig, [left, right], out, f"experts_{run.name}", legend=False)
+    return paths
+
+
+FIGURES: dict[str, Callable[[list[Run], Path, RoundMode], list[Path]]] = {
+    "ablation": plot_ablation,
+    "alpha": plot_alpha,
+    "clients": plot_clients,
+    "experts": plot_experts,
+    "heatmap": plot_heatmap,
+    "privacy": plot_privacy,
+    "rounds": plot_rounds,
+    "sensitivity": plot_sensitivity,
+}
+
+
+def _versus(
+    items: list[Entry],
+    key: str,
+    xlabel: str,
+    out: Path,
+    stem: str,
+    mode: RoundMode,
+    *,
+    log: bool = False,
+    reference: list[Entry] | None = None,
+) -> list[Path]:
+    """A panel per scenario; per method the score vs config value ``key`` with std error bars;
+    ``reference`` entries are drawn as a dashed horizontal line."""
+    _need(items, f"runs with test scores and `{key}`")
+    fig, axes = _panels(_scenarios(items))
+    color = _palette(items)
+    for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        for method, seeds in _by_method(group):
+            points: dict[float, list[float]] = {}
+            for e in seeds:
+                if (v := e.value(mode)) is not None:
+                    points.setdefault(float(e.run.get(key)), []).append(v[1] * 100)
+            x = sorted(points)
+            stats = [mean_std(points[p]) for p in x]
+            ax.errorbar(
+                x,
+                [s[0] for s in stats],
+                yerr=[s[1] or 0.0 for s in stats],
+                marker="o",
+                ms=4,
+                capsize=3,
+                label=method,
+                color=color[method],
+            )
+        ref = [
+            v[1] * 100
+            for e in reference or []
+            if e.scenario == scenario and (v := e.value(mode)) is not None
+        ]
+        if ref:
+            ax.axhline(mean_std(ref)[0], ls="--", color="gray", label="FedAMoLE (no noise)")
+        if log:
+            ax.set_xscale("log")
+        _style(ax, scenario, xlabel, metric_name(group))
+    return _save(fig, axes, out, stem)
+
+
+def _fedamole(runs: list[Run], ignore: tuple[str, ...], dp: bool = False) -> list[Entry]:
+    wanted = ("FedAMoLE", "FedAMoLE-DP") if dp else ("FedAMoLE",)
+    items = [e for e in entries(runs, ignore=ignore) if e.base_method in wanted]
+    return _need(items, "FedAMoLE runs (federation.algorithm = 'fedamole', no ablation flags)")
+
+
+def _need(items: list, what: str) -> list:
+    if not items:
+        raise ValueError(f"none of the given runs has {what}")
+    return items
+
+
+def _scenarios(items: list[Entry]) -> int:
+    return len({e.scenario for e in items})
+
+
+def _by_scenario(items: list[Entry]) -> list[tuple[str, list[Entry]]]:
+    groups: dict[str, list[Entry]] = {}
+    for e in sorted(items, key=scenario_sort_key):
+        groups.setdefault(e.scenario, []).append(e)
+    return list(groups.items())
+
+
+def _by_method(items: list[Entry]) -> list[tuple[str, list[Entry]]]:
+    groups: dict[str, list[Entry]] = {}
+    for e in items:
+        groups.setdefault(e.method, []).append(e)
+    return sorted(groups.items(), key=lambda kv: method_sort_key(kv[0]))
+
+
+def _panels(n: int, width: float = 4.2) -> tuple[Figure, list[Axes]]:
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _style(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def _palette(items: list[Entry]) -> dict[str, tuple]:
+    """Fixed colours for the plain method labels (the same in every figure, FedAMoLE red);
+    figures with other labels (variants, k_c lines) colour them in row order."""
+    methods = sorted({e.method for e in items}, key=method_sort_key)
+    cmap = matplotlib.colormaps["tab20"]
+    if all(m in METHOD_ORDER for m in methods):
+        others = [cmap(i) for i in range(20) if i not in (6, 7)]  # red is FedAMoLE's
+        fixed = [m for m in METHOD_ORDER if m != "FedAMoLE"]
+        return {
+            m: matplotlib.colormaps["tab10"](3) if m == "FedAMoLE" else others[fixed.index(m)]
+            for m in methods
+        }
+    cycle = matplotlib.colormaps["tab10"]
+    return {m: cycle(i % 10) for i, m in enumerate(methods)}
+
+
+def _save(fig: Figure, axes: list[Axes], out: Path, stem: str, legend: bool = True) -> list[Path]:
+    if legend and axes:
+        handles, labels = axes[0].get_legend_handles_labels()
+        for ax in axes[1:]:
+            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                if label not in labels:
+                    handles.append(h)
+                    labels.append(label)
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.tight_layout()
+    paths = [out / f"{stem}.{fmt}" for fmt in FORMATS]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths

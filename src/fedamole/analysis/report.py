@@ -1,0 +1,279 @@
+"""Result tables from run directories, in the layout of the paper's Table 1 (SPEC.md 5.7 and 8).
+
+- **Main table**: one column per scenario plus ``avg``, one row per method; a cell is the mean ±
+  sample standard deviation (ddof=1; omitted for a single seed) over seeds of the per-seed value
+  (best or last round of the client-mean score), × 100. The best mean of each column is bold.
+  ``avg`` is the mean of a row's scenario means (only for rows with every scenario).
+- **Gain** (SPEC 5.7, the reference's ``evaluation.summary``): ``(ours − best baseline) / best
+  baseline × 100`` per scenario and on ``avg``, a relative %. Baselines are every row except ours
+  and its ablations (labels starting with ``ours-``).
+- **Per-client table** per scenario: each client's score at the selected round, mean ± std over
+  seeds.
+- **Overhead**: bytes up and down per client per training round (MB, 10^6 bytes) and wall seconds
+  per round, averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedamole.analysis.results import (
+    Entry,
+    RoundMode,
+    entries,
+    load_runs,
+    mean_std,
+    method_sort_key,
+    metric_name,
+    scenario_sort_key,
+)
+
+__all__ = ["Cell", "Report", "build_report", "format_csv", "format_markdown"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Mean and sample std over seeds (× 100), and the number of seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def text(self, n_max: int) -> str:
+        body = f"{self.mean:.2f}" + (f" ± {self.std:.2f}" if self.std is not None else "")
+        return body + (f" (n={self.n})" if self.n < n_max else "")
+
+
+@dataclass
+class Report:
+    """Everything ``fedamole report`` prints."""
+
+    round_mode: RoundMode
+    ours: str
+    scenarios: list[str]
+    methods: list[str]
+    cells: dict[tuple[str, str], Cell]  # (method, scenario) -> cell
+    average: dict[str, float]  # method -> mean of its scenario means
+    gain: dict[str, float | None]  # scenario or "avg" -> relative gain %
+    units: dict[str, str]  # scenario -> metric name
+    clients: dict[tuple[str, str], dict[int, Cell]]  # (method, scenario) -> client -> cell
+    overhead: dict[tuple[str, str], tuple[float | None, float | None, float | None]]
+    unfinished: list[str] = field(default_factory=list)
+
+    @property
+    def n_max(self) -> int:
+        return max((c.n for c in self.cells.values()), default=0)
+
+
+def build_report(
+    paths: Iterable[str | Path], *, round_mode: RoundMode = "best", ours: str = "FedAMoLE"
+) -> Report:
+    """Read every run under ``paths`` and compute the tables.
+
+    Raises:
+        ValueError: no run with test scores under ``paths``.
+    """
+    runs = load_runs(paths)
+    items = entries(runs)
+    if not items:
+        raise ValueError(f"no run with test scores under {list(map(str, paths))}")
+    scenarios = _unique(e.scenario for e in sorted(items, key=scenario_sort_key))
+    methods = sorted({e.method for e in items}, key=method_sort_key)
+    groups: dict[tuple[str, str], list[Entry]] = {}
+    for e in items:
+        groups.setdefault((e.method, e.scenario), []).append(e)
+    cells, clients, overhead = {}, {}, {}
+    for key, group in groups.items():
+        values = [v[1] * 100 for e in group if (v := e.value(round_mode)) is not None]
+        cells[key] = Cell(*mean_std(values))
+        clients[key] = _client_cells(group, round_mode)
+        overhead[key] = _overhead(group)
+    average = {
+        m: sum(cells[m, s].mean for s in scenarios) / len(scenarios)
+        for m in methods
+        if all((m, s) in cells for s in scenarios)
+    }
+    units = {s: metric_name(e for e in items if e.scenario == s) for s in scenarios}
+    unfinished = sorted({e.run.name for e in items if not e.run.finished})
+    report = Report(
+        round_mode,
+        ours,
+        scenarios,
+        methods,
+        cells,
+        average,
+        {},
+        units,
+        clients,
+        overhead,
+        unfinished,
+    )
+    report.gain = _gains(report)
+    return report
+
+
+def format_markdown(report: Report) -> str:
+    """Markdown: the main table, the overhead table, the per-client tables, notes."""
+    rnd = "best round (max over rounds)" if report.round_mode == "best" else "last round"
+    lines = [
+        f"## Results: mean ± std over seeds, per seed the {rnd}",
+        "",
+        "Client-mean of `test/score` (personalized) or `test_global/score` (global), × 100: "
+        + "; ".join(f"{u} for {', '.join(s)}" for u, s in _by_unit(report).items())
+        + ". Std: sample (ddof=1). **Bold**: best in column. Gain: (ours − best baseline) / "
+        f"best baseline × 100, ours = {report.ours}.",
+        "",
+    ]
+    lines += [*_main_table(report), ""]
+    lines += ["### Communication and time per round", ""]
+    lines += [*_overhead_table(report), ""]
+    for scenario in report.scenarios:
+        lines += [f"### Per client: {scenario} ({report.units[scenario]})", ""]
+        lines += [*_client_table(report, scenario), ""]
+    if report.unfinished:
+        shown = ", ".join(report.unfinished[:10]) + (" ..." if len(report.unfinished) > 10 else "")
+        lines.append(f"Note: {len(report.unfinished)} run(s) not finished (included): {shown}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def format_csv(report: Report) -> str:
+    """Tidy CSV, one row per value: ``table,scenario,method,client,mean,std,n``."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["table", "scenario", "method", "client", "mean", "std", "n"])
+    for (method, scenario), cell in sorted(report.cells.items()):
+        out.writerow(["main", scenario, method, "", cell.mean, _blank(cell.std), cell.n])
+    for method, avg in report.average.items():
+        out.writerow(["main", "avg", method, "", avg, "", ""])
+    for scenario, gain in report.gain.items():
+        out.writerow(["gain_percent", scenario, report.ours, "", _blank(gain), "", ""])
+    for (method, scenario), per_client in sorted(report.clients.items()):
+        for client, cell in sorted(per_client.items()):
+            out.writerow(["client", scenario, method, client, cell.mean, _blank(cell.std), cell.n])
+    for (method, scenario), values in sorted(report.overhead.items()):
+        names = ("up_mb_per_round", "down_mb_per_round", "s_per_round")
+        for name, value in zip(names, values, strict=True):
+            out.writerow([name, scenario, method, "", _blank(value), "", ""])
+    return buf.getvalue()
+
+
+def _by_unit(report: Report) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for scenario, unit in report.units.items():
+        out.setdefault(unit, []).append(scenario)
+    return out
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _blank(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
+def _client_cells(group: list[Entry], mode: RoundMode) -> dict[int, Cell]:
+    per_client: dict[int, list[float]] = {}
+    for e in group:
+        for client, value in e.client_values(mode).items():
+            per_client.setdefault(client, []).append(value * 100)
+    return {c: Cell(*mean_std(v)) for c, v in sorted(per_client.items())}
+
+
+def _overhead(group: list[Entry]) -> tuple[float | None, float | None, float | None]:
+    comm = [c for e in group if (c := e.run.comm_per_client_round()) is not None]
+    secs = [s for e in group if (s := e.run.seconds_per_round()) is not None]
+    up = sum(c[0] for c in comm) / len(comm) / 1e6 if comm else None
+    down = sum(c[1] for c in comm) / len(comm) / 1e6 if comm else None
+    return up, down, (sum(secs) / len(secs) if secs else None)
+
+
+def _gains(report: Report) -> dict[str, float | None]:
+    if report.ours not in report.methods:
+        return {}
+    baselines = [
+        m for m in report.methods if m != report.ours and not m.startswith(report.ours + "-")
+    ]
+    gains: dict[str, float | None] = {}
+    columns = [
+        (s, {m: report.cells[m, s].mean for m in report.methods if (m, s) in report.cells})
+        for s in report.scenarios
+    ]
+    columns.append(("avg", report.average))
+    for column, means in columns:
+        best = max((means[m] for m in baselines if m in means), default=None)
+        ours = means.get(report.ours)
+        gains[column] = None if ours is None or not best else (ours - best) / best * 100
+    return gains
+
+
+def _best(report: Report) -> dict[str, float]:
+    best = {}
+    for s in report.scenarios:
+        best[s] = max(report.cells[m, s].mean for m in report.methods if (m, s) in report.cells)
+    if report.average:
+        best["avg"] = max(report.average.values())
+    return best
+
+
+def _main_table(report: Report) -> list[str]:
+    best = _best(report)
+    head = ["method", *report.scenarios, "avg"]
+    rows = []
+    for m in report.methods:
+        row = [m]
+        for s in report.scenarios:
+            cell = report.cells.get((m, s))
+            text = cell.text(report.n_max) if cell else "—"
+            row.append(f"**{text}**" if cell and cell.mean == best[s] else text)
+        avg = report.average.get(m)
+        avg_text = "—" if avg is None else f"{avg:.2f}"
+        row.append(f"**{avg_text}**" if avg is not None and avg == best.get("avg") else avg_text)
+        rows.append(row)
+    if report.gain:
+        rows.append(
+            ["gain (%)"]
+            + [_signed(report.gain.get(s)) for s in report.scenarios]
+            + [_signed(report.gain.get("avg"))]
+        )
+    return _markdown(head, rows)
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.2f}"
+
+
+def _overhead_table(report: Report) -> list[str]:
+    head = ["method", "scenario", "up MB/client/round", "down MB/client/round", "s/round"]
+    rows = []
+    for m in report.methods:
+        for s in report.scenarios:
+            if (m, s) in report.overhead:
+                up, down, secs = report.overhead[m, s]
+                rows.append([m, s, _num(up, 3), _num(down, 3), _num(secs, 1)])
+    return _markdown(head, rows)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _client_table(report: Report, scenario: str) -> list[str]:
+    methods = [m for m in report.methods if (m, scenario) in report.clients]
+    ids = sorted({c for m in methods for c in report.clients[m, scenario]})
+    head = ["method", *(f"client {c}" for c in ids)]
+    rows = []
+    for m in methods:
+        cells = report.clients[m, scenario]
+        rows.append([m] + [cells[c].text(0) if c in cells else "—" for c in ids])
+    return _markdown(head, rows)
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"  # noqa: E731
+    return [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]

@@ -1,0 +1,346 @@
+"""Read run directories into comparable results (SPEC.md 5.7): who ran what, and how well.
+
+Everything is read from the run directory (DESIGN.md 6): the method and the scenario from
+``config.toml``, scores from ``metrics.jsonl``, bytes from ``comm.jsonl``, experts from
+``assignments/``. The one exception is the wall time per round, which the engine logs only as
+``round N done in X s`` lines of ``log.txt`` at level INFO (a ``server/round_seconds`` metric is
+preferred when a run has one; with ``run.log_level`` above INFO the time is unknown).
+
+- **Method label** from ``federation.algorithm`` and the evaluation split: a global-model baseline
+  (FedIT, FedPrompt, FedPTuning, FFA-LoRA) evaluated after local training (split ``test``) is
+  ``X-FT``, after aggregation (``test_global``) plain ``X``; a run with ``eval.timing = "both"``
+  gives both. FedAMoLE ablations append flags: ``-R`` static random assignment, ``-Rand`` random
+  re-drawn each round, ``-H`` linear router, ``-S`` no shared expert, ``-Homo`` homogeneous
+  architecture, ``-DP`` privacy noise.
+- **Scenario label** from ``data.dataset`` and ``partition``: ``SNLI α=0.1``, ``NI task``.
+- When runs with one label differ in other settings (a sensitivity sweep), the label gets the
+  differing fields appended, e.g. ``FedAMoLE [lr=0.0001]``, so different configs never pool.
+- **Per-seed value** (SPEC 5.7): per round, the unweighted mean over clients of ``score``; then
+  the maximum over rounds (``best``; round 0, the untrained model, is included when
+  ``eval.test_init`` evaluated it, as in the reference) or the last round.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from fedamole.evaluation import summarize_rounds
+from fedamole.tracking import read_jsonl
+
+__all__ = [
+    "Entry",
+    "Run",
+    "entries",
+    "find_run_dirs",
+    "load_runs",
+    "mean_std",
+    "method_labels",
+    "metric_name",
+    "scenario_label",
+    "scenario_sort_key",
+]
+
+RoundMode = Literal["best", "last"]
+
+ALGORITHM_LABELS = {
+    "fedamole": "FedAMoLE",
+    "fedit": "FedIT",
+    "fedprompt": "FedPrompt",
+    "fedptuning": "FedPTuning",
+    "fdlora": "FDLoRA",
+    "ffa_lora": "FFA-LoRA",
+    "fedsa_lora": "FedSA-LoRA",
+    "feddpa": "FedDPA",
+    "local": "Local",
+}
+# Algorithms whose shared model is the product: evaluated after local training they are "-FT".
+GLOBAL_MODEL_ALGORITHMS = frozenset({"fedit", "fedprompt", "fedptuning", "ffa_lora"})
+# Row order of the tables: the paper's baselines, the extra ones, the ablations, FedAMoLE last.
+METHOD_ORDER = (
+    "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT", "FDLoRA",
+    "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "Local",
+    "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo", "FedAMoLE-DP",
+    "FedAMoLE",
+)  # fmt: skip
+_DATASETS = {
+    "snli": "SNLI",
+    "dolly": "Dolly",
+    "natural_instructions": "NI",
+    "synthetic": "Synthetic",
+    "local": "Local",
+}
+_METRICS = {
+    "snli": "accuracy (%)",
+    "dolly": "ROUGE-L (×100)",
+    "natural_instructions": "ROUGE-L (×100)",
+}
+# Never part of a method's identity: the seed and bookkeeping, the scenario, the split choice.
+_NOT_METHOD = ("run", "data", "partition", "eval.timing", "model.device", "flower")
+_ROUND_DONE = re.compile(r"round (\d+) done in ([0-9.]+) s")
+
+
+@dataclass
+class Run:
+    """One run directory, read lazily."""
+
+    path: Path
+    config: dict[str, Any]
+    finished: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        """A config value by dotted key (``federation.num_clients``)."""
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @cached_property
+    def metrics(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.path / "metrics.jsonl"))
+
+    def scores(self, split: str, metric: str = "score") -> dict[int, dict[int, float]]:
+        """round -> client -> value of ``split/metric``."""
+        out: dict[int, dict[int, float]] = {}
+        for rec in self.metrics:
+            if rec["split"] == split and rec["metric"] == metric:
+                out.setdefault(int(rec["round"]), {})[int(rec["client"])] = float(rec["value"])
+        return out
+
+    def mean_by_round(self, split: str, metric: str = "score") -> dict[int, float]:
+        """round -> unweighted mean over the clients that reported (SPEC 5.7)."""
+        return {r: sum(v.values()) / len(v) for r, v in self.scores(split, metric).items() if v}
+
+    def comm_per_client_round(self) -> tuple[float, float] | None:
+        """Mean (up, down) bytes per client per training round (rounds 1..R)."""
+        rounds, clients = int(self.get("federation.rounds", 0)), self.get("federation.num_clients")
+        if not rounds or not clients or not (self.path / "comm.jsonl").exists():
+            return None
+        up = down = 0
+        for rec in read_jsonl(self.path / "comm.jsonl"):
+            if 1 <= rec["round"] <= rounds:
+                if rec["direction"] == "up":
+                    up += rec["bytes"]
+                else:
+                    down += rec["bytes"]
+        return up / (rounds * clients), down / (rounds * clients)
+
+    def seconds_per_round(self) -> float | None:
+        """Mean wall time of the training rounds 1..R (the last attempt of each round)."""
+        rounds = int(self.get("federation.rounds", 0))
+        seconds = {r: v for r, v in self.mean_by_round("server", "round_seconds").items()}
+        if not seconds and (self.path / "log.txt").exists():
+            for line in (self.path / "log.txt").read_text(errors="replace").splitlines():
+                match = _ROUND_DONE.search(line)
+                if match:
+                    seconds[int(match[1])] = float(match[2])
+        values = [v for r, v in seconds.items() if 1 <= r <= rounds]
+        return sum(values) / len(values) if values else None
+
+    def experts_by_round(self) -> dict[int, dict[int, list[int]]]:
+        """round -> client -> experts held in each module (FedAMoLE runs; ``{}`` otherwise)."""
+        out: dict[int, dict[int, list[int]]] = {}
+        for path in sorted((self.path / "assignments").glob("round_*.json")):
+            record = json.loads(path.read_text())
+            rnd = int(path.stem.split("_")[1])
+            for per_client in record.get("modules", {}).values():
+                for client, ids in enumerate(per_client):
+                    out.setdefault(rnd, {}).setdefault(client, []).append(len(ids))
+        return out
+
+
+@dataclass
+class Entry:
+    """One result of one run: a (method, scenario, seed) point with its evaluation split."""
+
+    run: Run
+    method: str
+    scenario: str
+    split: str
+    seed: int
+    base_method: str = ""
+    variant: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, mode: RoundMode) -> tuple[int, float] | None:
+        """``(round, client-mean score)`` of the best or last round; ``None`` without scores."""
+        by_round = self.run.mean_by_round(self.split)
+        return summarize_rounds(by_round, mode) if by_round else None
+
+    def client_values(self, mode: RoundMode) -> dict[int, float]:
+        """client -> score at the round :meth:`value` picks."""
+        picked = self.value(mode)
+        return self.run.scores(self.split).get(picked[0], {}) if picked else {}
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories (those holding ``config.toml``) given directly or found below ``paths``;
+    folders moved aside by ``--overwrite`` (``NAME.old-<time>``) are left out.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if (path / "config.toml").is_file():
+            found.append(path)
+            continue
+        for cfg in sorted(path.rglob("config.toml")):
+            if not any(".old-" in part for part in cfg.relative_to(path).parts):
+                found.append(cfg.parent)
+    return list(dict.fromkeys(found))
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """:class:`Run` objects for every run directory under ``paths`` (see :func:`find_run_dirs`)."""
+    runs = []
+    for path in find_run_dirs(paths):
+        config = tomllib.loads((path / "config.toml").read_text())
+        runs.append(Run(path, config, (path / "done.json").exists()))
+    return runs
+
+
+def method_labels(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(label, split)`` pairs a run of ``config`` reports (see the module docstring)."""
+    fed = config.get("federation", {})
+    algo = fed.get("algorithm", "fedamole")
+    label = ALGORITHM_LABELS.get(algo, algo)
+    if algo == "fedamole":
+        mole = config.get("mole", {})
+        flags = [
+            ("-R", fed.get("assignment") == "static"),
+            ("-Rand", fed.get("assignment") == "random"),
+            ("-H", mole.get("router") == "linear"),
+            ("-S", mole.get("shared_expert") is False),
+            ("-Homo", fed.get("homogeneous") is True),
+            ("-DP", fed.get("privacy") is True),
+        ]
+        label += "".join(flag for flag, on in flags if on)
+    timing = config.get("eval", {}).get("timing", "personalized")
+    global_model = algo in GLOBAL_MODEL_ALGORITHMS
+    out = []
+    if timing in ("personalized", "both"):
+        out.append((f"{label}-FT" if global_model else label, "test"))
+    if timing in ("global", "both"):
+        out.append((label if global_model else f"{label}-global", "test_global"))
+    return out
+
+
+def scenario_label(config: Mapping[str, Any]) -> str:
+    """``SNLI α=0.1``, ``NI task``, ``Synthetic 2 tasks/client``, ``Dolly iid``."""
+    data, part = config.get("data", {}), config.get("partition", {})
+    name = _DATASETS.get(data.get("dataset", "synthetic"), str(data.get("dataset")))
+    kind = part.get("kind", "dirichlet")
+    if kind == "dirichlet":
+        return f"{name} α={float(part.get('alpha', 1.0)):g}"
+    if kind == "task":
+        k = int(part.get("tasks_per_client", 1))
+        return f"{name} task" if k == 1 else f"{name} {k} tasks/client"
+    return f"{name} {kind}"
+
+
+def scenario_sort_key(entry: Entry) -> tuple:
+    """Paper order: SNLI, Dolly, NI, then others; Dirichlet by α, then task, then iid."""
+    data, part = entry.run.config.get("data", {}), entry.run.config.get("partition", {})
+    order = list(_DATASETS)
+    dataset = data.get("dataset", "synthetic")
+    kinds = ["dirichlet", "task", "iid"]
+    kind = part.get("kind", "dirichlet")
+    return (
+        order.index(dataset) if dataset in order else len(order),
+        kinds.index(kind) if kind in kinds else len(kinds),
+        float(part.get("alpha", 1.0)) if kind == "dirichlet" else 0.0,
+        int(part.get("tasks_per_client", 1)),
+        entry.scenario,
+    )
+
+
+def method_sort_key(method: str) -> tuple:
+    """Table row order (:data:`METHOD_ORDER`, unknown labels before FedAMoLE's, by name)."""
+    base = method.split(" [")[0]
+    if base in METHOD_ORDER:
+        return (METHOD_ORDER.index(base), method)
+    return (METHOD_ORDER.index("FedAMoLE-R") - 0.5, method)
+
+
+def metric_name(entries_of_scenario: Iterable[Entry]) -> str:
+    """The y-axis / column unit of a scenario: accuracy (%) for SNLI, ROUGE-L for Dolly and NI."""
+    datasets = {e.run.get("data.dataset") for e in entries_of_scenario}
+    names = {_METRICS.get(d, "score (×100)") for d in datasets}
+    return names.pop() if len(names) == 1 else "score (×100)"
+
+
+def entries(runs: Iterable[Run], *, ignore: Collection[str] = ()) -> list[Entry]:
+    """Every ``(run, split)`` result with its method and scenario label.
+
+    Args:
+        runs: loaded runs.
+        ignore: dotted keys or sections not to tell methods apart by (a figure's x variable,
+            e.g. ``federation.num_clients``), besides the seed, the scenario and bookkeeping.
+    """
+    out = []
+    for run in runs:
+        variant = _method_identity(run.config, ignore)
+        for label, split in method_labels(run.config):
+            if any(r["split"] == split and r["metric"] == "score" for r in run.metrics):
+                seed = int(run.get("run.seed", 0))
+                out.append(
+                    Entry(run, label, scenario_label(run.config), split, seed, label, variant)
+                )
+    _disambiguate(out)
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None, int]:
+    """``(mean, sample std with ddof=1 or None for one value, n)``."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, n
+    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5, n
+
+
+def _method_identity(config: Mapping[str, Any], ignore: Collection[str]) -> dict[str, Any]:
+    flat = _flatten(config)
+    algo = config.get("federation", {}).get("algorithm", "fedamole")
+    skip = (*_NOT_METHOD, *ignore, "baselines" if algo == "fedamole" else "mole")
+    return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
+
+
+def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def _disambiguate(items: list[Entry]) -> None:
+    """Append ``[field=value, ...]`` to labels shared by runs of different settings."""
+    by_label: dict[str, list[Entry]] = {}
+    for e in items:
+        by_label.setdefault(e.method, []).append(e)
+    for label, group in by_label.items():
+        keys = sorted({k for e in group for k in e.variant})
+        differing = [k for k in keys if len({repr(e.variant.get(k)) for e in group}) > 1]
+        if not differing:
+            continue
+        for e in group:
+            parts = [f"{k.rsplit('.', 1)[-1]}={e.variant.get(k)}" for k in differing]
+            e.method = f"{label} [{', '.join(parts)}]"

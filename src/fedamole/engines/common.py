@@ -1,0 +1,339 @@
+"""The round loop both engines share (DESIGN.md principle 1): one loop, two ways to reach clients.
+
+An engine differs only in how a round's messages reach the clients and the replies come back: a
+:class:`Clients` object. The embedded engine calls ``local_update`` in this process; the Flower
+engine sends one Flower message per node and waits for the replies. Everything else lives here, so
+both engines write the same run directory (``metrics.jsonl``, ``comm.jsonl``, ``assignments/``,
+``checkpoints/``, ``log.txt``) from the same code:
+
+1. :func:`open_run`: create (or reopen) the run directory, set up logging, seed torch.
+2. :func:`run_federation`: restore a checkpoint on resume, then for every round call ``play``
+   (:func:`play_round` unless a test replaces it), write the assignment and an atomic checkpoint.
+3. :func:`play_round`: ``configure_round`` -> :meth:`Clients.run_round` -> log bytes and metrics per
+   client (in client order) -> ``aggregate`` -> log rejections.
+
+Checkpoints hold the server state and whatever :meth:`Clients.states` returns: every client's
+private state on the embedded engine, nothing on Flower, whose clients keep (and snapshot) their
+own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from fedamole.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedamole.config import Config
+from fedamole.federated.messages import ClientMessage, ServerMessage
+from fedamole.tracking import JsonlLogger, RunDir, read_jsonl, setup_logging
+
+__all__ = [
+    "Clients",
+    "InjectedFailure",
+    "RoundLogs",
+    "RunResult",
+    "check_injected_failure",
+    "format_summary",
+    "last_round",
+    "open_run",
+    "play_round",
+    "run_federation",
+    "summarize_run",
+]
+
+log = logging.getLogger("fedamole")
+
+Outcome = ClientMessage | BaseException
+
+
+class InjectedFailure(RuntimeError):
+    """A client failure requested by ``federation.fail_clients``."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    rounds: int
+    first: dict[int, dict[str, float]] = field(
+        default_factory=dict
+    )  # client -> metrics, first round
+    last: dict[int, dict[str, float]] = field(default_factory=dict)  # client -> metrics, last round
+    bytes_up: int = 0
+    bytes_down: int = 0
+    failures: int = 0
+    experts: dict[int, list[int]] = field(default_factory=dict)  # client -> experts held per module
+
+
+class Clients(Protocol):
+    """How an engine reaches its clients."""
+
+    def run_round(
+        self, rnd: int, messages: Mapping[int, ServerMessage]
+    ) -> Iterator[tuple[int, Outcome]]:
+        """Deliver one message per client; yield ``(client, reply or the error)`` in client
+        order, one item per client in ``messages``."""
+
+    def states(self) -> dict[int, dict[str, Any]]:
+        """Client-private states to put in the server's checkpoint (``{}``: clients keep them)."""
+
+    def load_states(self, states: Mapping[int, Mapping[str, Any]]) -> None:
+        """Restore :meth:`states` from a checkpoint."""
+
+
+@dataclass
+class RoundLogs:
+    """The run's two JSON-lines logs."""
+
+    metrics: JsonlLogger
+    comm: JsonlLogger
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.comm.close()
+
+
+PlayRound = Callable[[int, Config, Any, Clients, RoundLogs], int]
+
+
+def check_injected_failure(cfg: Config, rnd: int, client: int) -> None:
+    """Raise :class:`InjectedFailure` when ``federation.fail_clients`` lists ``(rnd, client)``."""
+    if (rnd, client) in set(map(tuple, cfg.federation.fail_clients)):
+        raise InjectedFailure(f"injected failure of client {client} in round {rnd}")
+
+
+def open_run(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> RunDir:
+    """Create (or reopen) the run directory, log to its ``log.txt``, seed torch."""
+    run = RunDir.prepare(cfg, run_dir, resume=resume, overwrite=overwrite)
+    setup_logging(cfg.run.log_level, run.log)
+    torch.manual_seed(cfg.run.seed)
+    log.info("run directory %s", run.path)
+    return run
+
+
+def run_federation(
+    cfg: Config,
+    run: RunDir,
+    algo: Any,
+    clients: Clients,
+    *,
+    resume: bool = False,
+    play: PlayRound | None = None,
+) -> RunResult:
+    """Every round from the first (or the one after the checkpoint) to :func:`last_round`.
+
+    Args:
+        cfg: the run's config.
+        run: its directory, from :func:`open_run`.
+        algo: the algorithm, its server state set up (``setup``).
+        clients: how the engine reaches its clients.
+        resume: restore ``run``'s checkpoint first and drop log records of later rounds.
+        play: one round; :func:`play_round` by default (tests pass one that simulates a kill).
+
+    Raises:
+        CheckpointError: ``resume`` without a usable checkpoint, or one of another config.
+    """
+    play = play or play_round
+    start = 0 if cfg.eval.test_init else 1
+    if resume:
+        start = _restore(run, cfg, algo, clients)
+    else:
+        _write_assignment(run, start - 1, algo.assignment_record())
+    logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm))
+    if resume:
+        logs.metrics.truncate_after(start - 1)
+        logs.comm.truncate_after(start - 1)
+    failures = 0
+    try:
+        for rnd in range(start, last_round(cfg) + 1):
+            failures += play(rnd, cfg, algo, clients, logs)
+            _write_assignment(run, rnd, algo.assignment_record())
+            if cfg.run.checkpoint:
+                state = {
+                    "round": rnd,
+                    "config": json.dumps(cfg.to_dict(), sort_keys=True),
+                    "server": algo.state_dict(),
+                    "clients": clients.states(),
+                }
+                save_checkpoint(run.checkpoints, state)
+    finally:
+        logs.close()
+    result = summarize_run(run.path)
+    result.failures = failures
+    log.info("%s", format_summary(result))
+    return result
+
+
+def play_round(rnd: int, cfg: Config, algo: Any, clients: Clients, logs: RoundLogs) -> int:
+    """One round: configure, reach the clients, log what came back, aggregate.
+
+    Returns:
+        The number of clients that failed (raised, or gave no reply in time) this round.
+    """
+    t0 = time.perf_counter()
+    log.info("=== round %d/%d ===", rnd, cfg.federation.rounds)
+    messages = algo.configure_round(rnd)
+    updates: dict[int, ClientMessage] = {}
+    failed = 0
+    for client, outcome in clients.run_round(rnd, messages):
+        msg = messages[client]
+        _log_comm(logs.comm, rnd, client, "down", msg)
+        if isinstance(outcome, BaseException):  # a failing client must not stop the federation
+            failed += 1
+            log.error(
+                "round %d: client %d failed: %s: %s", rnd, client, type(outcome).__name__, outcome
+            )
+            log.debug("traceback", exc_info=outcome)
+            continue
+        updates[client] = outcome
+        _log_comm(logs.comm, rnd, client, "up", outcome)
+        _log_metrics(logs.metrics, rnd, client, outcome)
+        log.info("%s", _client_line(client, outcome, msg))
+    summary = algo.aggregate(rnd, updates)
+    for client, reason in summary.rejected.items():
+        logs.metrics.log(
+            {"round": rnd, "client": client, "split": "server", "metric": "rejected", "value": 1.0}
+        )
+        log.warning("round %d: update of client %d rejected: %s", rnd, client, reason)
+    log.info(
+        "round %d done in %.1f s (%d failed, %d rejected)",
+        rnd,
+        time.perf_counter() - t0,
+        failed,
+        len(summary.rejected),
+    )
+    return failed
+
+
+def _log_metrics(metrics_log: JsonlLogger, rnd: int, client: int, update: ClientMessage) -> None:
+    for key, value in sorted(update.metrics.items()):
+        split, _, metric = key.partition("/")
+        at = rnd
+        if split == "received":  # the model received this round = the global one of rnd-1
+            split, at = "test_global", rnd - 1
+        metrics_log.log(
+            {"round": at, "client": client, "split": split, "metric": metric, "value": value}
+        )
+
+
+def _log_comm(
+    comm_log: JsonlLogger, rnd: int, client: int, direction: str, msg: ServerMessage | ClientMessage
+) -> None:
+    for kind, nbytes in sorted(msg.nbytes().items()):
+        comm_log.log(
+            {"round": rnd, "client": client, "direction": direction, "kind": kind, "bytes": nbytes}
+        )
+
+
+def _client_line(client: int, update: ClientMessage, msg: ServerMessage) -> str:
+    shown = ("test/score", "test/accuracy", "test/rouge_l", "eval/loss", "train/loss")
+    parts = [f"client {client:>3}"]
+    for key in shown:
+        if key in update.metrics:
+            parts.append(f"{key} {update.metrics[key]:8.4f}")
+    parts.append(f"down {msg.total_bytes() / 1e6:7.3f} MB  up {update.total_bytes() / 1e6:7.3f} MB")
+    return "  ".join(parts)
+
+
+def _write_assignment(run: RunDir, rnd: int, record: Mapping[str, Any] | None) -> None:
+    if record is None or rnd < 0:
+        return
+    path = run.assignments / f"round_{rnd:03d}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _restore(run: RunDir, cfg: Config, algo: Any, clients: Clients) -> int:
+    state = load_checkpoint(run.checkpoints)
+    saved, current = json.loads(state["config"]), cfg.to_dict()
+    if saved != current:
+        diff = sorted(
+            f"{section}.{key}"
+            for section in set(saved) | set(current)
+            for key in set(saved.get(section, {})) | set(current.get(section, {}))
+            if saved.get(section, {}).get(key) != current.get(section, {}).get(key)
+        )
+        raise CheckpointError(
+            f"the checkpoint in {run.checkpoints} was written with another configuration "
+            f"(differs in {', '.join(diff)}); resume with the run's own config.toml"
+        )
+    algo.load_state_dict(state["server"])
+    clients.load_states(state["clients"])
+    log.info("resumed from the checkpoint of round %d", state["round"])
+    return int(state["round"]) + 1
+
+
+def last_round(cfg: Config) -> int:
+    """The last round the engine runs: ``R``, or ``R + 1`` (evaluation only) when the global model
+    after the final aggregation must be evaluated (``eval.timing`` = ``global`` or ``both``)."""
+    rounds = cfg.federation.rounds
+    return rounds + 1 if cfg.eval.timing != "personalized" else rounds
+
+
+def summarize_run(run_dir: Path) -> RunResult:
+    """First/last-round test metrics per client and total bytes, from a run directory's logs."""
+    run = RunDir(run_dir)
+    by_round: dict[int, dict[int, dict[str, float]]] = {}
+    records = list(read_jsonl(run.metrics))
+    primary = "test" if any(r["split"] == "test" for r in records) else "test_global"
+    for rec in records:
+        if rec["split"] == primary:
+            by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = (
+                rec["value"]
+            )
+    up = down = 0
+    for rec in read_jsonl(run.comm):
+        if rec["direction"] == "up":
+            up += rec["bytes"]
+        else:
+            down += rec["bytes"]
+    rounds = sorted(by_round)
+    result = RunResult(run_dir, rounds[-1] if rounds else -1, bytes_up=up, bytes_down=down)
+    if rounds:
+        result.first, result.last = by_round[rounds[0]], by_round[rounds[-1]]
+    assignments = sorted(run.assignments.glob("round_*.json")) if run.assignments.is_dir() else []
+    if assignments:
+        modules = json.loads(assignments[-1].read_text())["modules"]
+        for per_client in modules.values():
+            for client, ids in enumerate(per_client):
+                result.experts.setdefault(client, []).append(len(ids))
+    return result
+
+
+def format_summary(result: RunResult) -> str:
+    """A readable end-of-run summary: per-client first vs last score, bytes, the run's path."""
+    lines = ["", "summary: test score per client (first round -> last round)"]
+    for client in sorted(result.last):
+        first = result.first.get(client, {}).get("score", float("nan"))
+        last = result.last[client].get("score", float("nan"))
+        lines.append(f"  client {client:>3}: {first:.4f} -> {last:.4f} ({last - first:+.4f})")
+    if result.last:
+        mean_first = _mean(r.get("score") for r in result.first.values())
+        mean_last = _mean(r.get("score") for r in result.last.values())
+        lines.append(
+            f"  mean      : {mean_first:.4f} -> {mean_last:.4f} ({mean_last - mean_first:+.4f})"
+        )
+    if result.experts:
+        lines.append("domain experts held per module in the last assignment (mean, min-max):")
+        for client, counts in sorted(result.experts.items()):
+            mean = sum(counts) / len(counts)
+            lines.append(f"  client {client:>3}: {mean:4.1f} ({min(counts)}-{max(counts)})")
+    lines.append(
+        f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
+    )
+    lines.append(f"run directory: {result.run_dir}")
+    return "\n".join(lines)
+
+
+def _mean(values: Iterator[float | None]) -> float:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")

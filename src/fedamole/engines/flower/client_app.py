@@ -1,0 +1,224 @@
+"""The Flower ClientApp: ``local_update`` of the run's algorithm, with this node's data only.
+
+Two message types arrive (see :mod:`fedamole.engines.flower.server_app`):
+
+- ``query`` (the handshake, once per node and run): the server's resolved config (TOML text) and,
+  in simulation, a folder for state snapshots. The app keeps them in ``context.state``, checks
+  that this node's data loads, and answers with its client index, ``node_config["partition-id"]``.
+- ``train`` (every round): one :class:`~fedamole.federated.messages.ServerMessage`; the app runs
+  ``algo.local_update`` and answers with the ``ClientMessage``.
+
+Where the data comes from: with ``node_config["data-file"]`` (deployment) this owner's local file
+(:func:`fedamole.data.node.load_node_data`); without it (simulation) partition ``partition-id`` of
+:func:`fedamole.data.load_federated_data`, exactly as the embedded engine splits the data.
+
+Client-private state (the algorithm's ``ClientContext.state``: held experts, data-stream position,
+privacy clipper, a baseline's local adapter) lives in ``context.state``, so an ephemeral ClientApp
+process resumes where the last one stopped. It is also snapshotted after every round to
+``<state-dir>/client_NNN/round_RRR`` (the last two rounds) when a state folder is known
+(``node_config["state-dir"]``, or the one the server sends in simulation): a restarted ServerApp
+(``--resume``) starts a new Flower run with an empty ``context.state``, and the snapshot of the
+round before the resumed one makes it continue exactly.
+
+The backbone, the prepared algorithm and the data are cached per process: once per Ray actor in
+simulation, once per message in deployment, where Flower starts a fresh ClientApp process for every
+message. Each reply carries a ``fedamole.runtime`` record (load and work seconds) so the server can
+report that cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedamole.algorithms import get_algorithm
+from fedamole.algorithms.base import ClientContext
+from fedamole.checkpoint import load_checkpoint, save_checkpoint
+from fedamole.config import Config
+from fedamole.data.types import ClientData
+from fedamole.engines.common import check_injected_failure
+from fedamole.engines.flower.records import (
+    STATE_KEY,
+    STATE_TENSORS_KEY,
+    message_from_record,
+    message_to_record,
+    state_from_records,
+    state_to_records,
+)
+from fedamole.federated.messages import ServerMessage
+from fedamole.models import load_model_and_tokenizer
+
+__all__ = ["RUNTIME_KEY", "SETUP_KEY", "app"]
+
+log = logging.getLogger("fedamole")
+
+SETUP_KEY = "fedamole.setup"
+RUNTIME_KEY = "fedamole.runtime"
+NODE_KEY = "fedamole.node"
+_STATE_META = "fedamole.state.meta"
+_KEEP_SNAPSHOTS = 2
+
+app = ClientApp()
+
+
+@dataclass
+class _Runtime:
+    """What one process loads once: config, prepared backbone, algorithm, data."""
+
+    cfg: Config
+    algo: Any
+    model: Any
+    tokenizer: Any
+    load_s: float
+    data: dict[int, ClientData] = field(default_factory=dict)
+    caches: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+_RUNTIMES: dict[str, _Runtime] = {}  # by config text: one per run in this process
+
+
+@app.query()
+def setup(msg: Message, context: Context) -> Message:
+    """Handshake: keep the run's config, check this node's data, answer with the client index."""
+    sent = msg.content.config_records[SETUP_KEY]
+    context.state.config_records[SETUP_KEY] = ConfigRecord(dict(sent))
+    cfg = _parse_config(str(sent["config"]))
+    client = _client_index(context, cfg)
+    data = _client_data(cfg, client, context.node_config, {})
+    reply = ConfigRecord({"partition-id": client, "train-examples": len(data.train)})
+    return Message(RecordDict({NODE_KEY: reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of ``local_update`` for this node's client."""
+    started = time.time()
+    if SETUP_KEY not in context.state.config_records:
+        raise RuntimeError("no handshake received for this run; the server must query first")
+    setup_record = context.state.config_records[SETUP_KEY]
+    runtime, loaded_now = _runtime(str(setup_record["config"]))
+    cfg = runtime.cfg
+    client = _client_index(context, cfg)
+    server_msg = message_from_record(msg.content)
+    if not isinstance(server_msg, ServerMessage) or server_msg.client != client:
+        raise ValueError(f"message for client {server_msg.client} reached client {client}")
+    t_data = time.perf_counter()
+    data = _client_data(cfg, client, context.node_config, runtime.data)
+    data_s = time.perf_counter() - t_data
+    state_dir = _state_dir(context, setup_record)
+    state = _restore_state(context, client, server_msg.round, state_dir)
+    cache = runtime.caches.setdefault(client, {})
+    ctx = ClientContext(client, data, runtime.model, runtime.tokenizer, state, cache)
+    check_injected_failure(cfg, server_msg.round, client)
+    t_work = time.perf_counter()
+    update = runtime.algo.local_update(server_msg.round, server_msg, ctx)
+    work_s = time.perf_counter() - t_work
+    _store_state(context, ctx.state, client, server_msg.round, state_dir)
+    timing = {
+        "handler-start": started,
+        "load-s": (runtime.load_s if loaded_now else 0.0) + data_s,
+        "work-s": work_s,
+    }
+    content = message_to_record(update)
+    content[RUNTIME_KEY] = ConfigRecord(timing)
+    return Message(content, reply_to=msg)
+
+
+def _parse_config(text: str) -> Config:
+    return Config.model_validate(tomllib.loads(text))
+
+
+def _runtime(config_text: str) -> tuple[_Runtime, bool]:
+    """This process's runtime for the run, and whether it was loaded by this call."""
+    if config_text in _RUNTIMES:
+        return _RUNTIMES[config_text], False
+    t0 = time.perf_counter()
+    cfg = _parse_config(config_text)
+    torch.manual_seed(cfg.run.seed)
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, seed=cfg.run.seed
+    )
+    algo = get_algorithm(cfg.federation.algorithm)(cfg)
+    model = algo.prepare_model(model)
+    _RUNTIMES.clear()  # one run at a time per process: free the previous backbone
+    _RUNTIMES[config_text] = runtime = _Runtime(
+        cfg, algo, model, tokenizer, time.perf_counter() - t0
+    )
+    return runtime, True
+
+
+def _client_index(context: Context, cfg: Config) -> int:
+    n = cfg.federation.num_clients
+    raw = context.node_config.get("partition-id")
+    if raw is None or isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < n:
+        raise ValueError(
+            f"node config `partition-id` ({raw!r}) must be an integer in 0..{n - 1}: start the "
+            f"SuperNode with --node-config 'partition-id=K data-file=\"...\"'"
+        )
+    return raw
+
+
+def _client_data(
+    cfg: Config, client: int, node_config: Any, cached: dict[int, ClientData]
+) -> ClientData:
+    if client in cached:
+        return cached[client]
+    if "data-file" in node_config:
+        from fedamole.data.node import load_node_data
+
+        cached[client] = load_node_data(cfg, str(node_config["data-file"]), client=client)
+    else:
+        from fedamole.data import load_federated_data
+
+        cached.update(enumerate(load_federated_data(cfg).clients))
+    return cached[client]
+
+
+def _state_dir(context: Context, setup_record: ConfigRecord) -> Path | None:
+    where = context.node_config.get("state-dir") or setup_record.get("state-dir")
+    return Path(str(where)) if where else None
+
+
+def _restore_state(context: Context, client: int, rnd: int, state_dir: Path | None) -> dict:
+    """The newest state from before round ``rnd``: ``context.state``, else a snapshot."""
+    meta = context.state.config_records.get(_STATE_META)
+    if meta is not None and int(meta["round"]) < rnd:
+        arrays = context.state.array_records[STATE_TENSORS_KEY]
+        return state_from_records(arrays, context.state.config_records[STATE_KEY])
+    for snapshot in _snapshots(state_dir, client):
+        snap_round = int(snapshot.name.removeprefix("round_"))
+        if snap_round < rnd:
+            log.info("client %d: state restored from the snapshot of round %d", client, snap_round)
+            return dict(load_checkpoint(snapshot)["state"])
+    return {}
+
+
+def _store_state(
+    context: Context, state: dict[str, Any], client: int, rnd: int, state_dir: Path | None
+) -> None:
+    arrays, manifest = state_to_records(state)
+    context.state.array_records[STATE_TENSORS_KEY] = arrays
+    context.state.config_records[STATE_KEY] = manifest
+    context.state.config_records[_STATE_META] = ConfigRecord({"round": rnd})
+    if state_dir is None:
+        return
+    save_checkpoint(state_dir / f"client_{client:03d}" / f"round_{rnd:03d}", {"state": state})
+    for old in _snapshots(state_dir, client)[_KEEP_SNAPSHOTS:]:
+        shutil.rmtree(old)
+
+
+def _snapshots(state_dir: Path | None, client: int) -> list[Path]:
+    """Snapshot folders of ``client``, newest first."""
+    folder = state_dir / f"client_{client:03d}" if state_dir is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob("round_*") if p.is_dir()), reverse=True)

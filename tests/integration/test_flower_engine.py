@@ -1,0 +1,245 @@
+"""The Flower engine: lossless records, the ServerApp/ClientApp on an in-process Grid (equal to the
+embedded engine, resume, silent nodes), and one real simulation through ``fedamole run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+flwr = pytest.importorskip("flwr", reason="the Flower engine needs `make install-flower`")
+
+from fedamole.algorithms import ALGORITHMS, get_algorithm  # noqa: E402
+from fedamole.algorithms.base import ClientContext  # noqa: E402
+from fedamole.config import load  # noqa: E402
+from fedamole.data import load_federated_data  # noqa: E402
+from fedamole.engines.embedded import run_embedded  # noqa: E402
+from fedamole.engines.flower import client_app  # noqa: E402
+from fedamole.engines.flower import server_app as flower_server  # noqa: E402
+from fedamole.engines.flower.records import (  # noqa: E402
+    message_from_record,
+    message_to_record,
+    state_from_records,
+    state_to_records,
+)
+from fedamole.federated.messages import ClientMessage, ServerMessage  # noqa: E402
+from fedamole.models import load_model_and_tokenizer  # noqa: E402
+from fedamole.tracking import read_jsonl  # noqa: E402
+
+from .flower_grid import FakeGrid, wire  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smoke(repo):
+    return load(repo / "configs" / "smoke.toml")
+
+
+@pytest.fixture(scope="module")
+def embedded_run(smoke, tmp_path_factory):
+    path = tmp_path_factory.mktemp("runs") / "embedded"
+    run_embedded(smoke, path, progress=False)
+    return path
+
+
+def _same_message(a, b) -> None:
+    assert type(a) is type(b) and (a.round, a.client) == (b.round, b.client)
+    assert list(a.tensors) == list(b.tensors)
+    for key, t in a.tensors.items():
+        u = b.tensors[key]
+        assert (t.dtype, t.shape) == (u.dtype, u.shape), key
+        assert torch.equal(_bits(t), _bits(u)), key
+    assert a.config == b.config and a.metrics == b.metrics
+    assert {k: type(v) for k, v in a.config.items()} == {k: type(v) for k, v in b.config.items()}
+    assert {k: type(v) for k, v in a.metrics.items()} == {k: type(v) for k, v in b.metrics.items()}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)  # bitwise: NaN == NaN, -0.0 != 0.0
+
+
+def _round_trip(msg):
+    return message_from_record(wire(message_to_record(msg)))
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_message_of_every_algorithm_round_trips(name, smoke):
+    """Every message a whole federation of ``name`` exchanges survives records + serialization."""
+    cfg = smoke.replace(**{"federation.algorithm": name})
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name, dtype="float32", device="cpu")
+    algo = get_algorithm(name)(cfg)
+    model = algo.prepare_model(model)
+    algo.setup(model)
+    data = load_federated_data(cfg)
+    contexts = [ClientContext(c, data.clients[c], model, tokenizer) for c in range(3)]
+    seen = set()
+    for rnd in range(cfg.federation.rounds + 1):
+        updates = {}
+        for client, msg in algo.configure_round(rnd).items():
+            _same_message(msg, _round_trip(msg))
+            update = algo.local_update(rnd, msg, contexts[client])
+            _same_message(update, _round_trip(update))
+            updates[client] = update
+            seen |= {(type(m).__name__, k.split(":")[0]) for m in (msg, update) for k in m.tensors}
+            seen |= {(type(m).__name__, "empty") for m in (msg, update) if not m.tensors}
+            arrays, manifest = state_to_records(contexts[client].state)
+            restored = state_from_records(wire(arrays), wire(manifest))
+            assert json.dumps(_plain(restored)) == json.dumps(_plain(contexts[client].state))
+        algo.aggregate(rnd, updates)
+    assert ("ServerMessage", "empty") in seen or name != "fedamole"
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        return [str(value.dtype), list(value.shape), value.flatten().tolist()]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_odd_tensors_and_scalars_round_trip():
+    msg = ClientMessage(
+        4,
+        2,
+        {
+            "experts:m:A": torch.randn(2, 3, 5),
+            "bf16": torch.randn(3, 2).to(torch.bfloat16),
+            "half": torch.randn(4).half(),
+            "ids:m": torch.arange(3),
+            "empty": torch.zeros(0, 4),
+            "scalar": torch.tensor(1.5),
+            "strided": torch.randn(4, 6)[:, ::2],
+            "flag": torch.tensor([True, False]),
+        },
+        {"train": True, "lr": 1e-3, "steps": 3, "note": "x"},
+        {"test/score": 0.25, "train/tokens": 128},
+    )
+    _same_message(msg, _round_trip(msg))
+    assert _round_trip(ServerMessage(0, 1)) == ServerMessage(0, 1)
+    with pytest.raises(ValueError, match="not a fedamole message"):
+        message_from_record(flwr.app.RecordDict())
+
+
+def _serve(cfg, run_dir, grid, **kwargs):
+    settings = flower_server.ServerSettings(cfg, run_dir, **kwargs)
+    return flower_server.serve(grid, settings)
+
+
+def _metrics(path):
+    return [
+        (r["round"], r["client"], r["split"], r["metric"], r["value"])
+        for r in read_jsonl(path / "metrics.jsonl")
+    ]
+
+
+def _assert_same_run(a, b, rel=1e-5) -> None:
+    ma, mb = _metrics(a), _metrics(b)
+    assert [m[:4] for m in ma] == [m[:4] for m in mb]
+    for x, y in zip(ma, mb, strict=True):
+        assert y[4] == pytest.approx(x[4], rel=rel, abs=1e-12), x[:4]
+    assert (a / "comm.jsonl").read_text() == (b / "comm.jsonl").read_text()
+    names = sorted(p.name for p in (a / "assignments").iterdir())
+    assert names == sorted(p.name for p in (b / "assignments").iterdir())
+    for name in names:
+        assert (a / "assignments" / name).read_text() == (b / "assignments" / name).read_text()
+
+
+def test_apps_on_an_in_process_grid_equal_the_embedded_engine(smoke, embedded_run, tmp_path):
+    grid = FakeGrid(3, ephemeral=True)  # a fresh ClientApp "process" per message, as deployed
+    result = _serve(smoke, tmp_path / "r", grid)
+    _assert_same_run(embedded_run, tmp_path / "r")
+    assert result.failures == 0
+    sent = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert len(sent) == 3 * (smoke.federation.rounds + 1)
+    assert {m.metadata.dst_node_id for m in sent} == set(grid.contexts)
+    wire_log = list(read_jsonl(tmp_path / "r" / "wire.jsonl"))
+    assert len(wire_log) == len(sent)
+    assert all(w["down_serialized"] > w["down_payload"] for w in wire_log)
+    assert all(w["load_s"] > 0 for w in wire_log)  # ephemeral: every message loads the backbone
+
+
+def test_killed_server_resumes_exactly(smoke, embedded_run, tmp_path, monkeypatch):
+    """A ServerApp killed in round 2 resumes from the checkpoint in a new Flower run (new node
+    ids, empty context.state): the clients' snapshots make it equal the uninterrupted run."""
+    real_round = flower_server.run_federation.__globals__["play_round"]
+
+    def killed_in_round_2(rnd, *args):
+        if rnd == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_round(rnd, *args)
+
+    state_dir = tmp_path / "r" / "checkpoints" / "clients"
+    real_federation = flower_server.run_federation
+    monkeypatch.setattr(
+        flower_server,
+        "run_federation",
+        lambda *a, **k: real_federation(*a, **k, play=killed_in_round_2),
+    )
+    with pytest.raises(KeyboardInterrupt):
+        _serve(smoke, tmp_path / "r", FakeGrid(3), state_dir=state_dir)
+    monkeypatch.setattr(flower_server, "run_federation", real_federation)
+    _serve(smoke, tmp_path / "r", FakeGrid(3, base=5000), resume=True, state_dir=state_dir)
+    _assert_same_run(embedded_run, tmp_path / "r")
+
+
+def test_silent_node_is_left_out_then_rejoins(smoke, tmp_path, caplog):
+    cfg = smoke.replace(**{"flower.round_timeout": 0.1})
+    grid = FakeGrid(3)
+    silent = 1001
+    original = grid.send_and_receive
+
+    def drop_round_1(messages, *, timeout=None):
+        messages = list(messages)
+        grid.silent = {silent} if any(m.metadata.group_id == "1" for m in messages) else set()
+        return original(messages, timeout=timeout)
+
+    grid.send_and_receive = drop_round_1
+    result = _serve(cfg, tmp_path / "r", grid)
+    assert result.failures == 1
+    metrics = _metrics(tmp_path / "r")
+    assert not [m for m in metrics if m[0] == 1 and m[1] == 1]
+    assert [m for m in metrics if m[0] == 2 and m[1] == 1]
+    assert "client 1 failed: TimeoutError" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_node_with_a_bad_partition_id_is_refused(smoke, tmp_path):
+    cfg = smoke.replace(**{"flower.connect_timeout": 1.0})
+    grid = FakeGrid(3)
+    grid.contexts[1002].node_config["partition-id"] = 7
+    with pytest.raises(TimeoutError, match=r"no node with partition-id in \[2\]"):
+        _serve(cfg, tmp_path / "r", grid)
+    assert "partition-id" in (tmp_path / "r" / "log.txt").read_text()
+
+
+def test_client_state_lives_in_context_state(smoke, tmp_path):
+    grid = FakeGrid(3, ephemeral=True)
+    _serve(smoke, tmp_path / "r", grid)
+    for ctx in grid.contexts.values():
+        state = state_from_records(
+            ctx.state.array_records["fedamole.state.tensors"],
+            ctx.state.config_records["fedamole.state"],
+        )
+        assert "modules" in state and "stream" in state
+    assert client_app.SETUP_KEY in next(iter(grid.contexts.values())).state
+
+
+@pytest.mark.slow
+def test_simulation_equals_embedded(repo, embedded_run, tmp_path):
+    """`fedamole run configs/smoke.toml --engine flower` (Ray) equals `--engine embedded`."""
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    }
+    cmd = [sys.executable, "-m", "fedamole", "run", str(repo / "configs" / "smoke.toml")]
+    cmd += ["--engine", "flower", "--run-dir", str(tmp_path / "flower")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(embedded_run, tmp_path / "flower")
+    assert (tmp_path / "flower" / "checkpoints" / "last" / "state.json").is_file()

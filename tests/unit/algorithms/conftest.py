@@ -1,0 +1,42 @@
+"""Fixtures for the LoRA baseline tests: the smoke config per algorithm, a tiny LoRA'd model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedamole.algorithms import get_algorithm
+from fedamole.config import Config, load
+from fedamole.models import load_model_and_tokenizer
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on busy cores OpenMP's spinning
+    threads make them several times slower; restored after the package."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def smoke(repo) -> Config:
+    return load(repo / "configs" / "smoke.toml")
+
+
+@pytest.fixture
+def make_algo(smoke):
+    """``make_algo(name, **overrides)``: (algorithm, prepared tiny model, tokenizer), set up."""
+
+    def build(name: str, **overrides):
+        cfg = smoke.replace(**{"federation.algorithm": name, **overrides})
+        model, tokenizer = load_model_and_tokenizer(
+            cfg.model.name, dtype="float32", device="cpu", seed=cfg.run.seed
+        )
+        algo = get_algorithm(name)(cfg)
+        model = algo.prepare_model(model)
+        algo.setup(model)
+        return algo, model, tokenizer
+
+    return build

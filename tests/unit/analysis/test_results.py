@@ -1,0 +1,154 @@
+"""Method and scenario labels from configs, seed statistics, variant disambiguation, run
+discovery, and the report's formatting on hand-made run directories."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+
+import pytest
+
+from fedamole.analysis.report import build_report, format_csv, format_markdown
+from fedamole.analysis.results import (
+    entries,
+    find_run_dirs,
+    load_runs,
+    mean_std,
+    method_labels,
+    scenario_label,
+)
+
+
+def _cfg(algorithm="fedamole", timing="personalized", **sections):
+    config = {"federation": {"algorithm": algorithm}, "eval": {"timing": timing}}
+    for dotted, value in sections.items():
+        section, key = dotted.split("__")
+        config.setdefault(section, {})[key] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (_cfg(), [("FedAMoLE", "test")]),
+        (_cfg("fedit", "both"), [("FedIT-FT", "test"), ("FedIT", "test_global")]),
+        (_cfg("fedit", "global"), [("FedIT", "test_global")]),
+        (_cfg("fedit"), [("FedIT-FT", "test")]),
+        (_cfg("fdlora"), [("FDLoRA", "test")]),
+        (_cfg("local", "global"), [("Local-global", "test_global")]),
+        (_cfg(federation__assignment="static"), [("FedAMoLE-R", "test")]),
+        (_cfg(mole__router="linear"), [("FedAMoLE-H", "test")]),
+        (_cfg(mole__shared_expert=False), [("FedAMoLE-S", "test")]),
+        (_cfg(federation__privacy=True), [("FedAMoLE-DP", "test")]),
+        (_cfg("brand_new"), [("brand_new", "test")]),
+    ],
+)
+def test_method_labels(config, expected):
+    assert method_labels(config) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "partition", "expected"),
+    [
+        ({"dataset": "snli"}, {"kind": "dirichlet", "alpha": 0.1}, "SNLI α=0.1"),
+        ({"dataset": "dolly"}, {"kind": "dirichlet", "alpha": 100.0}, "Dolly α=100"),
+        ({"dataset": "natural_instructions"}, {"kind": "task", "tasks_per_client": 1}, "NI task"),
+        (
+            {"dataset": "synthetic"},
+            {"kind": "task", "tasks_per_client": 2},
+            "Synthetic 2 tasks/client",
+        ),
+        ({"dataset": "synthetic"}, {"kind": "iid"}, "Synthetic iid"),
+    ],
+)
+def test_scenario_labels(data, partition, expected):
+    assert scenario_label({"data": data, "partition": partition}) == expected
+
+
+def test_mean_std_is_the_sample_std():
+    values = [0.2, 0.5, 0.9]
+    mean, std, n = mean_std(values)
+    assert mean == pytest.approx(statistics.mean(values))
+    assert std == pytest.approx(statistics.stdev(values)) and n == 3
+    assert mean_std([0.3]) == (0.3, None, 1)
+
+
+def _fake_run(folder, name, config, scores, *, done=True):
+    """A run directory with ``scores``: {(round, client): score} in split ``test``."""
+    import tomli_w
+
+    path = folder / name
+    path.mkdir(parents=True)
+    (path / "config.toml").write_text(tomli_w.dumps(config))
+    lines = [
+        json.dumps({"round": r, "client": c, "split": "test", "metric": "score", "value": v})
+        for (r, c), v in scores.items()
+    ]
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if done:
+        (path / "done.json").write_text("{}")
+    return path
+
+
+def _config(algorithm, seed, lr=1e-3, alpha=1.0, **fed):
+    return {
+        "data": {"dataset": "snli"},
+        "partition": {"kind": "dirichlet", "alpha": alpha},
+        "federation": {"algorithm": algorithm, "num_clients": 2, "rounds": 2, **fed},
+        "train": {"lr": lr},
+        "eval": {"timing": "personalized"},
+        "run": {"seed": seed, "name": "x"},
+    }
+
+
+def test_variants_of_one_label_are_told_apart_and_old_folders_skipped(tmp_path):
+    _fake_run(tmp_path, "a", _config("fedamole", 1, lr=0.1), {(1, 0): 0.5})
+    _fake_run(tmp_path, "b", _config("fedamole", 1, lr=0.2), {(1, 0): 0.5})
+    _fake_run(tmp_path, "b.old-20250101-000000", _config("fedamole", 1), {(1, 0): 0.5})
+    assert [p.name for p in find_run_dirs([tmp_path])] == ["a", "b"]
+    labels = sorted(e.method for e in entries(load_runs([tmp_path])))
+    assert labels == ["FedAMoLE [lr=0.1]", "FedAMoLE [lr=0.2]"]
+    ignored = sorted(e.method for e in entries(load_runs([tmp_path]), ignore=("train.lr",)))
+    assert ignored == ["FedAMoLE", "FedAMoLE"]
+
+
+def test_report_numbers_bold_gain_and_average_by_hand(tmp_path):
+    # FedAMoLE: seeds give best-round client means 0.8 and 0.6 (α=0.1), 0.5 and 0.7 (α=1).
+    # FedIT-FT: 0.4 and 0.6 (α=0.1), 0.5 and 0.5 (α=1); round 2 of seed 2 is its best.
+    runs = {
+        ("fedamole", 1, 0.1): {(1, 0): 0.8, (1, 1): 0.8, (2, 0): 0.6, (2, 1): 0.6},
+        ("fedamole", 2, 0.1): {(1, 0): 0.5, (1, 1): 0.7, (2, 0): 0.6, (2, 1): 0.4},
+        ("fedamole", 1, 1.0): {(1, 0): 0.5, (1, 1): 0.5},
+        ("fedamole", 2, 1.0): {(1, 0): 0.7, (1, 1): 0.7},
+        ("fedit", 1, 0.1): {(1, 0): 0.4, (1, 1): 0.4},
+        ("fedit", 2, 0.1): {(1, 0): 0.2, (1, 1): 0.2, (2, 0): 0.6, (2, 1): 0.6},
+        ("fedit", 1, 1.0): {(1, 0): 0.5, (1, 1): 0.5},
+        ("fedit", 2, 1.0): {(1, 0): 0.5, (1, 1): 0.5},
+    }
+    for (algo, seed, alpha), scores in runs.items():
+        _fake_run(tmp_path, f"{algo}{seed}{alpha}", _config(algo, seed, alpha=alpha), scores,
+                  done=not (algo == "fedit" and seed == 2 and alpha == 1.0))  # fmt: skip
+    report = build_report([tmp_path], round_mode="best")
+    assert report.scenarios == ["SNLI α=0.1", "SNLI α=1"]
+    assert report.methods == ["FedIT-FT", "FedAMoLE"]
+    ours = report.cells["FedAMoLE", "SNLI α=0.1"]
+    assert ours.mean == pytest.approx(70.0) and ours.std == pytest.approx(
+        statistics.stdev([80, 60])
+    )
+    assert report.cells["FedIT-FT", "SNLI α=0.1"].mean == pytest.approx(50.0)
+    assert report.cells["FedIT-FT", "SNLI α=1"].std == pytest.approx(0.0)
+    assert report.average["FedAMoLE"] == pytest.approx(65.0)
+    assert report.average["FedIT-FT"] == pytest.approx(50.0)
+    assert report.gain["SNLI α=0.1"] == pytest.approx((70 - 50) / 50 * 100)
+    assert report.gain["SNLI α=1"] == pytest.approx((60 - 50) / 50 * 100)
+    assert report.gain["avg"] == pytest.approx((65 - 50) / 50 * 100)
+    assert report.clients["FedAMoLE", "SNLI α=0.1"][1].mean == pytest.approx(75.0)  # 0.8, 0.7
+    last = build_report([tmp_path], round_mode="last")
+    assert last.cells["FedAMoLE", "SNLI α=0.1"].mean == pytest.approx(55.0)  # 0.6 and 0.5
+    text = format_markdown(report)
+    assert "| **70.00 ± 14.14** |" in text and "**65.00**" in text
+    assert "| gain (%) | +40.00 | +20.00 | +30.00 |" in re.sub(" +", " ", text)
+    assert "not finished" in text and "fedit21.0" in text
+    csv_text = format_csv(report)
+    assert "main,SNLI α=0.1,FedAMoLE,,70.0" in csv_text
