@@ -9,6 +9,7 @@ same objects as the embedded one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,10 +18,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedamole.config import Config
+from fedamole.data.collate import Encoded, encode_train
 from fedamole.data.types import ClientData
 from fedamole.federated.messages import ClientMessage, ServerMessage
 
-__all__ = ["Algorithm", "ClientContext", "RoundSummary", "client_seed"]
+__all__ = ["Algorithm", "ClientContext", "RoundSummary", "client_seed", "train_examples"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,3 +100,19 @@ def client_seed(seed: int, rnd: int, client: int) -> int:
     import numpy as np
 
     return int(np.random.SeedSequence([seed, rnd, client]).generate_state(1)[0])
+
+
+def train_examples(ctx: ClientContext, cfg: Config) -> list[Encoded]:
+    """The client's encoded training examples (cached per process; too-long prompts dropped)."""
+    if "train_encoded" not in ctx.cache:
+        encoded = [encode_train(x, ctx.tokenizer, cfg.model.max_length) for x in ctx.data.train]
+        kept = [e for e in encoded if e is not None]
+        if len(kept) < len(encoded):
+            log.warning(
+                "client %d: dropped %d training examples whose prompt is >= model.max_length (%d)",
+                ctx.client_id,
+                len(encoded) - len(kept),
+                cfg.model.max_length,
+            )
+        ctx.cache["train_encoded"] = kept
+    return ctx.cache["train_encoded"]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed
+from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed, train_examples
 from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
 from fedamole.evaluation import evaluate_examples, mean_loss
@@ -248,7 +248,7 @@ class FedAMoLE:
                 for x in ctx.data.embedding
             )
             if e is not None
-        ] or _cached_train(ctx, self.cfg)[:1]
+        ] or train_examples(ctx, self.cfg)[:1]
         bs, device = self.cfg.eval.batch_size, ctx.device
         batches = [
             model_inputs(collate(encoded[i : i + bs], ctx.tokenizer.pad_token_id), device)
@@ -404,23 +404,8 @@ def _maybe(bank: Mapping[str, torch.Tensor], key: str) -> torch.Tensor | None:
     return bank[key].clone() if key in bank else None
 
 
-def _cached_train(ctx: ClientContext, cfg: Config) -> list:
-    if "train_encoded" not in ctx.cache:
-        encoded = [encode_train(x, ctx.tokenizer, cfg.model.max_length) for x in ctx.data.train]
-        kept = [e for e in encoded if e is not None]
-        if len(kept) < len(encoded):
-            log.warning(
-                "client %d: dropped %d training examples whose prompt is >= model.max_length (%d)",
-                ctx.client_id,
-                len(encoded) - len(kept),
-                cfg.model.max_length,
-            )
-        ctx.cache["train_encoded"] = kept
-    return ctx.cache["train_encoded"]
-
-
 def _stream(ctx: ClientContext, cfg: Config) -> BatchStream:
-    stream = BatchStream(_cached_train(ctx, cfg), seed=cfg.run.seed, client=ctx.client_id)
+    stream = BatchStream(train_examples(ctx, cfg), seed=cfg.run.seed, client=ctx.client_id)
     if "stream" in ctx.state:
         stream.load_state_dict(ctx.state["stream"])
     return stream

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
-from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed
+from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed, train_examples
 from fedamole.algorithms.lora_common import (
     DEFAULT_ADAPTER,
     PARTS,
@@ -57,7 +57,6 @@ from fedamole.algorithms.lora_common import (
     trainable,
 )
 from fedamole.config import Config
-from fedamole.data.collate import Encoded, encode_train
 from fedamole.evaluation import evaluate_examples, mean_loss
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
@@ -264,22 +263,6 @@ def state_key(adapter: str) -> str:
     """Where a client keeps an adapter's state in ``ctx.state``: ``"lora"`` for the federated
     (default) adapter, ``"lora_<name>"`` for a private one."""
     return "lora" if adapter == DEFAULT_ADAPTER else f"lora_{adapter}"
-
-
-def train_examples(ctx: ClientContext, cfg: Config) -> list[Encoded]:
-    """The client's encoded training examples (cached per process; too-long prompts dropped)."""
-    if "train_encoded" not in ctx.cache:
-        encoded = [encode_train(x, ctx.tokenizer, cfg.model.max_length) for x in ctx.data.train]
-        kept = [e for e in encoded if e is not None]
-        if len(kept) < len(encoded):
-            log.warning(
-                "client %d: dropped %d training examples whose prompt is >= model.max_length (%d)",
-                ctx.client_id,
-                len(encoded) - len(kept),
-                cfg.model.max_length,
-            )
-        ctx.cache["train_encoded"] = kept
-    return ctx.cache["train_encoded"]
 
 
 def train_adapter(
