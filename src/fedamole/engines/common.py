@@ -290,6 +290,9 @@ def summarize_run(run_dir: Path) -> RunResult:
             by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = (
                 rec["value"]
             )
+    for rec in records:  # the eval-set loss beside the test metrics of the same round
+        if rec["split"] == "eval" and rec["metric"] == "loss" and rec["round"] in by_round:
+            by_round[rec["round"]].setdefault(rec["client"], {})["eval_loss"] = rec["value"]
     up = down = 0
     for rec in read_jsonl(run.comm):
         if rec["direction"] == "up":
@@ -311,11 +314,16 @@ def summarize_run(run_dir: Path) -> RunResult:
 
 def format_summary(result: RunResult) -> str:
     """A readable end-of-run summary: per-client first vs last score, bytes, the run's path."""
-    lines = ["", "summary: test score per client (first round -> last round)"]
+    lines = ["", "summary: test score and eval loss per client (first round -> last round)"]
     for client in sorted(result.last):
         first = result.first.get(client, {}).get("score", float("nan"))
         last = result.last[client].get("score", float("nan"))
-        lines.append(f"  client {client:>3}: {first:.4f} -> {last:.4f} ({last - first:+.4f})")
+        line = f"  client {client:>3}: {first:.4f} -> {last:.4f} ({last - first:+.4f})"
+        loss_first = result.first.get(client, {}).get("eval_loss")
+        loss_last = result.last[client].get("eval_loss")
+        if loss_first is not None and loss_last is not None:
+            line += f"   eval loss {loss_first:.3f} -> {loss_last:.3f}"
+        lines.append(line)
     if result.last:
         mean_first = _mean(r.get("score") for r in result.first.values())
         mean_last = _mean(r.get("score") for r in result.last.values())
