@@ -69,7 +69,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed
+from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed, train_examples
 from fedamole.algorithms.lora_common import (
     initial_lora_state,
     install_lora,
@@ -78,7 +78,7 @@ from fedamole.algorithms.lora_common import (
     set_lora_state,
     trainable,
 )
-from fedamole.algorithms.lora_strategy import round_plan, train_examples
+from fedamole.algorithms.lora_strategy import round_plan
 from fedamole.config import Config
 from fedamole.data.types import Example
 from fedamole.evaluation import evaluate_examples, mean_loss

@@ -340,7 +340,9 @@ def _palette(items: list[Entry]) -> dict[str, tuple]:
         others = [cmap(i) for i in range(20) if i not in (6, 7)]  # red is FedAMoLE's
         fixed = [m for m in METHOD_ORDER if m != "FedAMoLE"]
         return {
-            m: matplotlib.colormaps["tab10"](3) if m == "FedAMoLE" else others[fixed.index(m)]
+            m: matplotlib.colormaps["tab10"](3)
+            if m == "FedAMoLE"
+            else others[fixed.index(m) % len(others)]
             for m in methods
         }
     cycle = matplotlib.colormaps["tab10"]

@@ -62,11 +62,12 @@ ALGORITHM_LABELS = {
     "local": "Local",
 }
 # Algorithms whose shared model is the product: evaluated after local training they are "-FT".
-GLOBAL_MODEL_ALGORITHMS = frozenset({"fedit", "fedprompt", "fedptuning", "ffa_lora"})
+# FDLoRA evaluates the received global adapter fused with the private one (the reference's number).
+GLOBAL_MODEL_ALGORITHMS = frozenset({"fedit", "fedprompt", "fedptuning", "ffa_lora", "fdlora"})
 # Row order of the tables: the paper's baselines, the extra ones, the ablations, FedAMoLE last.
 METHOD_ORDER = (
-    "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT", "FDLoRA",
-    "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "Local",
+    "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT",
+    "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "Local",
     "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo", "FedAMoLE-DP",
     "FedAMoLE",
 )  # fmt: skip

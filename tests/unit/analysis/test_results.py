@@ -35,7 +35,8 @@ def _cfg(algorithm="fedamole", timing="personalized", **sections):
         (_cfg("fedit", "both"), [("FedIT-FT", "test"), ("FedIT", "test_global")]),
         (_cfg("fedit", "global"), [("FedIT", "test_global")]),
         (_cfg("fedit"), [("FedIT-FT", "test")]),
-        (_cfg("fdlora"), [("FDLoRA", "test")]),
+        (_cfg("fdlora", "global"), [("FDLoRA", "test_global")]),  # the reference's FDLoRA number
+        (_cfg("fdlora"), [("FDLoRA-FT", "test")]),
         (_cfg("local", "global"), [("Local-global", "test_global")]),
         (_cfg(federation__assignment="static"), [("FedAMoLE-R", "test")]),
         (_cfg(mole__router="linear"), [("FedAMoLE-H", "test")]),
