@@ -44,3 +44,21 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def run_killed(cfg, run_dir: Path, monkeypatch, *, kill_round: int = 2) -> None:
+    """Run ``cfg`` on the embedded engine and kill it at the start of round ``kill_round`` (earlier
+    rounds are checkpointed), as a crash or Ctrl-C would; resume it with ``resume=True``."""
+    import fedamole.engines.embedded as embedded
+
+    real_round = embedded._round
+
+    def killed(rnd, *args, **kwargs):
+        if rnd == kill_round:
+            raise KeyboardInterrupt("simulated kill")
+        return real_round(rnd, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(embedded, "_round", killed)
+        with pytest.raises(KeyboardInterrupt):
+            embedded.run_embedded(cfg, run_dir, progress=False)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from peft import PeftModel
 
-import fedamole.engines.embedded as embedded
 from fedamole.algorithms import get_algorithm
 from fedamole.algorithms.base import ClientContext
 from fedamole.algorithms.feddpa import instance_weights, mixture
@@ -31,6 +30,7 @@ from fedamole.federated.messages import unpack_modules
 from fedamole.models import load_model_and_tokenizer
 from fedamole.mole import set_mole_state
 from fedamole.tracking import read_jsonl
+from tests.conftest import run_killed
 
 ALGORITHMS = ("local", "fedit", "ffa_lora", "fedsa_lora", "feddpa")
 TIMING = {"fedit": "both"}  # FedIT also covers eval.timing = "both"
@@ -280,17 +280,7 @@ def test_fedamole_export_round_trips(repo, tmp_path):
 
 def test_resume_after_kill_equals_uninterrupted(runs, configs, tmp_path, monkeypatch):
     full, cfg = runs("fedit"), configs("fedit")
-    real_round = embedded._round
-
-    def killed_in_round_2(rnd, *args, **kwargs):
-        if rnd == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real_round(rnd, *args, **kwargs)
-
-    monkeypatch.setattr(embedded, "_round", killed_in_round_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_embedded(cfg, tmp_path / "r", progress=False)
-    monkeypatch.setattr(embedded, "_round", real_round)
+    run_killed(cfg, tmp_path / "r", monkeypatch, kill_round=2)
     run_embedded(cfg, tmp_path / "r", resume=True, progress=False)
     assert _metrics(tmp_path / "r") == _metrics(full)
     assert _comm(tmp_path / "r") == _comm(full)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-import fedamole.engines.embedded as embedded
 from fedamole.config import load
 from fedamole.engines.embedded import run_embedded
 from fedamole.tracking import read_jsonl
+from tests.conftest import run_killed
 
 SMALL = {
     "data.test_cap": 4,
@@ -63,17 +63,7 @@ def test_two_rounds_write_the_run_directory(smoke, tmp_path, algorithm, timing):
 
 
 def _kill_and_resume(cfg, path, kill_round, monkeypatch):
-    real_round = embedded._round
-
-    def killed(rnd, *args, **kwargs):
-        if rnd == kill_round:
-            raise KeyboardInterrupt("simulated kill")
-        return real_round(rnd, *args, **kwargs)
-
-    monkeypatch.setattr(embedded, "_round", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_embedded(cfg, path, progress=False)
-    monkeypatch.setattr(embedded, "_round", real_round)
+    run_killed(cfg, path, monkeypatch, kill_round=kill_round)
     run_embedded(cfg, path, resume=True, progress=False)
 
 

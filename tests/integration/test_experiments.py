@@ -17,7 +17,6 @@ import torch
 from typer.testing import CliRunner
 
 import fedamole.engines as engines
-import fedamole.engines.embedded as embedded
 from fedamole.algorithms import ALGORITHMS
 from fedamole.analysis.grid import GridError, load_grid
 from fedamole.analysis.plots import FIGURES, plot
@@ -26,6 +25,7 @@ from fedamole.analysis.results import find_run_dirs
 from fedamole.analysis.sweep import plan, run_sweep
 from fedamole.cli import app
 from fedamole.tracking import read_jsonl
+from tests.conftest import run_killed
 
 runner = CliRunner()
 
@@ -116,17 +116,7 @@ def _killed_run(grid_path, out, name, monkeypatch):
     """Start run ``name`` of the grid in ``out`` and kill it in round 2 (round 1 checkpointed)."""
     grid = load_grid(grid_path, out_dir=out)
     (planned,) = [p for p in plan(grid) if p.run.name == name]
-    real = embedded._round
-
-    def killed_in_round_2(rnd, *args, **kwargs):
-        if rnd == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real(rnd, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(embedded, "_round", killed_in_round_2)
-        with pytest.raises(KeyboardInterrupt):
-            embedded.run_embedded(planned.config, planned.run.run_dir, progress=False)
+    run_killed(planned.config, planned.run.run_dir, monkeypatch, kill_round=2)
     return grid
 
 

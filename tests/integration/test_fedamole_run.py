@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import fedamole.engines.embedded as embedded
 from fedamole.config import load
 from fedamole.engines.embedded import run_embedded
 from fedamole.tracking import read_jsonl
+from tests.conftest import run_killed
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +52,7 @@ def test_run_writes_every_file(full_run, smoke):
 
 def test_resume_after_kill_equals_uninterrupted(full_run, smoke, tmp_path, monkeypatch):
     path, _ = full_run
-    real_round = embedded._round
-
-    def killed_in_round_2(rnd, *args, **kwargs):
-        if rnd == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real_round(rnd, *args, **kwargs)
-
-    monkeypatch.setattr(embedded, "_round", killed_in_round_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_embedded(smoke, tmp_path / "r", progress=False)
-    monkeypatch.setattr(embedded, "_round", real_round)
+    run_killed(smoke, tmp_path / "r", monkeypatch, kill_round=2)
     run_embedded(smoke, tmp_path / "r", resume=True, progress=False)
     assert _metrics(tmp_path / "r") == _metrics(path)
     for rnd in range(smoke.federation.rounds + 1):
