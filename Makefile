@@ -48,7 +48,7 @@ clean:
 # The CPU-scale quality benchmark (issue 8): the embedded model, 3 scenarios x 5 methods x 2 seeds.
 # Re-running continues an interrupted sweep. Writes the report table and figures under docs/results/.
 bench-quality: install
-	$(BIN)/fedamole sweep configs/sweeps/cpu_quality.toml
+	$(BIN)/fedamole sweep configs/sweeps/cpu_quality.toml --jobs 2
 	mkdir -p docs/results/cpu-benchmark
 	$(BIN)/fedamole report runs/sweeps/cpu_quality --round best > docs/results/cpu-benchmark/table.md
 	$(BIN)/fedamole report runs/sweeps/cpu_quality --round best --format csv > docs/results/cpu-benchmark/table.csv

@@ -241,22 +241,27 @@ def plot(
     figure: Annotated[
         str,
         typer.Argument(
-            help="rounds, clients, alpha, sensitivity, heatmap, ablation, privacy or experts."
+            help="rounds, clients, alpha, sensitivity, heatmap, ablation, privacy, experts or "
+            "routing."
         ),
     ],
     runs: RunsArg,
     out: Annotated[Path, typer.Option(help="Folder for the PNG and SVG files.")] = Path("figures"),
     round_mode: RoundOpt = "last",
+    projection: Annotated[
+        str, typer.Option(help="routing only: pca, or tsne (needs scikit-learn).")
+    ] = "pca",
 ) -> None:
     """Draw one of the paper's figures from run directories (PNG and SVG).
 
     Example: fedamole plot rounds runs/sweeps/main --out figures
     """
     from fedamole.analysis.plots import plot as draw
+    from fedamole.checkpoint import CheckpointError
 
     try:
-        paths = draw(figure, runs, out, round_mode=round_mode)
-    except (ValueError, FileNotFoundError) as exc:
+        paths = draw(figure, runs, out, round_mode=round_mode, projection=projection)
+    except (ValueError, FileNotFoundError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     for path in paths:

@@ -9,9 +9,11 @@ tests check skip/resume, the report's numbers against values computed here direc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -24,6 +26,7 @@ from fedamole.analysis.report import build_report, format_csv
 from fedamole.analysis.results import find_run_dirs
 from fedamole.analysis.sweep import plan, run_sweep
 from fedamole.cli import app
+from fedamole.config import dump, load
 from fedamole.tracking import read_jsonl
 from tests.conftest import run_killed
 
@@ -283,3 +286,44 @@ def test_a_run_with_both_timings_gives_two_rows(repo, tmp_path):
         assert report.cells[method, report.scenarios[0]].mean == pytest.approx(
             100 * sum(values) / len(values)
         )
+
+
+def test_routing_vectors_are_probabilities_over_held_experts(swept):
+    from fedamole.analysis.routing import client_separability, project, routing_points
+    from fedamole.checkpoint import load_checkpoint
+    from fedamole.federated.messages import unpack_modules
+
+    run_dir = swept["main"][1] / "task__FedAMoLE__seed1"
+    found = routing_points(run_dir, every=1, max_batches=3, batch_size=2)
+    state = load_checkpoint(run_dir / "checkpoints")
+    E = found.num_experts
+    assert found.points.shape == (3 * 3, len(found.modules) * E)  # 3 clients x 3 batches
+    assert found.clients.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    blocks = found.points.reshape(len(found.points), len(found.modules), E)
+    np.testing.assert_allclose(blocks.sum(-1), 1.0, atol=1e-9)
+    for row, client in zip(blocks, found.clients, strict=True):
+        held = unpack_modules(state["clients"][int(client)]["modules"])
+        for block, name in zip(row, found.modules, strict=True):
+            absent = np.setdiff1d(np.arange(E), held[name].expert_ids.numpy())
+            assert (block[absent] == 0).all() and (block > 0).sum() >= 2  # top-k = 2 of held
+    sampled = routing_points(run_dir, every=2, max_batches=1)
+    layers = {int(re.search(r"\d+", n).group()) for n in sampled.modules}
+    assert layers and all(layer % 2 == 0 for layer in layers)
+    xy = project(found.points)
+    assert xy.shape == (9, 2)
+    np.testing.assert_allclose(xy.mean(0), 0.0, atol=1e-9)
+    assert 0.0 <= client_separability(found.points, found.clients) <= 1.0
+    two = np.array([[0.0, 0.0], [0.0, 0.1], [5.0, 5.0], [5.0, 5.1]])
+    assert client_separability(two, np.array([0, 0, 1, 1])) == 1.0
+    assert client_separability(two, np.array([0, 1, 0, 1])) == 0.0
+
+
+def test_routing_refuses_a_run_of_another_method(repo, tmp_path):
+    from fedamole.analysis.routing import project, routing_points
+
+    cfg = load(repo / "configs" / "smoke.toml", ["federation.algorithm=fedit"])
+    dump(cfg, tmp_path / "config.toml")
+    with pytest.raises(ValueError, match="routing needs a FedAMoLE run, this one ran 'fedit'"):
+        routing_points(tmp_path)
+    with pytest.raises(ValueError, match="projection must be one of"):
+        project(np.zeros((3, 2)), "umap")

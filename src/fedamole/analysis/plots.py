@@ -15,9 +15,11 @@ global backend state). Values are the client-mean score × 100 per seed (best or
 | ``ablation`` | bars per method, a panel per scenario (Fig. 2 of v3) | any |
 | ``privacy`` | metric vs noise rate η, no-noise line dashed (Fig. 11) | FedAMoLE(-DP) |
 | ``experts`` | experts held per client per round, one figure per run (Fig. 8 bars) | FedAMoLE |
+| ``routing`` | per-batch routing vectors in 2-D, colour = client (Fig. 8 left) | FedAMoLE |
 
-Not drawn: the t-SNE of per-batch routing logits (Fig. 8, left). It needs token embeddings and
-routing logits from forward passes over client data, which run directories do not store.
+``routing`` loads the model and each client's final state and reads client data
+(:mod:`fedamole.analysis.routing`); it is the only figure that computes, so it takes seconds per run
+on the embedded model. Its projection is PCA unless ``projection="tsne"`` (needs scikit-learn).
 """
 
 from __future__ import annotations
@@ -51,9 +53,16 @@ FORMATS = ("png", "svg")
 
 
 def plot(
-    figure: str, paths: Iterable[str | Path], out: str | Path, *, round_mode: RoundMode = "last"
+    figure: str,
+    paths: Iterable[str | Path],
+    out: str | Path,
+    *,
+    round_mode: RoundMode = "last",
+    projection: str = "pca",
 ) -> list[Path]:
     """Draw ``figure`` from the runs under ``paths`` into ``out``; returns the files written.
+
+    ``projection`` (pca or tsne) is used by the ``routing`` figure only.
 
     Raises:
         ValueError: an unknown figure, or runs that lack what the figure shows.
@@ -64,6 +73,8 @@ def plot(
     if not runs:
         raise ValueError(f"no run directory under {[str(p) for p in paths]}")
     Path(out).mkdir(parents=True, exist_ok=True)
+    if figure == "routing":
+        return plot_routing(runs, Path(out), round_mode, projection=projection)
     return FIGURES[figure](runs, Path(out), round_mode)
 
 
@@ -224,6 +235,59 @@ def plot_experts(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
     return paths
 
 
+def plot_routing(
+    runs: list[Run], out: Path, mode: RoundMode, *, projection: str = "pca"
+) -> list[Path]:
+    """Per-batch routing vectors of each client's training data at the end of the run, projected
+    to 2-D, one panel per FedAMoLE run with a checkpoint; the title gives the leave-one-out
+    1-NN client accuracy in the full routing space (chance = 1 / clients)."""
+    from fedamole.analysis.routing import (
+        client_separability,
+        explained_variance,
+        project,
+        routing_points,
+    )
+
+    if projection not in ("pca", "tsne"):
+        raise ValueError(f"projection must be pca or tsne, got {projection!r}")
+    chosen = [
+        r
+        for r in runs
+        if r.get("federation.algorithm") == "fedamole" and (r.path / "checkpoints").is_dir()
+    ]
+    _need(chosen, "FedAMoLE runs with a checkpoints/ folder")
+    fig, axes = _panels(len(chosen), width=4.4)
+    cmap = matplotlib.colormaps["tab10" if len(chosen) and _max_clients(chosen) <= 10 else "tab20"]
+    for ax, run in zip(axes, chosen, strict=True):
+        found = routing_points(run.path)
+        xy = project(found.points, projection, seed=int(run.get("run.seed", 0)))
+        for client in np.unique(found.clients):
+            at = found.clients == client
+            ax.scatter(*xy[at].T, s=14, color=cmap(int(client) % cmap.N), label=f"client {client}")
+        nn_acc = client_separability(found.points, found.clients)
+        chance = 1 / len(np.unique(found.clients))
+        axis = "PC" if projection == "pca" else "t-SNE "
+        extra = f", PC1+2 hold {explained_variance(found.points):.0%} of variance"
+        _style(
+            ax,
+            f"{run.name}\nround {found.round}: 1-NN client acc {nn_acc:.2f} (chance {chance:.2f})",
+            f"{axis}1" + (extra if projection == "pca" else ""),
+            f"{axis}2",
+        )
+        ax.title.set_fontsize(8)
+        ax.xaxis.label.set_fontsize(8)
+    fig.suptitle(
+        f"routing of each client's training batches ({len(found.modules)} modules sampled, "
+        f"E = {found.num_experts})",
+        fontsize=9,
+    )
+    return _save(fig, axes, out, "routing")
+
+
+def _max_clients(runs: list[Run]) -> int:
+    return max(int(r.get("federation.num_clients", 0)) for r in runs)
+
+
 FIGURES: dict[str, Callable[[list[Run], Path, RoundMode], list[Path]]] = {
     "ablation": plot_ablation,
     "alpha": plot_alpha,
@@ -232,6 +296,7 @@ FIGURES: dict[str, Callable[[list[Run], Path, RoundMode], list[Path]]] = {
     "heatmap": plot_heatmap,
     "privacy": plot_privacy,
     "rounds": plot_rounds,
+    "routing": plot_routing,
     "sensitivity": plot_sensitivity,
 }
 

@@ -11,6 +11,10 @@
   seeds.
 - **Overhead**: bytes up and down per client per training round (MB, 10^6 bytes) and wall seconds
   per round, averaged over seeds.
+- **Verdict**: per scenario, ours against the best baseline of that column: the difference of the
+  means in points, and the same difference seed by seed (runs of one seed share the partition and
+  the initial weights, so the per-seed difference is the paired comparison), with the number of
+  seeds ours wins. Small differences within the seed spread are said to be so.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from fedamole.analysis.results import (
     scenario_sort_key,
 )
 
-__all__ = ["Cell", "Report", "build_report", "format_csv", "format_markdown"]
+__all__ = ["Cell", "Report", "build_report", "format_csv", "format_markdown", "verdict_lines"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Report:
     clients: dict[tuple[str, str], dict[int, Cell]]  # (method, scenario) -> client -> cell
     overhead: dict[tuple[str, str], tuple[float | None, float | None, float | None]]
     unfinished: list[str] = field(default_factory=list)
+    seeds: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)  # seed -> × 100
 
     @property
     def n_max(self) -> int:
@@ -86,10 +91,11 @@ def build_report(
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in items:
         groups.setdefault((e.method, e.scenario), []).append(e)
-    cells, clients, overhead = {}, {}, {}
+    cells, clients, overhead, seeds = {}, {}, {}, {}
     for key, group in groups.items():
-        values = [v[1] * 100 for e in group if (v := e.value(round_mode)) is not None]
-        cells[key] = Cell(*mean_std(values))
+        picked = [(e.seed, v[1] * 100) for e in group if (v := e.value(round_mode)) is not None]
+        cells[key] = Cell(*mean_std([value for _, value in picked]))
+        seeds[key] = dict(picked)
         clients[key] = _client_cells(group, round_mode)
         overhead[key] = _overhead(group)
     average = {
@@ -111,6 +117,7 @@ def build_report(
         clients,
         overhead,
         unfinished,
+        seeds,
     )
     report.gain = _gains(report)
     return report
@@ -129,6 +136,8 @@ def format_markdown(report: Report) -> str:
         "",
     ]
     lines += [*_main_table(report), ""]
+    if verdict := verdict_lines(report):
+        lines += [f"### Verdict: {report.ours} against the best baseline", "", *verdict, ""]
     lines += ["### Communication and time per round", ""]
     lines += [*_overhead_table(report), ""]
     for scenario in report.scenarios:
@@ -195,9 +204,7 @@ def _overhead(group: list[Entry]) -> tuple[float | None, float | None, float | N
 def _gains(report: Report) -> dict[str, float | None]:
     if report.ours not in report.methods:
         return {}
-    baselines = [
-        m for m in report.methods if m != report.ours and not m.startswith(report.ours + "-")
-    ]
+    baselines = _baselines(report)
     gains: dict[str, float | None] = {}
     columns = [
         (s, {m: report.cells[m, s].mean for m in report.methods if (m, s) in report.cells})
@@ -209,6 +216,54 @@ def _gains(report: Report) -> dict[str, float | None]:
         ours = means.get(report.ours)
         gains[column] = None if ours is None or not best else (ours - best) / best * 100
     return gains
+
+
+def _baselines(report: Report) -> list[str]:
+    return [m for m in report.methods if m != report.ours and not m.startswith(report.ours + "-")]
+
+
+def verdict_lines(report: Report) -> list[str]:
+    """One markdown bullet per scenario, then the average: ours − best baseline, paired by seed.
+
+    Empty when ours is not among the methods. "within the seed spread" means the difference of the
+    means is smaller than the larger of the two sample stds.
+    """
+    if report.ours not in report.methods:
+        return []
+    lines, wins = [], 0
+    for s in report.scenarios:
+        ours = report.cells.get((report.ours, s))
+        rivals = [m for m in _baselines(report) if (m, s) in report.cells]
+        if ours is None or not rivals:
+            continue
+        best = max(rivals, key=lambda m: report.cells[m, s].mean)
+        other = report.cells[best, s]
+        diff = ours.mean - other.mean
+        wins += diff > 0
+        mine, theirs = report.seeds[report.ours, s], report.seeds[best, s]
+        paired = {k: mine[k] - theirs[k] for k in sorted(mine.keys() & theirs.keys())}
+        per_seed = ", ".join(f"seed {k}: {d:+.2f}" for k, d in paired.items())
+        won = sum(d > 0 for d in paired.values())
+        spread = max((c.std for c in (ours, other) if c.std is not None), default=None)
+        within = spread is not None and abs(diff) < spread
+        word = "beats" if diff > 0 else ("ties" if diff == 0 else "trails")
+        lines.append(
+            f"- **{s}**: {report.ours} {word} the best baseline, {best}, by {diff:+.2f} points "
+            f"({ours.mean:.2f} vs {other.mean:.2f}); per seed {per_seed or 'no common seed'}; "
+            f"wins {won} of {len(paired)} seeds" + ("; within the seed spread." if within else ".")
+        )
+    avg_gain = report.gain.get("avg")
+    if lines and avg_gain is not None:
+        rivals = {m: v for m, v in report.average.items() if m in _baselines(report)}
+        best = max(rivals, key=rivals.get)
+        diff = report.average[report.ours] - rivals[best]
+        lines.append(
+            f"- **Average over scenarios**: {report.ours} {report.average[report.ours]:.2f} vs the "
+            f"best baseline on average, {best}, {rivals[best]:.2f} ({diff:+.2f} points, "
+            f"{avg_gain:+.2f}% relative); {report.ours} is ahead in {wins} of "
+            f"{len(report.scenarios)} scenarios."
+        )
+    return lines
 
 
 def _best(report: Report) -> dict[str, float]:

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from fedamole.analysis.report import build_report, format_csv, format_markdown
+from fedamole.analysis.report import build_report, format_csv, format_markdown, verdict_lines
 from fedamole.analysis.results import (
     entries,
     find_run_dirs,
@@ -151,5 +151,17 @@ def test_report_numbers_bold_gain_and_average_by_hand(tmp_path):
     assert "| **70.00 ± 14.14** |" in text and "**65.00**" in text
     assert "| gain (%) | +40.00 | +20.00 | +30.00 |" in re.sub(" +", " ", text)
     assert "not finished" in text and "fedit21.0" in text
+    verdict = verdict_lines(report)
+    assert verdict == [
+        "- **SNLI α=0.1**: FedAMoLE beats the best baseline, FedIT-FT, by +20.00 points (70.00 vs "
+        "50.00); per seed seed 1: +40.00, seed 2: +0.00; wins 1 of 2 seeds.",
+        "- **SNLI α=1**: FedAMoLE beats the best baseline, FedIT-FT, by +10.00 points (60.00 vs "
+        "50.00); per seed seed 1: +0.00, seed 2: +20.00; wins 1 of 2 seeds; within the seed "
+        "spread.",
+        "- **Average over scenarios**: FedAMoLE 65.00 vs the best baseline on average, FedIT-FT, "
+        "50.00 (+15.00 points, +30.00% relative); FedAMoLE is ahead in 2 of 2 scenarios.",
+    ]
+    assert "### Verdict: FedAMoLE against the best baseline" in text and verdict[0] in text
+    assert verdict_lines(build_report([tmp_path], ours="nobody")) == []
     csv_text = format_csv(report)
     assert "main,SNLI α=0.1,FedAMoLE,,70.0" in csv_text

@@ -1,0 +1,223 @@
+"""Routing embeddings of a FedAMoLE run: do the clients route their data differently? (Fig. 8, left)
+
+For every client of a FedAMoLE run, the client's model at the end of the run (its MoLE state in
+the run's last checkpoint) reads batches of that client's own data without gradients. Per batch
+and per sampled MoLE module, the routing probabilities (softmax over the experts the client holds,
+SPEC.md 2.3) are averaged over the batch's real tokens and written at the experts' global ids, 0
+for the experts the client does not hold. The concatenation over the sampled modules is the batch's
+**routing vector** (length ``modules × E``); every probability block sums to 1.
+
+Modules are sampled by layer, every ``every``-th decoder layer (the paper samples every third):
+the first integer in a module's qualified name is its layer index; a model without one keeps every
+module.
+
+:func:`project` maps the vectors to 2-D: PCA (SVD of the centred points, no extra dependency) or
+t-SNE (scikit-learn, when installed). :func:`client_separability` is the leave-one-out 1-nearest-
+neighbour accuracy of the client label in the full routing space (chance: ``1 / clients``): how
+well a batch's routing alone tells which client it came from.
+
+Reading it: a client's vector is zero outside the experts it holds, so clients with different
+expert sets separate even if their routing inside those sets were alike. Separation shows that the
+clients' mixtures differ (architecture and routing together), not that routing alone is
+data-driven; compare with a FedAMoLE-R run (static random assignment) for that.
+
+Deviations from the paper's figure: it plots routing *logits*, which exist only for the experts a
+client holds (different per client), so we plot probabilities placed in the common space of the E
+global experts. It compares round 1 with round R-2; a run directory keeps its last checkpoint only,
+so this shows the end of the run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedamole.checkpoint import load_checkpoint
+from fedamole.config import load
+from fedamole.data import load_federated_data
+from fedamole.data.collate import collate, encode_train
+from fedamole.federated.messages import unpack_modules
+from fedamole.models import load_model_and_tokenizer
+from fedamole.mole import inject_mole, set_mole_state
+from fedamole.mole.layer import MoLELinear
+from fedamole.mole.router import Routing
+from fedamole.training import model_inputs
+
+__all__ = [
+    "PROJECTIONS",
+    "RoutingPoints",
+    "client_separability",
+    "explained_variance",
+    "project",
+    "routing_points",
+]
+
+PROJECTIONS = ("pca", "tsne")
+SPLITS = ("train", "embedding", "eval", "test")
+
+
+@dataclass(frozen=True)
+class RoutingPoints:
+    """Routing vectors of every client's batches."""
+
+    points: np.ndarray  # (P, modules × E) float64
+    clients: np.ndarray  # (P,) int, the client of each point
+    modules: tuple[str, ...]  # the sampled modules, in vector order
+    num_experts: int  # E
+    round: int  # the checkpoint's round
+
+
+def routing_points(
+    run_dir: str | Path,
+    *,
+    split: str = "train",
+    every: int = 3,
+    max_batches: int = 16,
+    batch_size: int | None = None,
+) -> RoutingPoints:
+    """Routing vectors of up to ``max_batches`` batches of each client's ``split``.
+
+    Args:
+        run_dir: a FedAMoLE run directory with ``config.toml`` and ``checkpoints/``.
+        split: which of the client's splits to read (train, embedding, eval, test).
+        every: sample the modules of every ``every``-th layer (0, every, 2 * every, ...).
+        max_batches: most batches per client.
+        batch_size: examples per batch (default: the run's ``train.batch_size``).
+
+    Raises:
+        ValueError: not a FedAMoLE run, a bad argument, or a client without usable examples.
+        CheckpointError: the run has no readable checkpoint.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if every < 1 or max_batches < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError(
+            f"every, max_batches and batch_size must be >= 1, got {every}, {max_batches}, "
+            f"{batch_size}"
+        )
+    run_dir = Path(run_dir)
+    cfg = load(run_dir / "config.toml")
+    if cfg.federation.algorithm != "fedamole":
+        raise ValueError(
+            f"{run_dir.name}: routing needs a FedAMoLE run, this one ran "
+            f"{cfg.federation.algorithm!r}"
+        )
+    state = load_checkpoint(run_dir / "checkpoints")
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, seed=cfg.run.seed
+    )
+    inject_mole(model, cfg.mole, generator=torch.Generator().manual_seed(cfg.run.seed))
+    model.requires_grad_(False)
+    model.eval()
+    modules = _sampled(model, every)
+    data = load_federated_data(cfg)
+    size = batch_size or cfg.train.batch_size
+    device = next(model.parameters()).device
+    num_experts = cfg.mole.num_experts
+    points, owners = [], []
+    for client in sorted(state["clients"]):
+        set_mole_state(model, unpack_modules(state["clients"][client]["modules"]))
+        encoded = [
+            enc
+            for example in getattr(data.clients[client], split)[: max_batches * size]
+            if (enc := encode_train(example, tokenizer, cfg.model.max_length)) is not None
+        ]
+        if not encoded:
+            raise ValueError(f"client {client} has no usable {split!r} example to route")
+        for start in range(0, len(encoded), size):
+            batch = collate(encoded[start : start + size], tokenizer.pad_token_id)
+            inputs = model_inputs(batch, device)
+            points.append(_batch_vector(model, modules, inputs, num_experts))
+            owners.append(client)
+    return RoutingPoints(
+        np.stack(points), np.array(owners), tuple(modules), num_experts, int(state["round"])
+    )
+
+
+def project(points: np.ndarray, method: str = "pca", *, seed: int = 0) -> np.ndarray:
+    """``(P, D) -> (P, 2)``: PCA (the first two principal components) or t-SNE.
+
+    Raises:
+        ValueError: an unknown method, or t-SNE without scikit-learn.
+    """
+    if method not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {method!r}")
+    x = np.asarray(points, dtype=np.float64)
+    if method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError:
+            raise ValueError(
+                "the t-SNE projection needs scikit-learn: `pip install scikit-learn`, or use "
+                "--projection pca"
+            ) from None
+        perplexity = max(1.0, min(30.0, (len(x) - 1) / 3))
+        return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    centred = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    out = np.zeros((len(x), 2))
+    k = min(2, vt.shape[0])
+    out[:, :k] = centred @ vt[:k].T  # (P, k)
+    return out
+
+
+def explained_variance(points: np.ndarray) -> float:
+    """Share of the total variance the first two principal components hold (0 when constant)."""
+    centred = np.asarray(points, dtype=np.float64) - np.mean(points, axis=0)
+    s = np.linalg.svd(centred, compute_uv=False)
+    total = float((s**2).sum())
+    return float((s[:2] ** 2).sum() / total) if total > 0 else 0.0
+
+
+def client_separability(points: np.ndarray, clients: np.ndarray) -> float:
+    """Leave-one-out 1-nearest-neighbour accuracy of the client label (Euclidean, full space)."""
+    x = np.asarray(points, dtype=np.float64)
+    if len(x) < 2:
+        raise ValueError("client separability needs at least 2 points")
+    sq = (x**2).sum(axis=1)
+    dist = sq[:, None] + sq[None, :] - 2 * x @ x.T  # (P, P)
+    np.fill_diagonal(dist, np.inf)
+    return float(np.mean(clients[dist.argmin(axis=1)] == clients))
+
+
+def _sampled(model: nn.Module, every: int) -> dict[str, MoLELinear]:
+    """MoLE modules of every ``every``-th layer, in model order."""
+    found = {n: m for n, m in model.named_modules() if isinstance(m, MoLELinear)}
+    if not found:
+        raise ValueError("the model has no MoLE layers")
+    layer = {n: int(d.group()) if (d := re.search(r"\d+", n)) else 0 for n in found}
+    return {n: m for n, m in found.items() if layer[n] % every == 0}
+
+
+def _batch_vector(
+    model: nn.Module,
+    modules: dict[str, MoLELinear],
+    inputs: dict[str, torch.Tensor],
+    num_experts: int,
+) -> np.ndarray:
+    mask = inputs["attention_mask"].reshape(-1).to(torch.float64)  # (T,)
+    blocks: dict[str, np.ndarray] = {}
+
+    def hook_for(name: str):
+        def hook(module: MoLELinear, routing: Routing) -> None:
+            probs = routing.probs.detach().to(torch.float64)  # (T, n)
+            mean = (probs * mask[:, None]).sum(0) / mask.sum()  # (n,)
+            block = np.zeros(num_experts)
+            block[module.expert_ids.cpu().numpy()] = mean.cpu().numpy()
+            blocks[name] = block
+
+        return hook
+
+    handles = [m.register_routing_hook(hook_for(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return np.concatenate([blocks[n] for n in modules])
