@@ -11,6 +11,9 @@
   seeds.
 - **Overhead**: bytes up and down per client per training round (MB, 10^6 bytes) and wall seconds
   per round, averaged over seeds.
+- **Eval loss**: the client-mean ``eval/loss`` (mean token NLL on the eval split, SPEC 5.7) at the
+  last round, mean ± std over seeds, for the personalized rows (a global-timing evaluation records
+  no eval loss). On small test sets it is a steadier signal than the score.
 - **Verdict**: per scenario, ours against the best baseline of that column: the difference of the
   means in points, and the same difference seed by seed (runs of one seed share the partition and
   the initial weights, so the per-seed difference is the paired comparison), with the number of
@@ -68,6 +71,7 @@ class Report:
     overhead: dict[tuple[str, str], tuple[float | None, float | None, float | None]]
     unfinished: list[str] = field(default_factory=list)
     seeds: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)  # seed -> × 100
+    eval_loss: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (method, scenario)
 
     @property
     def n_max(self) -> int:
@@ -91,11 +95,14 @@ def build_report(
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in items:
         groups.setdefault((e.method, e.scenario), []).append(e)
-    cells, clients, overhead, seeds = {}, {}, {}, {}
+    cells, clients, overhead, seeds, eval_loss = {}, {}, {}, {}, {}
     for key, group in groups.items():
         picked = [(e.seed, v[1] * 100) for e in group if (v := e.value(round_mode)) is not None]
         cells[key] = Cell(*mean_std([value for _, value in picked]))
         seeds[key] = dict(picked)
+        losses = [by[max(by)] for e in group if e.split == "test" and (by := _eval_loss(e))]
+        if losses:
+            eval_loss[key] = Cell(*mean_std(losses))
         clients[key] = _client_cells(group, round_mode)
         overhead[key] = _overhead(group)
     average = {
@@ -118,6 +125,7 @@ def build_report(
         overhead,
         unfinished,
         seeds,
+        eval_loss,
     )
     report.gain = _gains(report)
     return report
@@ -138,6 +146,9 @@ def format_markdown(report: Report) -> str:
     lines += [*_main_table(report), ""]
     if verdict := verdict_lines(report):
         lines += [f"### Verdict: {report.ours} against the best baseline", "", *verdict, ""]
+    if report.eval_loss:
+        lines += ["### Eval loss: client mean at the last round (lower is better)", ""]
+        lines += [*_loss_table(report), ""]
     lines += ["### Communication and time per round", ""]
     lines += [*_overhead_table(report), ""]
     for scenario in report.scenarios:
@@ -160,6 +171,8 @@ def format_csv(report: Report) -> str:
         out.writerow(["main", "avg", method, "", avg, "", ""])
     for scenario, gain in report.gain.items():
         out.writerow(["gain_percent", scenario, report.ours, "", _blank(gain), "", ""])
+    for (method, scenario), cell in sorted(report.eval_loss.items()):
+        out.writerow(["eval_loss", scenario, method, "", cell.mean, _blank(cell.std), cell.n])
     for (method, scenario), per_client in sorted(report.clients.items()):
         for client, cell in sorted(per_client.items()):
             out.writerow(["client", scenario, method, client, cell.mean, _blank(cell.std), cell.n])
@@ -183,6 +196,34 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 def _blank(value: float | None) -> float | str:
     return "" if value is None else value
+
+
+def _eval_loss(entry: Entry) -> dict[int, float]:
+    return entry.run.mean_by_round("eval", "loss")
+
+
+def _loss_table(report: Report) -> list[str]:
+    methods = [
+        m for m in report.methods if any((m, s) in report.eval_loss for s in report.scenarios)
+    ]
+    best = {
+        s: min((c.mean for (m, sc), c in report.eval_loss.items() if sc == s), default=None)
+        for s in report.scenarios
+    }
+    rows = []
+    for m in methods:
+        row = [m]
+        for s in report.scenarios:
+            cell = report.eval_loss.get((m, s))
+            text = "—" if cell is None else _loss_text(cell, report.n_max)
+            row.append(f"**{text}**" if cell and cell.mean == best[s] else text)
+        rows.append(row)
+    return _markdown(["method", *report.scenarios], rows)
+
+
+def _loss_text(cell: Cell, n_max: int) -> str:
+    body = f"{cell.mean:.3f}" + (f" ± {cell.std:.3f}" if cell.std is not None else "")
+    return body + (f" (n={cell.n})" if cell.n < n_max else "")
 
 
 def _client_cells(group: list[Entry], mode: RoundMode) -> dict[int, Cell]:
@@ -242,7 +283,7 @@ def verdict_lines(report: Report) -> list[str]:
         wins += diff > 0
         mine, theirs = report.seeds[report.ours, s], report.seeds[best, s]
         paired = {k: mine[k] - theirs[k] for k in sorted(mine.keys() & theirs.keys())}
-        per_seed = ", ".join(f"seed {k}: {d:+.2f}" for k, d in paired.items())
+        per_seed = ", ".join(f"seed {k}: {round(d, 2) + 0.0:+.2f}" for k, d in paired.items())
         won = sum(d > 0 for d in paired.values())
         spread = max((c.std for c in (ours, other) if c.std is not None), default=None)
         within = spread is not None and abs(diff) < spread

@@ -165,3 +165,27 @@ def test_report_numbers_bold_gain_and_average_by_hand(tmp_path):
     assert verdict_lines(build_report([tmp_path], ours="nobody")) == []
     csv_text = format_csv(report)
     assert "main,SNLI α=0.1,FedAMoLE,,70.0" in csv_text
+
+
+def test_eval_loss_table_takes_the_last_round_of_personalized_rows(tmp_path):
+    for seed, losses in ((1, (0.9, 0.5)), (2, (0.8, 0.7))):
+        path = _fake_run(tmp_path, f"ours{seed}", _config("fedamole", seed), {(1, 0): 0.5})
+        with (path / "metrics.jsonl").open("a") as f:
+            for rnd, loss in enumerate(losses, start=1):
+                for client, shift in ((0, 0.0), (1, 0.2)):
+                    record = {"round": rnd, "client": client, "split": "eval", "metric": "loss"}
+                    f.write(json.dumps({**record, "value": loss + shift}) + "\n")
+    glob = _config("fedit", 1)
+    glob["eval"]["timing"] = "global"
+    path = _fake_run(tmp_path, "fedit", glob, {})
+    record = {"round": 3, "client": 0, "split": "test_global", "metric": "score", "value": 0.4}
+    (path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    report = build_report([tmp_path])
+    cell = report.eval_loss["FedAMoLE", "SNLI α=1"]
+    assert cell.mean == pytest.approx(0.7) and cell.std == pytest.approx(
+        statistics.stdev([0.6, 0.8])
+    )
+    assert ("FedIT", "SNLI α=1") not in report.eval_loss  # global timing: no eval loss
+    text = format_markdown(report)
+    assert "| FedAMoLE | **0.700 ± 0.141** |" in re.sub(" +", " ", text)
+    assert "eval_loss,SNLI α=1,FedAMoLE,,0.7" in format_csv(report)
