@@ -246,6 +246,14 @@ def test_every_figure_renders_png_and_svg(swept, figure, tmp_path):
         assert len(pngs) == 8  # one per FedAMoLE run
 
 
+def test_figures_are_byte_identical_when_redrawn(swept, tmp_path):
+    first = plot("rounds", [swept["main"][1]], tmp_path / "a")
+    second = plot("rounds", [swept["main"][1]], tmp_path / "b")
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert b"<dc:date>" not in first[1].read_bytes()
+
+
 def test_a_figure_without_its_runs_fails_clearly(swept, tmp_path):
     with pytest.raises(ValueError, match="privacy = true"):
         plot("privacy", [swept["main"][1]], tmp_path)
