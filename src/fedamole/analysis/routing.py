@@ -37,13 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedamole.algorithms import get_algorithm
 from fedamole.checkpoint import load_checkpoint
 from fedamole.config import load
 from fedamole.data import load_federated_data
 from fedamole.data.collate import collate, encode_train
 from fedamole.federated.messages import unpack_modules
 from fedamole.models import load_model_and_tokenizer
-from fedamole.mole import inject_mole, set_mole_state
+from fedamole.mole import set_mole_state
 from fedamole.mole.layer import MoLELinear
 from fedamole.mole.router import Routing
 from fedamole.training import model_inputs
@@ -111,7 +112,7 @@ def routing_points(
     model, tokenizer = load_model_and_tokenizer(
         cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, seed=cfg.run.seed
     )
-    inject_mole(model, cfg.mole, generator=torch.Generator().manual_seed(cfg.run.seed))
+    model = get_algorithm("fedamole")(cfg).prepare_model(model)  # the MoLE layers, as in training
     model.requires_grad_(False)
     model.eval()
     modules = _sampled(model, every)
