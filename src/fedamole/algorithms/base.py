@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fedamole.config import Config
 from fedamole.data.collate import Encoded, encode_train
 from fedamole.data.types import ClientData
+from fedamole.evaluation import evaluate_examples, mean_loss
 from fedamole.federated.messages import ClientMessage, ServerMessage
 
 __all__ = ["Algorithm", "ClientContext", "RoundSummary", "client_seed", "train_examples"]
@@ -116,3 +117,26 @@ def train_examples(ctx: ClientContext, cfg: Config) -> list[Encoded]:
             )
         ctx.cache["train_encoded"] = kept
     return ctx.cache["train_encoded"]
+
+
+def evaluate_test(ctx: ClientContext, cfg: Config) -> dict[str, float]:
+    """Test-split metrics of the model as loaded (``evaluate_examples``); ``{}`` without a test
+    split. Keys are bare (``score``, ``accuracy``, ...): callers prefix ``test/`` or
+    ``received/``."""
+    if not ctx.data.test:
+        return {}
+    scores = evaluate_examples(
+        ctx.model, ctx.tokenizer, ctx.data.test, cfg.eval, max_length=cfg.model.max_length
+    )
+    return {k: float(v) for k, v in scores.items()}
+
+
+def eval_loss(ctx: ClientContext, cfg: Config) -> float:
+    """Token-weighted response NLL of the model as loaded on the eval split (logged only)."""
+    return mean_loss(
+        ctx.model,
+        ctx.tokenizer,
+        ctx.data.eval,
+        batch_size=cfg.eval.batch_size,
+        max_length=cfg.model.max_length,
+    )

@@ -69,7 +69,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed, train_examples
+from fedamole.algorithms.base import (
+    ClientContext,
+    RoundSummary,
+    client_seed,
+    eval_loss,
+    evaluate_test,
+    train_examples,
+)
 from fedamole.algorithms.lora_common import (
     initial_lora_state,
     install_lora,
@@ -81,7 +88,7 @@ from fedamole.algorithms.lora_common import (
 from fedamole.algorithms.lora_strategy import round_plan
 from fedamole.config import Config
 from fedamole.data.types import Example
-from fedamole.evaluation import evaluate_examples, mean_loss
+from fedamole.evaluation import mean_loss
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
 from fedamole.training import BatchStream, local_train
@@ -360,19 +367,9 @@ class FDLoRA:
             out[f"fusion/{when}_w0"], out[f"fusion/{when}_w1"] = result.weights
             out[f"fusion/{when}_objective"] = result.objective
         prefix = "received" if when == "received" else "test"
-        if ctx.data.test:
-            scores = evaluate_examples(
-                ctx.model, ctx.tokenizer, ctx.data.test, cfg.eval, max_length=cfg.model.max_length
-            )
-            out.update({f"{prefix}/{k}": float(v) for k, v in scores.items()})
+        out.update({f"{prefix}/{k}": v for k, v in evaluate_test(ctx, cfg).items()})
         if when == "local" and ctx.data.eval:
-            out["eval/loss"] = mean_loss(
-                ctx.model,
-                ctx.tokenizer,
-                ctx.data.eval,
-                batch_size=cfg.eval.batch_size,
-                max_length=cfg.model.max_length,
-            )
+            out["eval/loss"] = eval_loss(ctx, cfg)
         return out
 
     def _fuse(self, ctx: ClientContext, global_state: State, private: State) -> FusionResult:

@@ -37,10 +37,16 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed, train_examples
+from fedamole.algorithms.base import (
+    ClientContext,
+    RoundSummary,
+    client_seed,
+    eval_loss,
+    evaluate_test,
+    train_examples,
+)
 from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
-from fedamole.evaluation import evaluate_examples, mean_loss
 from fedamole.federated.aggregation import (
     TensorSpec,
     aggregate_experts,
@@ -223,21 +229,9 @@ class FedAMoLE:
         }
 
     def _evaluate(self, ctx: ClientContext) -> dict[str, float]:
-        cfg, out = self.cfg, {}
-        max_len = cfg.model.max_length
-        if ctx.data.test:
-            for key, value in evaluate_examples(
-                ctx.model, ctx.tokenizer, ctx.data.test, cfg.eval, max_length=max_len
-            ).items():
-                out[f"test/{key}"] = float(value)
+        out = {f"test/{k}": v for k, v in evaluate_test(ctx, self.cfg).items()}
         if ctx.data.eval:
-            out["eval/loss"] = mean_loss(
-                ctx.model,
-                ctx.tokenizer,
-                ctx.data.eval,
-                batch_size=cfg.eval.batch_size,
-                max_length=max_len,
-            )
+            out["eval/loss"] = eval_loss(ctx, self.cfg)
         return out
 
     def _stats(self, ctx: ClientContext, rnd: int) -> dict[str, Any]:

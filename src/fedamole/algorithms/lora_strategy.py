@@ -44,7 +44,14 @@ from typing import Any, ClassVar
 import torch
 from transformers import PreTrainedModel
 
-from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed, train_examples
+from fedamole.algorithms.base import (
+    ClientContext,
+    RoundSummary,
+    client_seed,
+    eval_loss,
+    evaluate_test,
+    train_examples,
+)
 from fedamole.algorithms.lora_common import (
     DEFAULT_ADAPTER,
     PARTS,
@@ -57,7 +64,6 @@ from fedamole.algorithms.lora_common import (
     trainable,
 )
 from fedamole.config import Config
-from fedamole.evaluation import evaluate_examples, mean_loss
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
 from fedamole.training import BatchStream, TrainResult, local_train, round_lr
@@ -214,26 +220,12 @@ class LoRAStrategy:
         return {"train/loss": result.loss, "train/tokens": result.tokens}
 
     def evaluate(self, ctx: ClientContext) -> dict[str, float]:
-        """Test-split metrics of the model as loaded (``evaluate_examples``)."""
-        if not ctx.data.test:
-            return {}
-        return evaluate_examples(
-            ctx.model,
-            ctx.tokenizer,
-            ctx.data.test,
-            self.cfg.eval,
-            max_length=self.cfg.model.max_length,
-        )
+        """Test-split metrics of the model as loaded (``base.evaluate_test``)."""
+        return evaluate_test(ctx, self.cfg)
 
     def eval_loss(self, ctx: ClientContext) -> float:
         """Token-weighted response NLL on the eval split (logged only)."""
-        return mean_loss(
-            ctx.model,
-            ctx.tokenizer,
-            ctx.data.eval,
-            batch_size=self.cfg.eval.batch_size,
-            max_length=self.cfg.model.max_length,
-        )
+        return eval_loss(ctx, self.cfg)
 
     def private_init(self, ctx: ClientContext, adapter: str) -> dict[str, torch.Tensor]:
         """Initial state of a private (never sent) extra adapter, such as FedDPA's local one: drawn

@@ -57,11 +57,16 @@ from peft import (
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from fedamole.algorithms.base import ClientContext, RoundSummary, client_seed
+from fedamole.algorithms.base import (
+    ClientContext,
+    RoundSummary,
+    client_seed,
+    eval_loss,
+    evaluate_test,
+)
 from fedamole.algorithms.lora_strategy import round_plan, train_adapter
 from fedamole.config import Config
 from fedamole.data.prompts import soft_prompt_init_text
-from fedamole.evaluation import evaluate_examples, mean_loss
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
 from fedamole.models import load_tokenizer
@@ -233,21 +238,15 @@ class FedPrompt:
             self.load_prompt(ctx.model, msg)
         if msg.config["eval_received"]:
             with self.received_model(ctx.model, msg):
-                metrics.update({f"received/{k}": v for k, v in _test(ctx, cfg).items()})
+                metrics.update({f"received/{k}": v for k, v in evaluate_test(ctx, cfg).items()})
         if msg.config["train"]:
             torch.manual_seed(client_seed(cfg.run.seed, rnd, ctx.client_id))
             metrics.update(_train(ctx, cfg, float(msg.config["lr"])))
         tensors = self.upload_prompt(ctx.model, msg) if msg.config["upload"] else {}
         if msg.config["eval_personalized"]:
-            metrics.update({f"test/{k}": v for k, v in _test(ctx, cfg).items()})
+            metrics.update({f"test/{k}": v for k, v in evaluate_test(ctx, cfg).items()})
             if ctx.data.eval:
-                metrics["eval/loss"] = mean_loss(
-                    ctx.model,
-                    ctx.tokenizer,
-                    ctx.data.eval,
-                    batch_size=cfg.eval.batch_size,
-                    max_length=cfg.model.max_length,
-                )
+                metrics["eval/loss"] = eval_loss(ctx, cfg)
         config = {"num_examples": len(ctx.data.train)}
         return ClientMessage(rnd, ctx.client_id, tensors, config, metrics)
 
@@ -338,12 +337,3 @@ def _train(ctx: ClientContext, cfg: Config, lr: float) -> dict[str, float]:
     params = list(_prompt_parameters(ctx.model).values())
     result = train_adapter(ctx, cfg, params, lr=lr)
     return {"train/loss": result.loss, "train/tokens": result.tokens}
-
-
-def _test(ctx: ClientContext, cfg: Config) -> dict[str, float]:
-    if not ctx.data.test:
-        return {}
-    out = evaluate_examples(
-        ctx.model, ctx.tokenizer, ctx.data.test, cfg.eval, max_length=cfg.model.max_length
-    )
-    return {k: float(v) for k, v in out.items()}
