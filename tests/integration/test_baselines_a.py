@@ -43,16 +43,6 @@ FAST = {
 IDS = torch.tensor([[0, 40, 41, 42, 10, 77, 120, 31, 9]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on busy cores OpenMP's spinning
-    threads make them several times slower; restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def configs(repo):
     smoke = load(repo / "configs" / "smoke.toml")

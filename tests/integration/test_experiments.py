@@ -15,7 +15,6 @@ import statistics
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import fedamole.engines as engines
@@ -68,18 +67,8 @@ def _write_grid(folder, name, axes, repo, out):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a loaded 2-core machine two OpenMP threads
-    per process made these runs 6-9x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def swept(repo, tmp_path_factory, one_thread):
+def swept(repo, tmp_path_factory):
     """Both grids, swept once: ``(grid path, its out dir)`` per grid."""
     folder = tmp_path_factory.mktemp("sweeps")
     grids = {}

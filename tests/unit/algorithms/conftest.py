@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fedamole.algorithms import get_algorithm
 from fedamole.config import Config, load
 from fedamole.models import load_model_and_tokenizer
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on busy cores OpenMP's spinning
-    threads make them several times slower; restored after the package."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
