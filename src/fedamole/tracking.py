@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedamole.config import Config, dump
+from fedamole.lockfile import lock_status
 
 __all__ = [
     "JsonlLogger",
@@ -113,7 +114,8 @@ class RunDir:
 
 
 def environment() -> dict[str, Any]:
-    """Package versions, device, git sha and start time, for ``env.json``."""
+    """Package versions, the lock (:func:`fedamole.lockfile.lock_status`), device, git sha and
+    start time, for ``env.json``."""
     import torch
 
     versions = {}
@@ -127,6 +129,7 @@ def environment() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": versions,
+        "lock": lock_status(),
         "cuda": torch.cuda.is_available(),
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "cpu_count": os.cpu_count(),

@@ -27,7 +27,7 @@ from fedamole.engines.flower.deploy import (
 )
 from fedamole.tracking import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.flower]
 
 
 def _process_groups() -> dict[int, tuple[int, str]]:

@@ -32,6 +32,8 @@ from fedamole.tracking import read_jsonl  # noqa: E402
 
 from .flower_grid import FakeGrid, wire  # noqa: E402
 
+pytestmark = pytest.mark.flower
+
 
 @pytest.fixture(scope="module")
 def smoke(repo):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import tomllib
+
+import pytest
 from pydantic import ValidationError
 
 from fedamole.config import Config, ConfigError, load, parse_overrides

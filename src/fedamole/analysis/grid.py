@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import itertools
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from fedamole.config import Config, load
 

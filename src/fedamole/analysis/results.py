@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-
-import tomllib
 
 from fedamole.evaluation import summarize_rounds
 from fedamole.tracking import read_jsonl

@@ -78,7 +78,7 @@ def make_tls(folder: Path, *, hosts: Sequence[str] = ("127.0.0.1", "localhost"))
     from cryptography.x509.oid import NameOID
 
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2))
 
     def name(common: str) -> x509.Name:
