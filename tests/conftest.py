@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from fedamole.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -14,6 +18,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def smoke(repo: Path) -> Config:
+    """``configs/smoke.toml`` (a frozen config: derive variants with ``smoke.replace(...)``)."""
+    from fedamole.config import load
+
+    return load(repo / "configs" / "smoke.toml")
 
 
 @pytest.fixture(scope="session")
@@ -46,19 +58,22 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def run_killed(cfg, run_dir: Path, monkeypatch, *, kill_round: int = 2) -> None:
+def result_records(path: Path) -> list[dict]:
+    """``path/metrics.jsonl`` without the wall-clock ``server/round_seconds`` records, which no two
+    runs share: what resumed, uninterrupted and other-engine runs must agree on."""
+    from fedamole.tracking import read_jsonl
+
+    return [r for r in read_jsonl(path / "metrics.jsonl") if r["metric"] != "round_seconds"]
+
+
+def run_killed(cfg, run_dir: Path, *, kill_round: int = 2) -> None:
     """Run ``cfg`` on the embedded engine and kill it at the start of round ``kill_round`` (earlier
     rounds are checkpointed), as a crash or Ctrl-C would; resume it with ``resume=True``."""
-    import fedamole.engines.embedded as embedded
+    from fedamole.engines.embedded import run_embedded
 
-    real_round = embedded._round
-
-    def killed(rnd, *args, **kwargs):
+    def kill(rnd: int) -> None:
         if rnd == kill_round:
             raise KeyboardInterrupt("simulated kill")
-        return real_round(rnd, *args, **kwargs)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(embedded, "_round", killed)
-        with pytest.raises(KeyboardInterrupt):
-            embedded.run_embedded(cfg, run_dir, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_embedded(cfg, run_dir, progress=False, on_round=kill)

@@ -2,7 +2,8 @@
 
 A refactoring that must not change behaviour is checked with it: record before, record after,
 compare. What is compared is what a run's results are made of: ``metrics.jsonl``, ``comm.jsonl``
-and every file under ``assignments/`` (``env.json``, logs and checkpoints may differ).
+and every file under ``assignments/`` (``env.json``, logs and checkpoints may differ), byte for
+byte except the wall-clock ``server/round_seconds`` records, which no two runs share.
 
 Usage::
 
@@ -18,7 +19,6 @@ check it out in a git worktree and run its own copy of this script with ``PYTHON
 from __future__ import annotations
 
 import argparse
-import filecmp
 import os
 import subprocess
 import sys
@@ -46,6 +46,7 @@ CASES: dict[str, list[str]] = {
     "fedptuning": ["federation.algorithm=fedptuning", "eval.timing=both"],
 }
 COMPARED = ("metrics.jsonl", "comm.jsonl")
+TIMING = b'"metric": "round_seconds"'  # wall-clock records: never equal between two runs
 
 
 def record(out: Path, engines: list[str], cases: list[str]) -> int:
@@ -76,6 +77,11 @@ def _files(run: Path) -> list[str]:
     return names
 
 
+def _content(path: Path) -> list[bytes]:
+    """The file's lines, without the wall-clock records."""
+    return [line for line in path.read_bytes().splitlines() if TIMING not in line]
+
+
 def compare(before: Path, after: Path) -> int:
     runs = sorted({p.parent.relative_to(before) for p in before.rglob("metrics.jsonl")})
     if not runs:
@@ -94,7 +100,7 @@ def compare(before: Path, after: Path) -> int:
                 a, b = before / run / name, after / run / name
                 if not b.exists():
                     problems.append(f"{name}: missing")
-                elif not filecmp.cmp(a, b, shallow=False):
+                elif _content(a) != _content(b):
                     problems.append(f"{name}: differs")
         verdict = "identical" if not problems else "; ".join(problems)
         print(f"{run!s:36s} {len(names):3d} files  {verdict}")

@@ -205,8 +205,8 @@ def sweep(
 
     Example: fedamole sweep configs/sweeps/main.toml --dry-run --only method=FedAMoLE,FedIT
     """
-    from fedamole.analysis.grid import GridError, load_grid
-    from fedamole.analysis.sweep import format_plan, plan, run_sweep
+    from fedamole.experiments.grid import GridError, load_grid
+    from fedamole.experiments.sweep import format_plan, plan, run_sweep
     from fedamole.tracking import setup_logging
 
     selection: dict[str, list[str]] = {}
@@ -306,8 +306,8 @@ def deploy_local(
     import shutil
     import tempfile
 
-    from fedamole.engines.common import format_summary
     from fedamole.engines.flower import FlowerUnavailableError, require_flower
+    from fedamole.engines.summary import format_summary
     from fedamole.tracking import setup_logging
 
     try:

@@ -4,6 +4,9 @@ A run is configured by ``configs/defaults.toml`` (every field, documented) overl
 experiment's TOML diff and dotted ``key=value`` overrides from the command line. :func:`load` merges
 the three, validates types *and* cross-field feasibility (SPEC.md section 10 item 11), and reports
 every error at once as a :class:`ConfigError`, each line naming the field, the value and the fix.
+
+One baseline's own settings are a table of their own (``[baselines.fdlora]``); the flat keys they
+replaced (``baselines.fdlora_sync_every``, ...) are rejected with an error naming the new key.
 """
 
 from __future__ import annotations
@@ -13,22 +16,28 @@ import copy
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedamole.config_checks import SECTION_CHECKS
+
 __all__ = [
     "CONFIG_DIR",
+    "AlgorithmName",
     "BaselinesConfig",
     "Config",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "FDLoRAConfig",
+    "FedDPAConfig",
     "FederationConfig",
     "FlowerConfig",
     "MoLEConfig",
     "ModelConfig",
+    "PTuningConfig",
     "PartitionConfig",
     "RunConfig",
     "TrainConfig",
@@ -39,6 +48,20 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+# The registered algorithms (``fedamole.algorithms.ALGORITHMS``, which a test keeps equal): named
+# here so that validation does not import the algorithms package, which imports this module.
+AlgorithmName = Literal[
+    "fdlora",
+    "fedamole",
+    "feddpa",
+    "fedit",
+    "fedprompt",
+    "fedptuning",
+    "fedsa_lora",
+    "ffa_lora",
+    "local",
+]
 
 
 class _Section(BaseModel):
@@ -98,8 +121,33 @@ class PartitionConfig(_Section):
     seed: int | None = None
 
 
+class PTuningConfig(_Section):
+    """``[baselines.ptuning]``: FedPTuning only (SPEC.md 6.3)."""
+
+    reference_quirk: bool = False
+
+
+class FDLoRAConfig(_Section):
+    """``[baselines.fdlora]``: FDLoRA only (SPEC.md 6)."""
+
+    sync_every: int = Field(5, ge=1)
+    outer_lr: float = Field(1.0, gt=0)
+    outer_momentum: float = Field(0.5, ge=0, lt=1)
+    fusion_budget: int = Field(5, ge=1)
+    fusion_batches: int = Field(5, ge=1)
+    fusion_l1: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class FedDPAConfig(_Section):
+    """``[baselines.feddpa]``: FedDPA only (SPEC.md 6)."""
+
+    local_steps: int | None = Field(None, ge=1)
+
+
 class BaselinesConfig(_Section):
-    """Settings of the baseline algorithms (SPEC.md section 6); FedAMoLE ignores them."""
+    """Settings of the baseline algorithms (SPEC.md section 6); FedAMoLE ignores them. Shared
+    LoRA and prompt settings are flat; one algorithm's own settings are its sub-table."""
 
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
@@ -107,20 +155,28 @@ class BaselinesConfig(_Section):
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     prompt_tokens: int = Field(20, ge=1)
     prompt_encoder_hidden: int = Field(1024, ge=1)
-    ptuning_reference_quirk: bool = False
-    fdlora_sync_every: int = Field(5, ge=1)
-    fdlora_outer_lr: float = Field(1.0, gt=0)
-    fdlora_outer_momentum: float = Field(0.5, ge=0, lt=1)
-    fdlora_fusion_budget: int = Field(5, ge=1)
-    fdlora_fusion_batches: int = Field(5, ge=1)
-    fdlora_fusion_l1: float = Field(0.05, ge=0)
-    fdlora_weight_decay: float = Field(0.01, ge=0)
-    feddpa_local_steps: int | None = Field(None, ge=1)
+    ptuning: PTuningConfig = PTuningConfig()
+    fdlora: FDLoRAConfig = FDLoRAConfig()
+    feddpa: FedDPAConfig = FedDPAConfig()
+
+
+# Flat ``[baselines]`` keys that moved into the per-algorithm tables: old location -> new key.
+_MOVED: dict[tuple[str, ...], str] = {
+    ("baselines", f"{group}_{name}"): f"baselines.{group}.{name}"
+    for group, section in (
+        ("ptuning", PTuningConfig),
+        ("fdlora", FDLoRAConfig),
+        ("feddpa", FedDPAConfig),
+    )
+    for name in section.model_fields
+}
 
 
 class FederationConfig(_Section):
     """The federated protocol (SPEC.md 1, 3.6, 3.7, 4)."""
 
+    # One of AlgorithmName, checked after the types (feasibility_errors) as before: an unknown
+    # name then comes last and does not trigger the checks of the default algorithm.
     algorithm: str = "fedamole"
     num_clients: int = Field(10, ge=1)
     rounds: int = Field(30, ge=1)
@@ -212,81 +268,29 @@ class ConfigError(ValueError):
 
 
 def feasibility_errors(cfg: Config) -> list[str]:
-    """Cross-field constraints that the types alone cannot express (SPEC.md 3.5 and 10.11)."""
-    m, f, errors = cfg.mole, cfg.federation, []
-    n, e, k = f.num_clients, m.num_experts, m.clients_per_expert
-    lo, hi = m.min_experts_per_client, m.max_experts_per_client
-    uses_mole = f.algorithm == "fedamole"
-    if uses_mole:
-        if k > n:
-            errors.append(
-                f"`mole.clients_per_expert` ({k}) must be <= `federation.num_clients` ({n}): "
-                "an expert cannot serve more clients than exist"
-            )
-        if lo > hi:
-            errors.append(
-                f"`mole.min_experts_per_client` ({lo}) must be <= `mole.max_experts_per_client` "
-                f"({hi})"
-            )
-        if lo * n > e * k:
-            errors.append(
-                f"infeasible assignment: min_experts_per_client*num_clients ({lo}*{n}={lo * n}) > "
-                f"num_experts*clients_per_expert ({e}*{k}={e * k}); raise `mole.num_experts` to "
-                f">= {-(-lo * n // k)} or `mole.clients_per_expert`"
-            )
-        if e * k > n * hi:
-            errors.append(
-                f"infeasible assignment: num_experts*clients_per_expert ({e}*{k}={e * k}) > "
-                f"num_clients*max_experts_per_client ({n}*{hi}={n * hi}); lower "
-                f"`mole.num_experts` to <= {n * hi // k} or raise `mole.max_experts_per_client`"
-            )
-        if m.top_k > lo:
-            errors.append(
-                f"`mole.top_k` ({m.top_k}) must be <= `mole.min_experts_per_client` ({lo}), "
-                "or a client with the fewest experts cannot route"
-            )
-        if f.homogeneous and (e * k) // n < max(lo, m.top_k):
-            errors.append(
-                f"homogeneous assignment gives floor(E*k_c/N) = {(e * k) // n} experts per client, "
-                f"fewer than `mole.top_k` ({m.top_k}); raise `mole.num_experts`"
-            )
-    if uses_mole and cfg.eval.timing != "personalized":
-        errors.append(
-            f"`eval.timing` ({cfg.eval.timing!r}) is not available for fedamole: it evaluates each "
-            "client right after local training (SPEC.md 1) and aggregates nothing after the last "
-            "round; use 'personalized'"
-        )
-    if m.dropout >= 1:
-        errors.append(f"`mole.dropout` ({m.dropout}) must be < 1")
-    if cfg.data.eval_ratio + cfg.data.test_ratio >= 1:
-        errors.append(
-            f"`data.eval_ratio` + `data.test_ratio` ({cfg.data.eval_ratio} + "
-            f"{cfg.data.test_ratio}) must be < 1"
-        )
-    if cfg.data.dataset == "local" and not cfg.data.path:
-        errors.append("`data.path` is required when `data.dataset` = 'local'")
-    if cfg.partition.kind == "dirichlet" and cfg.partition.alpha <= 0:
-        errors.append(f"`partition.alpha` ({cfg.partition.alpha}) must be > 0 for Dirichlet")
-    mb = cfg.train.micro_batch_size
-    if mb is not None and cfg.train.batch_size % mb:
-        errors.append(
-            f"`train.batch_size` ({cfg.train.batch_size}) must be a multiple of "
-            f"`train.micro_batch_size` ({mb})"
-        )
-    for rnd, client in f.fail_clients:
-        if not (0 <= client < n) or not (0 <= rnd <= f.rounds):
-            errors.append(
-                f"`federation.fail_clients` entry ({rnd}, {client}) is out of range: "
-                f"rounds 0..{f.rounds}, clients 0..{n - 1}"
-            )
-    from fedamole.algorithms import ALGORITHMS  # late import: algorithms import config
+    """Cross-field constraints that the types alone cannot express (SPEC.md 3.5 and 10.11).
 
-    if f.algorithm not in ALGORITHMS:
-        errors.append(
-            f"`federation.algorithm` ({f.algorithm!r}) is unknown; "
-            f"choose one of {sorted(ALGORITHMS)}"
-        )
-    return errors
+    Args:
+        cfg: a config whose fields each passed their own type and range checks.
+
+    Returns:
+        One message per violated constraint: the per-section checks of
+        :mod:`fedamole.config_checks` in their order, then an unknown ``federation.algorithm``;
+        empty when the config is feasible.
+    """
+    checks = (*SECTION_CHECKS, _algorithm_errors)
+    return [error for check in checks for error in check(cfg)]
+
+
+def _algorithm_errors(cfg: Config) -> list[str]:
+    """A registered algorithm: one of :data:`AlgorithmName`."""
+    names = get_args(AlgorithmName)
+    if cfg.federation.algorithm in names:
+        return []
+    return [
+        f"`federation.algorithm` ({cfg.federation.algorithm!r}) is unknown; "
+        f"choose one of {sorted(names)}"
+    ]
 
 
 def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -405,6 +409,10 @@ def _pop_dotted(data: dict[str, Any], loc: Sequence[Any]) -> None:
 
 def _format_pydantic(err: Mapping[str, Any]) -> str:
     field = ".".join(str(p) for p in err["loc"])
+    moved = _MOVED.get(tuple(err["loc"]))
+    if err["type"] == "extra_forbidden" and moved:
+        table, _, leaf = moved.rpartition(".")
+        return f"`{field}` has moved: use `{moved}` (`{leaf}` in a `[{table}]` table)"
     if err["type"] == "extra_forbidden":
         section = ".".join(str(p) for p in err["loc"][:-1]) or "top level"
         return f"`{field}` is not a known field (in {section}); check the spelling in defaults.toml"

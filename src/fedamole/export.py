@@ -45,6 +45,7 @@ template (SPEC.md 5.3), as the evaluation decodes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ from peft.functional import set_adapter
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedamole.algorithms import ALGORITHMS, get_algorithm
+from fedamole.algorithms.fedamole import client_mole_state
 from fedamole.algorithms.feddpa import (
     LOCAL_ADAPTER,
     MAX_WEIGHT,
@@ -75,7 +78,7 @@ from fedamole.data import load_federated_data
 from fedamole.data.prompts import alpaca_prompt
 from fedamole.data.types import Example
 from fedamole.evaluation import generate_responses
-from fedamole.federated.messages import unpack_modules
+from fedamole.federated.messages import pack_modules, unpack_modules
 from fedamole.models import load_model_and_tokenizer
 from fedamole.mole import inject_mole, set_mole_state
 
@@ -83,8 +86,8 @@ __all__ = [
     "FEDDPA_DIRECTION",
     "MANIFEST",
     "MOLE_STATE",
-    "PEFT_ALGORITHMS",
     "export_client",
+    "export_kind",
     "generate",
     "load_exported",
 ]
@@ -92,9 +95,7 @@ __all__ = [
 MANIFEST = "fedamole_export.json"
 FEDDPA_DIRECTION = "feddpa_direction.safetensors"
 MOLE_STATE = "mole_state.safetensors"
-PEFT_ALGORITHMS = frozenset({"local", "fedit", "ffa_lora", "fedsa_lora"})
 _FORMAT, _VERSION = "fedamole-export", 1
-_KINDS = {"fedamole": "mole", "feddpa": "feddpa"}
 
 
 def export_client(run_dir: Path, client: int, out: Path) -> Path:
@@ -119,22 +120,16 @@ def export_client(run_dir: Path, client: int, out: Path) -> Path:
     if client not in clients:
         raise ValueError(f"client {client} is not in the run; it has clients {sorted(clients)}")
     algorithm = cfg.federation.algorithm
-    if algorithm not in PEFT_ALGORITHMS | {"feddpa", "fedamole"}:
-        raise ValueError(
-            f"cannot export a {algorithm!r} client: export supports "
-            f"{sorted(PEFT_ALGORITHMS | {'feddpa', 'fedamole'})}"
-        )
+    kind = export_kind(algorithm)
+    if kind is None:
+        exportable = sorted(a for a in ALGORITHMS if export_kind(a) is not None)
+        raise ValueError(f"cannot export a {algorithm!r} client: export supports {exportable}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(cfg, client, int(state["round"]))
-    if algorithm == "fedamole":
-        manifest.update(_write_mole(cfg, clients[client], out))
-    elif algorithm == "feddpa":
-        manifest.update(_write_feddpa(cfg, clients[client], client, out))
-    else:
-        _write_peft(cfg, clients[client], out)
+    manifest = _manifest(cfg, client, int(state["round"]), kind)
+    manifest.update(_WRITERS[kind](cfg, clients[client], client, out))
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out
 
@@ -214,11 +209,17 @@ def generate(model_dir: Path, prompt: str, *, max_new_tokens: int, context: str 
     return text
 
 
-def _manifest(cfg: Config, client: int, rnd: int) -> dict[str, Any]:
+def export_kind(algorithm: str) -> str | None:
+    """The export format an algorithm's client models take (its class's ``export_kind``:
+    ``"peft"``, ``"feddpa"``, ``"mole"``), or ``None`` when they cannot be exported."""
+    return getattr(get_algorithm(algorithm), "export_kind", None)
+
+
+def _manifest(cfg: Config, client: int, rnd: int, kind: str) -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "version": _VERSION,
-        "kind": _KINDS.get(cfg.federation.algorithm, "peft"),
+        "kind": kind,
         "algorithm": cfg.federation.algorithm,
         "client": client,
         "round": rnd,
@@ -229,7 +230,9 @@ def _manifest(cfg: Config, client: int, rnd: int) -> dict[str, Any]:
     }
 
 
-def _write_peft(cfg: Config, client_state: dict[str, Any], out: Path) -> None:
+def _write_peft(
+    cfg: Config, client_state: dict[str, Any], client: int, out: Path
+) -> dict[str, Any]:
     key = state_key("default")
     if key not in client_state:
         raise ValueError(f"the checkpoint's client state has no {key!r} adapter to export")
@@ -242,6 +245,7 @@ def _write_peft(cfg: Config, client_state: dict[str, Any], out: Path) -> None:
     set_lora_state(peft_model.get_base_model(), client_state[key])
     # Embeddings are never trained here; False also skips peft's hub lookup of the base config.
     peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    return {}
 
 
 def _write_feddpa(
@@ -273,11 +277,14 @@ def _write_feddpa(
     return {"feddpa": {"local_adapter": LOCAL_ADAPTER, "max_weight": MAX_WEIGHT}}
 
 
-def _write_mole(cfg: Config, client_state: dict[str, Any], out: Path) -> dict[str, Any]:
-    if "modules" not in client_state:
-        raise ValueError("the checkpoint's client state has no MoLE `modules` to export")
-    tensors = dict(client_state["modules"])
-    states = unpack_modules(tensors)  # validates the packing
+def _write_mole(
+    cfg: Config, client_state: dict[str, Any], client: int, out: Path
+) -> dict[str, Any]:
+    try:
+        states = client_mole_state(client_state)  # validates the packing
+    except KeyError as exc:
+        raise ValueError(f"nothing to export: {exc.args[0]}") from None
+    tensors = pack_modules(states)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / MOLE_STATE))
     return {
         "mole": cfg.mole.model_dump(mode="json"),
@@ -318,3 +325,11 @@ def _backbone(
         device=device,
         seed=int(manifest.get("model_seed", 0)),
     )
+
+
+# export kind -> writer of one client's model: (config, client state, client, folder) -> manifest
+_WRITERS: dict[str, Callable[[Config, dict[str, Any], int, Path], dict[str, Any]]] = {
+    "peft": _write_peft,
+    "feddpa": _write_feddpa,
+    "mole": _write_mole,
+}

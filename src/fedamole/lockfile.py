@@ -1,8 +1,9 @@
 """The tested dependency set (``requirements/lock.txt``) and how far this environment is from it.
 
-``make install`` installs under the lock's pins (pip constraints); ``make lock`` re-resolves it. Each
-run records :func:`lock_status` in ``env.json``, so a result names the stack that produced it: the
-lock's sha256 and every installed version that differs from its pin (none after ``make install``).
+``make install`` installs under the lock's pins (pip constraints); ``make lock`` re-resolves it.
+Each run records :func:`lock_status` in ``env.json``, so a result names the stack that produced
+it: the lock's sha256 and every installed version that differs from its pin (none after
+``make install``).
 """
 
 from __future__ import annotations

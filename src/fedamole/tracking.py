@@ -6,7 +6,8 @@ A run directory holds::
     metrics.jsonl    one record per (round, client, split, metric)
     comm.jsonl       bytes up/down per client per round, by payload kind
     assignments/     round_NNN.json                checkpoints/   last/ (written atomically)
-    log.txt          the console log
+    log.txt          the console log                done.json      written after the last round
+    wire.jsonl       Flower only: serialized message sizes
 
 Nothing here ever deletes a run: ``overwrite`` moves the old directory aside to ``NAME.old-<time>``.
 """
@@ -24,14 +25,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fedamole.config import Config, dump
 from fedamole.lockfile import lock_status
 
 __all__ = [
     "JsonlLogger",
-    "MetricLogger",
     "RunDir",
     "RunDirError",
     "environment",
@@ -77,8 +77,48 @@ class RunDir:
         return self.path / "checkpoints"
 
     @property
+    def client_checkpoints(self) -> Path:
+        """Flower only: the clients' own state snapshots (``state-dir`` of the simulation)."""
+        return self.checkpoints / "clients"
+
+    @property
     def log(self) -> Path:
         return self.path / "log.txt"
+
+    @property
+    def wire(self) -> Path:
+        """Flower only: serialized message sizes next to the payload bytes."""
+        return self.path / "wire.jsonl"
+
+    @property
+    def done(self) -> Path:
+        """The marker written after the last round: a sweep skips the run as finished."""
+        return self.path / "done.json"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run went through its last round (:meth:`mark_done`)."""
+        return self.done.exists()
+
+    def write_assignment(self, rnd: int, record: Mapping[str, Any]) -> None:
+        """``assignments/round_NNN.json``: the architecture after round ``rnd`` (atomically)."""
+        path = self.assignments / f"round_{rnd:03d}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    def read_assignments(self) -> dict[int, dict[str, Any]]:
+        """round -> the assignment record written after it (``{}`` for non-FedAMoLE runs)."""
+        if not self.assignments.is_dir():
+            return {}
+        return {
+            int(path.stem.split("_")[1]): json.loads(path.read_text())
+            for path in sorted(self.assignments.glob("round_*.json"))
+        }
+
+    def mark_done(self, last_round: int) -> None:
+        """Record that every round up to ``last_round`` ran."""
+        self.done.write_text(json.dumps({"last_round": last_round}) + "\n")
 
     @classmethod
     def prepare(
@@ -172,14 +212,6 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None) -> None:
     root.setLevel(level)
     for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-class MetricLogger(Protocol):
-    """Where metrics go. The default writes JSON lines; others (TensorBoard) may follow."""
-
-    def log(self, record: Mapping[str, Any]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class JsonlLogger:

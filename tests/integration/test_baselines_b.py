@@ -5,29 +5,29 @@ from __future__ import annotations
 
 import pytest
 
-from fedamole.config import load
 from fedamole.engines.embedded import run_embedded
 from fedamole.tracking import read_jsonl
-from tests.conftest import run_killed
+from tests.conftest import result_records, run_killed
 
 SMALL = {
     "data.test_cap": 4,
     "data.eval_cap": 4,
     "eval.max_new_tokens": 4,
-    "baselines.fdlora_fusion_budget": 3,
-    "baselines.fdlora_fusion_batches": 1,
+    "baselines.fdlora.fusion_budget": 3,
+    "baselines.fdlora.fusion_batches": 1,
     "baselines.prompt_tokens": 4,
     "baselines.prompt_encoder_hidden": 16,
 }
 
 
 @pytest.fixture(scope="module")
-def smoke(repo):
-    return load(repo / "configs" / "smoke.toml").replace(**SMALL)
+def small_smoke(smoke):
+    return smoke.replace(**SMALL)
 
 
 def _records(path, name="metrics.jsonl"):
-    return [tuple(sorted(r.items())) for r in read_jsonl(path / name)]
+    records = result_records(path) if name == "metrics.jsonl" else read_jsonl(path / name)
+    return [tuple(sorted(r.items())) for r in records]
 
 
 def _split(path, split):
@@ -38,8 +38,8 @@ def _split(path, split):
     ("algorithm", "timing"),
     [("fdlora", "global"), ("fedprompt", "personalized"), ("fedptuning", "both")],
 )
-def test_two_rounds_write_the_run_directory(smoke, tmp_path, algorithm, timing):
-    cfg = smoke.replace(**{"federation.algorithm": algorithm, "eval.timing": timing})
+def test_two_rounds_write_the_run_directory(small_smoke, tmp_path, algorithm, timing):
+    cfg = small_smoke.replace(**{"federation.algorithm": algorithm, "eval.timing": timing})
     result = run_embedded(cfg, tmp_path / "r", progress=False)
     path = tmp_path / "r"
     for name in ("config.toml", "env.json", "metrics.jsonl", "comm.jsonl", "log.txt"):
@@ -63,7 +63,7 @@ def test_two_rounds_write_the_run_directory(smoke, tmp_path, algorithm, timing):
 
 
 def _kill_and_resume(cfg, path, kill_round, monkeypatch):
-    run_killed(cfg, path, monkeypatch, kill_round=kill_round)
+    run_killed(cfg, path, kill_round=kill_round)
     run_embedded(cfg, path, resume=True, progress=False)
 
 
@@ -73,17 +73,17 @@ def _kill_and_resume(cfg, path, kill_round, monkeypatch):
         # the kill falls after a sync (private adapter) and an outer step (momentum buffer)
         (
             "fdlora",
-            {"baselines.fdlora_sync_every": 2, "federation.rounds": 3, "eval.timing": "both"},
+            {"baselines.fdlora.sync_every": 2, "federation.rounds": 3, "eval.timing": "both"},
             3,
         ),
         # the relayed MLP must restore the shared model's MLP
-        ("fedptuning", {"baselines.ptuning_reference_quirk": True}, 2),
+        ("fedptuning", {"baselines.ptuning.reference_quirk": True}, 2),
     ],
 )
 def test_resume_after_kill_equals_uninterrupted(
-    smoke, tmp_path, monkeypatch, algorithm, overrides, kill_round
+    small_smoke, tmp_path, monkeypatch, algorithm, overrides, kill_round
 ):
-    cfg = smoke.replace(**{"federation.algorithm": algorithm, **overrides})
+    cfg = small_smoke.replace(**{"federation.algorithm": algorithm, **overrides})
     run_embedded(cfg, tmp_path / "full", progress=False)
     _kill_and_resume(cfg, tmp_path / "resumed", kill_round, monkeypatch)
     for name in ("metrics.jsonl", "comm.jsonl"):

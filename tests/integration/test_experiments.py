@@ -19,15 +19,15 @@ from typer.testing import CliRunner
 
 import fedamole.engines as engines
 from fedamole.algorithms import ALGORITHMS
-from fedamole.analysis.grid import GridError, load_grid
 from fedamole.analysis.plots import FIGURES, plot
 from fedamole.analysis.report import build_report, format_csv
 from fedamole.analysis.results import find_run_dirs
-from fedamole.analysis.sweep import plan, run_sweep
 from fedamole.cli import app
 from fedamole.config import dump, load
+from fedamole.experiments.grid import GridError, load_grid
+from fedamole.experiments.sweep import plan, run_sweep
 from fedamole.tracking import read_jsonl
-from tests.conftest import run_killed
+from tests.conftest import result_records, run_killed
 
 runner = CliRunner()
 
@@ -84,7 +84,7 @@ def swept(repo, tmp_path_factory):
 def _records(run_dir):
     return [
         (r["round"], r["client"], r["split"], r["metric"], r["value"])
-        for r in read_jsonl(run_dir / "metrics.jsonl")
+        for r in result_records(run_dir)
     ]
 
 
@@ -108,7 +108,7 @@ def _killed_run(grid_path, out, name, monkeypatch):
     """Start run ``name`` of the grid in ``out`` and kill it in round 2 (round 1 checkpointed)."""
     grid = load_grid(grid_path, out_dir=out)
     (planned,) = [p for p in plan(grid) if p.run.name == name]
-    run_killed(planned.config, planned.run.run_dir, monkeypatch, kill_round=2)
+    run_killed(planned.config, planned.run.run_dir, kill_round=2)
     return grid
 
 

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedamole.config import load
 from fedamole.engines.embedded import run_embedded
 from fedamole.tracking import read_jsonl
-from tests.conftest import run_killed
-
-
-@pytest.fixture(scope="module")
-def smoke(repo):
-    return load(repo / "configs" / "smoke.toml")
+from tests.conftest import result_records, run_killed
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +22,7 @@ def full_run(smoke, tmp_path_factory):
 
 def _metrics(path):
     return [
-        (r["round"], r["client"], r["split"], r["metric"], r["value"])
-        for r in read_jsonl(path / "metrics.jsonl")
+        (r["round"], r["client"], r["split"], r["metric"], r["value"]) for r in result_records(path)
     ]
 
 
@@ -48,11 +41,17 @@ def test_run_writes_every_file(full_run, smoke):
     assert any(m[2] == "test" and m[3] == "score" for m in metrics)
     assert any(m[2] == "train" and m[3] == "loss" and m[0] == 1 for m in metrics)
     assert result.failures == 0 and result.last
+    timing = [r for r in read_jsonl(path / "metrics.jsonl") if r["metric"] == "round_seconds"]
+    assert [(r["round"], r["client"], r["split"]) for r in timing] == [
+        (rnd, -1, "server") for rnd in range(rounds + 1)
+    ]
+    assert all(r["value"] > 0 for r in timing)
+    assert json.loads((path / "done.json").read_text()) == {"last_round": rounds}
 
 
 def test_resume_after_kill_equals_uninterrupted(full_run, smoke, tmp_path, monkeypatch):
     path, _ = full_run
-    run_killed(smoke, tmp_path / "r", monkeypatch, kill_round=2)
+    run_killed(smoke, tmp_path / "r", kill_round=2)
     run_embedded(smoke, tmp_path / "r", resume=True, progress=False)
     assert _metrics(tmp_path / "r") == _metrics(path)
     for rnd in range(smoke.federation.rounds + 1):
@@ -121,7 +120,7 @@ def test_nan_update_is_rejected_and_not_averaged(smoke):
     algo = FedAMoLE(cfg)
     algo.prepare_model(model)
     algo.setup(model)
-    before = {k: v.clone() for k, v in next(iter(algo.bank.values())).items()}
+    before = next(iter(algo.bank.modules.values())).token_proj.clone()
     updates = {}
     for c in range(cfg.federation.num_clients):
         tensors = pack_modules(algo._client_modules(c))
@@ -134,10 +133,10 @@ def test_nan_update_is_rejected_and_not_averaged(smoke):
     summary = algo.aggregate(1, updates)
     assert 0 in summary.rejected and "NaN/Inf" in summary.rejected[0]
     assert set(summary.accepted) == {1, 2}
-    bank = next(iter(algo.bank.values()))
-    torch.testing.assert_close(bank["token_proj"], before["token_proj"] + 1.0)
-    assert all(torch.isfinite(t).all() for t in bank.values())
-    assert np.all([a.sum(1).min() >= 2 for a in algo.assignment.values()])
+    bank = next(iter(algo.bank.modules.values()))
+    torch.testing.assert_close(bank.token_proj, before + 1.0)
+    assert all(torch.isfinite(t).all() for t in (bank.lora_A, bank.lora_B, bank.token_proj))
+    assert np.all([a.sum(1).min() >= 2 for a in algo.assignment.modules.values()])
 
 
 def _algo(cfg):
@@ -171,17 +170,18 @@ def test_aggregation_matches_hand_computed_means(smoke):
 
     cfg = smoke.replace(**{"federation.rounds": 3, "federation.assignment": "static"})
     algo = _algo(cfg)
-    name = next(iter(algo.bank))
-    holders = {e: np.flatnonzero(algo.assignment[name][e]) for e in range(cfg.mole.num_experts)}
+    name = next(iter(algo.bank.modules))
+    matrix = algo.assignment.modules[name]
+    holders = {e: np.flatnonzero(matrix[e]) for e in range(cfg.mole.num_experts)}
     summary = algo.aggregate(1, _constant_updates(algo, cfg))
     assert summary.accepted == (0, 1, 2) and not summary.rejected
-    bank = algo.bank[name]
-    assert torch.all(bank["token_proj"] == 2.0)  # mean of 1, 2, 3
-    assert torch.all(bank["shared_A"] == 2.0) and torch.all(bank["shared_B"] == 2.0)
+    bank = algo.bank.modules[name]
+    assert torch.all(bank.token_proj == 2.0)  # mean of 1, 2, 3
+    assert torch.all(bank.shared_A == 2.0) and torch.all(bank.shared_B == 2.0)
     for e, clients in holders.items():
         expected = float(np.mean(clients + 1.0))
-        assert torch.all(bank["A"][e] == expected), (e, clients)
-        assert torch.all(bank["B"][e] == expected)
+        assert torch.all(bank.lora_A[e] == expected), (e, clients)
+        assert torch.all(bank.lora_B[e] == expected)
 
 
 def test_example_weighted_aggregation(smoke):
@@ -195,9 +195,9 @@ def test_example_weighted_aggregation(smoke):
     )
     algo = _algo(cfg)
     algo.aggregate(1, _constant_updates(algo, cfg))
-    bank = next(iter(algo.bank.values()))
+    bank = next(iter(algo.bank.modules.values()))
     # weights 10, 20, 30 on values 1, 2, 3: (10 + 40 + 90) / 60
-    torch.testing.assert_close(bank["token_proj"], torch.full_like(bank["token_proj"], 140 / 60))
+    torch.testing.assert_close(bank.token_proj, torch.full_like(bank.token_proj, 140 / 60))
 
 
 def test_misshapen_or_mistyped_update_is_rejected(smoke):

@@ -18,14 +18,10 @@ import pytest
 
 pytest.importorskip("flwr", reason="the Flower engine needs `make install-flower`")
 
-from fedamole.engines.flower.deploy import (
-    LocalDeployment,
-    deploy_local,
-    free_port,
-    make_node_key,
-    supernode_command,
-)
-from fedamole.tracking import read_jsonl
+from fedamole.engines.flower.certificates import make_node_key
+from fedamole.engines.flower.deploy import LocalDeployment, deploy_local
+from fedamole.engines.flower.processes import free_port, supernode_command
+from tests.conftest import result_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.flower]
 
@@ -88,7 +84,7 @@ def test_loopback_deployment_with_tls_auth_and_a_node_killed_in_round_2(repo, tm
     # the run completed its rounds; node 2 was left out of round 2 only
     assert result.rounds == 2
     clients_by_round: dict[int, set[int]] = {}
-    for rec in read_jsonl(run_dir / "metrics.jsonl"):
+    for rec in result_records(run_dir):
         clients_by_round.setdefault(rec["round"], set()).add(rec["client"])
     assert clients_by_round[0] == clients_by_round[1] == {0, 1, 2}
     assert "pid" in killed, "round 2 never started"

@@ -15,7 +15,6 @@ flwr = pytest.importorskip("flwr", reason="the Flower engine needs `make install
 
 from fedamole.algorithms import ALGORITHMS, get_algorithm  # noqa: E402
 from fedamole.algorithms.base import ClientContext  # noqa: E402
-from fedamole.config import load  # noqa: E402
 from fedamole.data import load_federated_data  # noqa: E402
 from fedamole.engines.embedded import run_embedded  # noqa: E402
 from fedamole.engines.flower import client_app  # noqa: E402
@@ -29,15 +28,11 @@ from fedamole.engines.flower.records import (  # noqa: E402
 from fedamole.federated.messages import ClientMessage, ServerMessage  # noqa: E402
 from fedamole.models import load_model_and_tokenizer  # noqa: E402
 from fedamole.tracking import read_jsonl  # noqa: E402
+from tests.conftest import result_records  # noqa: E402
 
 from .flower_grid import FakeGrid, wire  # noqa: E402
 
 pytestmark = pytest.mark.flower
-
-
-@pytest.fixture(scope="module")
-def smoke(repo):
-    return load(repo / "configs" / "smoke.toml")
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +129,7 @@ def _serve(cfg, run_dir, grid, **kwargs):
 
 def _metrics(path):
     return [
-        (r["round"], r["client"], r["split"], r["metric"], r["value"])
-        for r in read_jsonl(path / "metrics.jsonl")
+        (r["round"], r["client"], r["split"], r["metric"], r["value"]) for r in result_records(path)
     ]
 
 
@@ -168,25 +162,18 @@ def test_apps_on_an_in_process_grid_equal_the_embedded_engine(smoke, embedded_ru
 def test_killed_server_resumes_exactly(smoke, embedded_run, tmp_path, monkeypatch):
     """A ServerApp killed in round 2 resumes from the checkpoint in a new Flower run (new node
     ids, empty context.state): the clients' snapshots make it equal the uninterrupted run."""
-    real_round = flower_server.run_federation.__globals__["play_round"]
 
-    def killed_in_round_2(rnd, *args):
+    def killed_in_round_2(rnd):
         if rnd == 2:
             raise KeyboardInterrupt("simulated kill")
-        return real_round(rnd, *args)
 
     state_dir = tmp_path / "r" / "checkpoints" / "clients"
-    real_federation = flower_server.run_federation
-    monkeypatch.setattr(
-        flower_server,
-        "run_federation",
-        lambda *a, **k: real_federation(*a, **k, play=killed_in_round_2),
-    )
     with pytest.raises(KeyboardInterrupt):
-        _serve(smoke, tmp_path / "r", FakeGrid(3), state_dir=state_dir)
-    monkeypatch.setattr(flower_server, "run_federation", real_federation)
+        _serve(smoke, tmp_path / "r", FakeGrid(3), state_dir=state_dir, on_round=killed_in_round_2)
+    assert not (tmp_path / "r" / "done.json").exists()
     _serve(smoke, tmp_path / "r", FakeGrid(3, base=5000), resume=True, state_dir=state_dir)
     _assert_same_run(embedded_run, tmp_path / "r")
+    assert (tmp_path / "r" / "done.json").exists()  # the Flower engine marks its runs done too
 
 
 def test_silent_node_is_left_out_then_rejoins(smoke, tmp_path, caplog):

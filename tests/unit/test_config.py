@@ -1,13 +1,18 @@
-"""Config: defaults file matches the code, presets validate, every error is reported at once."""
+"""Config: defaults file matches the code, presets validate, every error is reported at once,
+baseline tables replace the old flat keys, and the algorithm names match the registry."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
-from fedamole.config import Config, ConfigError, load, parse_overrides
+from fedamole.algorithms import ALGORITHMS
+from fedamole.config import AlgorithmName, Config, ConfigError, dump, load, parse_overrides
 
 
 def test_defaults_file_lists_every_field_with_the_code_defaults(repo):
@@ -94,3 +99,58 @@ def test_bad_toml_names_the_file(tmp_path):
     bad.write_text("[train\n")
     with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
         load(bad)
+
+
+def test_baseline_tables_load_from_a_file_and_from_overrides(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        "[baselines]\nlora_rank = 4\n"
+        "[baselines.fdlora]\nsync_every = 3\nouter_lr = 0.5\n"
+        "[baselines.ptuning]\nreference_quirk = true\n"
+    )
+    b = load(path).baselines
+    assert (b.lora_rank, b.fdlora.sync_every, b.fdlora.outer_lr) == (4, 3, 0.5)
+    assert b.ptuning.reference_quirk and b.feddpa.local_steps is None
+    assert b.fdlora.fusion_budget == 5  # the rest of the table keeps its defaults
+
+    cfg = load(path, ["baselines.fdlora.sync_every=7", "baselines.feddpa.local_steps=4"])
+    assert (cfg.baselines.fdlora.sync_every, cfg.baselines.fdlora.outer_lr) == (7, 0.5)
+    assert cfg.baselines.feddpa.local_steps == 4
+    assert cfg.replace(**{"baselines.fdlora.fusion_l1": 0.1}).baselines.fdlora.fusion_l1 == 0.1
+    dump(cfg, tmp_path / "resolved.toml")
+    assert load(tmp_path / "resolved.toml") == cfg
+
+
+def test_an_old_flat_baseline_key_names_its_new_key(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(None, ["baselines.fdlora_sync_every=2"])
+    assert info.value.errors == [
+        "`baselines.fdlora_sync_every` has moved: use `baselines.fdlora.sync_every` "
+        "(`sync_every` in a `[baselines.fdlora]` table)"
+    ]
+
+    old = tmp_path / "old.toml"
+    old.write_text("[baselines]\nptuning_reference_quirk = true\nfdlora_outer_lr = 2.0\n")
+    with pytest.raises(ConfigError) as info:
+        load(old, ["baselines.feddpa_local_steps=3", "train.lr=-1", "mole.top_k=5"])
+    errors = info.value.errors
+    for new in ("ptuning.reference_quirk", "fdlora.outer_lr", "feddpa.local_steps"):
+        assert sum(f"use `baselines.{new}`" in e for e in errors) == 1, errors
+    assert any(e.startswith("`train.lr` = -1") for e in errors)  # reported with the others
+    assert any(e.startswith("`mole.top_k` (5) must be <=") for e in errors)
+    assert len(errors) == 5
+
+
+def test_algorithm_names_are_the_registered_algorithms():
+    assert set(get_args(AlgorithmName)) == set(ALGORITHMS)
+    assert len(get_args(AlgorithmName)) == len(ALGORITHMS)
+
+
+def test_validation_does_not_import_the_algorithms():
+    code = (
+        "import sys\nfrom fedamole.config import ConfigError, load\nload()\n"
+        "try:\n    load(None, ['federation.algorithm=nope'])\nexcept ConfigError:\n    pass\n"
+        "assert 'fedamole.algorithms' not in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

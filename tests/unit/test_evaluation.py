@@ -13,6 +13,7 @@ from rouge_score import rouge_scorer
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from fedamole._rouge import ROUGE_IMPLS
+from fedamole.analysis.summaries import summarize_clients, summarize_rounds
 from fedamole.config import EvalConfig
 from fedamole.data.types import Example
 from fedamole.evaluation import (
@@ -22,8 +23,6 @@ from fedamole.evaluation import (
     mean_loss,
     rouge_l,
     score_choices,
-    summarize_clients,
-    summarize_rounds,
 )
 from fedamole.models import tiny_causal_lm, tiny_config, tiny_tokenizer
 

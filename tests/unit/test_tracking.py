@@ -45,3 +45,17 @@ def test_jsonl_truncate_and_malformed_line(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"round": 0}\n{oops\n')
     with pytest.raises(ValueError, match=r"m.jsonl:2: not valid JSON"):
         list(read_jsonl(tmp_path / "m.jsonl"))
+
+
+def test_run_dir_owns_assignments_and_the_done_marker(tmp_path):
+    run = RunDir.prepare(Config(), tmp_path / "r")
+    assert run.read_assignments() == {} and not run.finished
+    run.write_assignment(1, {"modules": {"m": [[0], [1]]}})
+    run.write_assignment(0, {"modules": {"m": [[1], [0]]}})
+    assert run.read_assignments() == {
+        0: {"modules": {"m": [[1], [0]]}},
+        1: {"modules": {"m": [[0], [1]]}},
+    }
+    assert not list(run.assignments.glob("*.tmp"))
+    run.mark_done(3)
+    assert run.finished and json.loads(run.done.read_text()) == {"last_round": 3}

@@ -10,8 +10,8 @@ same objects as the embedded one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -22,8 +22,23 @@ from fedamole.data.collate import Encoded, encode_train
 from fedamole.data.types import ClientData
 from fedamole.evaluation import evaluate_examples, mean_loss
 from fedamole.federated.messages import ClientMessage, ServerMessage
+from fedamole.training import BatchStream, round_lr
 
-__all__ = ["Algorithm", "ClientContext", "RoundSummary", "client_seed", "train_examples"]
+__all__ = [
+    "Algorithm",
+    "ClientContext",
+    "ClientJob",
+    "RoundPlan",
+    "RoundSummary",
+    "RoundTemplate",
+    "client_round",
+    "client_seed",
+    "client_stream",
+    "personalized_metrics",
+    "prefixed",
+    "screen_updates",
+    "train_examples",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +55,7 @@ class ClientContext:
         state: client-private persistent state (tensors and plain values), saved in checkpoints
             and, on Flower, in ``context.state``.
         cache: per-process scratch (encoded examples); never checkpointed, rebuilt on demand.
+        progress: the engine's wrapper of the local step iterator (a progress bar), or ``None``.
     """
 
     client_id: int
@@ -48,6 +64,7 @@ class ClientContext:
     tokenizer: PreTrainedTokenizerBase
     state: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[Iterator[int]], Iterator[int]] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -93,6 +110,190 @@ class Algorithm(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What a client does in one round; it travels as the ``config`` of the server's message.
+
+    Attributes:
+        train: train locally (rounds ``1..R``).
+        upload: send the update back.
+        lr: this round's learning rate (:func:`~fedamole.training.round_lr`).
+        eval_personalized: evaluate after local training (round 0: the initial model).
+        eval_received: evaluate the received global model before training.
+        stats: FedAMoLE only: compute and send the RSEA embeddings.
+        sync: FDLoRA only: copy the trained adapter into the private one.
+        load_mlp: FedPTuning's reference quirk only: load the relayed prompt MLP.
+        upload_mlp: FedPTuning's reference quirk only: send this client's prompt MLP.
+    """
+
+    train: bool
+    upload: bool
+    lr: float
+    eval_personalized: bool
+    eval_received: bool = False
+    stats: bool = False
+    sync: bool = False
+    load_mlp: bool = False
+    upload_mlp: bool = False
+
+    @classmethod
+    def for_round(cls, cfg: Config, rnd: int) -> RoundPlan:
+        """The plan every algorithm starts from (``eval.timing``, SPEC.md 7.3).
+
+        ``train``/``upload``: rounds ``1..R``; ``eval_personalized``: after training (or on the
+        initial model in round 0) unless ``eval.timing = "global"``, never in the evaluation-only
+        round ``R+1``; ``eval_received``: before training, rounds ``>= 1`` unless ``eval.timing =
+        "personalized"`` (round 1's received model is the initial one, evaluated only with
+        ``eval.test_init``).
+        """
+        rounds, timing = cfg.federation.rounds, cfg.eval.timing
+        train = 1 <= rnd <= rounds
+        received = timing != "personalized" and (rnd >= 2 or (rnd == 1 and cfg.eval.test_init))
+        return cls(
+            train=train,
+            upload=train,
+            lr=round_lr(cfg.train.lr, cfg.train.lr_decay, rnd),
+            eval_personalized=timing != "global" and rnd <= rounds,
+            eval_received=received,
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether the client uses the model at all this round (else nothing need be sent)."""
+        return self.train or self.eval_received or self.eval_personalized
+
+    def to_config(self) -> dict[str, bool | float]:
+        """The message ``config`` (plain scalars, so it crosses Flower's records)."""
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RoundPlan:
+        """Read a plan back from a message ``config`` (extra keys are ignored)."""
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    """One client's round as the template hands it to the hooks."""
+
+    rnd: int
+    msg: ServerMessage
+    plan: RoundPlan
+
+
+class RoundTemplate:
+    """The client side of a round, written once (:func:`client_round`), with small hooks.
+
+    An algorithm inherits :meth:`local_update` and implements :meth:`load`, :meth:`train_round`
+    and :meth:`upload`; it overrides :meth:`evaluate_personalized` and
+    :meth:`evaluate_received` only when its evaluation differs from the plain test split.
+    """
+
+    cfg: Config
+
+    def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
+        """Client work for one round (see :func:`client_round`)."""
+        return client_round(self, rnd, msg, ctx)
+
+    def load(self, ctx: ClientContext, job: ClientJob) -> None:
+        """Merge what arrived into ``ctx.state`` and load the client's model."""
+        raise NotImplementedError
+
+    def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        """Train locally (torch is already seeded) and keep the result in ``ctx.state``."""
+        raise NotImplementedError
+
+    def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
+        """The tensors to send back (called every round; ``job.plan.upload`` says if any)."""
+        raise NotImplementedError
+
+    def evaluate_received(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        """Metrics of the received global model (keys ``received/...``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no received-model evaluation")
+
+    def evaluate_personalized(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        """Metrics of the client's model after training (keys ``test/...``, ``eval/loss``)."""
+        return personalized_metrics(ctx, self.cfg)
+
+
+def client_round(
+    algo: RoundTemplate, rnd: int, msg: ServerMessage, ctx: ClientContext
+) -> ClientMessage:
+    """Load; evaluate the received model; train; pack the upload; evaluate the trained model.
+
+    The upload is packed before the personalized evaluation, which may load another model
+    (FDLoRA's fused adapter). Dropout restarts from ``client_seed(run.seed, rnd, client)``.
+    """
+    plan = RoundPlan.from_config(msg.config)
+    job = ClientJob(rnd, msg, plan)
+    algo.load(ctx, job)
+    metrics: dict[str, float] = {}
+    if plan.eval_received:
+        metrics.update(algo.evaluate_received(ctx, job))
+    if plan.train:
+        torch.manual_seed(client_seed(algo.cfg.run.seed, rnd, ctx.client_id))
+        metrics.update(algo.train_round(ctx, job))
+    tensors = algo.upload(ctx, job)
+    if plan.eval_personalized:
+        metrics.update(algo.evaluate_personalized(ctx, job))
+    config = {"num_examples": len(ctx.data.train)}
+    return ClientMessage(rnd, ctx.client_id, tensors, config, metrics)
+
+
+def screen_updates(
+    rnd: int,
+    updates: Mapping[int, ClientMessage],
+    problems: Callable[[int, ClientMessage], list[str]],
+    *,
+    weighted: bool,
+) -> tuple[dict[int, ClientMessage], dict[int, str]]:
+    """Split a round's updates into accepted ones and rejected ones (with the logged reason).
+
+    Args:
+        rnd: the round (for the log).
+        updates: client -> reply.
+        problems: the algorithm's check of one reply (wrong keys, shapes, non-finite values).
+        weighted: ``federation.weighting = "examples"``: a reply that carries tensors must also
+            carry a positive ``num_examples``.
+    """
+    accepted, rejected = {}, {}
+    for client, msg in sorted(updates.items()):
+        found = problems(client, msg)
+        count = msg.config.get("num_examples")
+        if weighted and msg.tensors and not (isinstance(count, int) and count > 0):
+            found.append(f"num_examples = {count!r}: weighting by examples needs a count > 0")
+        if found:
+            rejected[client] = "; ".join(found)
+            log.warning("round %d: rejected client %d: %s", rnd, client, rejected[client])
+        else:
+            accepted[client] = msg
+    return accepted, rejected
+
+
+def client_stream(ctx: ClientContext, cfg: Config) -> BatchStream:
+    """The client's training batch stream, at the position its state recorded (see
+    :class:`~fedamole.training.BatchStream`); store ``stream.state_dict()`` under
+    ``ctx.state["stream"]`` after training."""
+    stream = BatchStream(train_examples(ctx, cfg), seed=cfg.run.seed, client=ctx.client_id)
+    if "stream" in ctx.state:
+        stream.load_state_dict(ctx.state["stream"])
+    return stream
+
+
+def prefixed(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    """``{"<prefix>/<key>": value}``."""
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def personalized_metrics(ctx: ClientContext, cfg: Config) -> dict[str, float]:
+    """``test/...`` metrics of the model as loaded, and ``eval/loss`` when there is an eval
+    split."""
+    out = prefixed("test", evaluate_test(ctx, cfg))
+    if ctx.data.eval:
+        out["eval/loss"] = eval_loss(ctx, cfg)
+    return out
 
 
 def client_seed(seed: int, rnd: int, client: int) -> int:

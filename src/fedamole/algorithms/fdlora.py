@@ -14,23 +14,23 @@ Tuning" (arXiv 2406.07925), as the FedAMoLE reference re-implements it (``baseli
    reference's warm-up also consumes one decay step, so both use ``lr`` for the warm-up and
    ``lr * decay^(i+1)`` in FDLoRA round ``i``.
 2. **Local training** of the received global adapter: a fresh AdamW every round (decoupled weight
-   decay ``baselines.fdlora_weight_decay``, betas and eps from ``train``), dropout seeded per
+   decay ``baselines.fdlora.weight_decay``, betas and eps from ``train``), dropout seeded per
    ``(seed, round, client)``. **Sync**: in FDLoRA round ``i = round - 2`` with ``i % k == 0``
-   (``k = baselines.fdlora_sync_every``, Python's modulo as the reference's, so the warm-up
+   (``k = baselines.fdlora.sync_every``, Python's modulo as the reference's, so the warm-up
    ``i = -1`` syncs only when ``k = 1``) the client copies its trained adapter into its private
    adapter (``ctx.state["private"]``).
 3. **OuterOpt** (:func:`outer_step`): pseudo-gradient ``g = mean_c (global - client_c)``, one SGD
-   step with lr ``baselines.fdlora_outer_lr`` and Nesterov momentum
-   ``baselines.fdlora_outer_momentum`` over the global adapter, every round ``2..R`` (the last
+   step with lr ``baselines.fdlora.outer_lr`` and Nesterov momentum
+   ``baselines.fdlora.outer_momentum`` over the global adapter, every round ``2..R`` (the last
    included); the result is broadcast.
 4. **Adaptive fusion** (:func:`fusion_search`) whenever a client is evaluated and holds a private
    adapter: weights ``w`` in ``[-1.5, 1.5]^2`` minimizing the mean loss on
-   ``baselines.fdlora_fusion_batches`` batches (``train.batch_size`` examples each) of the
-   embedding ("aux") split plus ``baselines.fdlora_fusion_l1 * mean|w|``, with at most
-   ``baselines.fdlora_fusion_budget`` loss evaluations; the evaluated model is
+   ``baselines.fdlora.fusion_batches`` batches (``train.batch_size`` examples each) of the
+   embedding ("aux") split plus ``baselines.fdlora.fusion_l1 * mean|w|``, with at most
+   ``baselines.fdlora.fusion_budget`` loss evaluations; the evaluated model is
    ``w0 * global + w1 * private`` element-wise on every LoRA A and B.
 
-Evaluation timing (:func:`~fedamole.algorithms.lora_strategy.round_plan`): the reference
+Evaluation timing (:meth:`~fedamole.algorithms.base.RoundPlan.for_round`): the reference
 evaluates the fused model after the server's outer step (``eval.timing = "global"``: the client
 fuses the *received* global adapter with its private one before training, logged as
 ``test_global`` of the previous round; the engine adds round ``R+1`` for the last step).
@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -71,11 +71,14 @@ from transformers import PreTrainedModel
 
 from fedamole.algorithms.base import (
     ClientContext,
+    ClientJob,
+    RoundPlan,
     RoundSummary,
-    client_seed,
+    RoundTemplate,
+    client_stream,
     eval_loss,
     evaluate_test,
-    train_examples,
+    screen_updates,
 )
 from fedamole.algorithms.lora_common import (
     initial_lora_state,
@@ -85,13 +88,12 @@ from fedamole.algorithms.lora_common import (
     set_lora_state,
     trainable,
 )
-from fedamole.algorithms.lora_strategy import round_plan
 from fedamole.config import Config
 from fedamole.data.types import Example
 from fedamole.evaluation import mean_loss
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.training import BatchStream, local_train
+from fedamole.training import local_train
 
 __all__ = ["FDLoRA", "FusionResult", "fusion_search", "outer_step"]
 
@@ -224,13 +226,18 @@ def _clip(x: float, bound: float) -> float:
     return min(max(x, -bound), bound)
 
 
+def _received(job: ClientJob) -> State:
+    """A copy of the received global adapter (never alias the server's tensors)."""
+    return {k: v.clone() for k, v in job.msg.tensors.items()}
+
+
 def fuse(weights: tuple[float, float], global_state: State, private: State) -> State:
     """``w0 * global + w1 * private``, element-wise on every LoRA A and B."""
     w0, w1 = weights
     return {k: w0 * global_state[k] + w1 * private[k] for k in global_state}
 
 
-class FDLoRA:
+class FDLoRA(RoundTemplate):
     """FDLoRA (server state: the global adapter and the outer optimizer's momentum buffers)."""
 
     name = "fdlora"
@@ -251,13 +258,13 @@ class FDLoRA:
         self.global_state = initial_lora_state(model, generator=gen)
 
     def configure_round(self, rnd: int) -> dict[int, ServerMessage]:
-        config = round_plan(self.cfg, rnd)
+        plan = RoundPlan.for_round(self.cfg, rnd)
         # FDLoRA round i = rnd - 2 (the warm-up is i = -1); Python's modulo, as the reference
-        config["sync"] = (
-            bool(config["train"]) and (rnd - 2) % self.cfg.baselines.fdlora_sync_every == 0
+        plan = replace(
+            plan, sync=plan.train and (rnd - 2) % self.cfg.baselines.fdlora.sync_every == 0
         )
-        active = config["train"] or config["eval_received"] or config["eval_personalized"]
-        tensors = dict(self.global_state) if active else {}
+        tensors = dict(self.global_state) if plan.active else {}
+        config = plan.to_config()
         return {c: ServerMessage(rnd, c, tensors, config) for c in range(self.num_clients)}
 
     def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
@@ -265,19 +272,9 @@ class FDLoRA:
             return RoundSummary(rnd, tuple(sorted(updates)))
         expected = spec_of(self.global_state)
         weighted = self.cfg.federation.weighting == "examples"
-        accepted, rejected = {}, {}
-        for client, msg in sorted(updates.items()):
-            problems = check_update(msg.tensors, expected)
-            count = msg.config.get("num_examples")
-            if weighted and not (isinstance(count, int) and count > 0):
-                problems.append(
-                    f"num_examples = {count!r}: weighting by examples needs a count > 0"
-                )
-            if problems:
-                rejected[client] = "; ".join(problems)
-                log.warning("round %d: rejected client %d: %s", rnd, client, rejected[client])
-            else:
-                accepted[client] = msg
+        accepted, rejected = screen_updates(
+            rnd, updates, lambda client, msg: check_update(msg.tensors, expected), weighted=weighted
+        )
         if not accepted:
             return RoundSummary(rnd, (), rejected, {"step": "none"})
         clients = sorted(accepted)
@@ -294,8 +291,8 @@ class FDLoRA:
                 self.global_state,
                 uploads,
                 self.momentum,
-                lr=b.fdlora_outer_lr,
-                momentum=b.fdlora_outer_momentum,
+                lr=b.fdlora.outer_lr,
+                momentum=b.fdlora.outer_momentum,
                 weights=weights,
             )
             step = "outer"
@@ -317,30 +314,16 @@ class FDLoRA:
 
     # ---------------------------------------------------------------------------------- client side
 
-    def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
-        cfg, metrics = self.cfg, {}
-        received = {k: v.clone() for k, v in msg.tensors.items()}  # never alias the server's
-        if msg.config["eval_received"]:
-            metrics.update(self._evaluate(ctx, received, "received"))
-        adapter = received
-        if msg.config["train"]:
-            set_lora_state(ctx.model, received)
-            torch.manual_seed(client_seed(cfg.run.seed, rnd, ctx.client_id))
-            metrics.update(self._train(ctx, float(msg.config["lr"])))
-            adapter = lora_state(ctx.model)
-            if msg.config["sync"]:
-                ctx.state["private"] = {k: v.clone() for k, v in adapter.items()}
-        if msg.config["eval_personalized"]:
-            metrics.update(self._evaluate(ctx, adapter, "local"))
-        tensors = adapter if msg.config["upload"] else {}
-        config = {"num_examples": len(ctx.data.train)}
-        return ClientMessage(rnd, ctx.client_id, tensors, config, metrics)
+    def load(self, ctx: ClientContext, job: ClientJob) -> None:
+        """Nothing to merge: the received global adapter is loaded where it is used."""
 
-    def _train(self, ctx: ClientContext, lr: float) -> dict[str, float]:
+    def evaluate_received(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        return self._evaluate(ctx, _received(job), "received")
+
+    def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
         cfg = self.cfg
-        stream = BatchStream(train_examples(ctx, cfg), seed=cfg.run.seed, client=ctx.client_id)
-        if "stream" in ctx.state:
-            stream.load_state_dict(ctx.state["stream"])
+        set_lora_state(ctx.model, _received(job))
+        stream = client_stream(ctx, cfg)
         params = lora_parameters(ctx.model)
         with trainable(ctx.model, params):
             result = local_train(
@@ -348,13 +331,26 @@ class FDLoRA:
                 params,
                 stream,
                 cfg.train,
-                lr=lr,
+                lr=job.plan.lr,
                 pad_id=ctx.tokenizer.pad_token_id,
-                progress=ctx.cache.get("progress"),
-                decoupled_weight_decay=cfg.baselines.fdlora_weight_decay,
+                progress=ctx.progress,
+                decoupled_weight_decay=cfg.baselines.fdlora.weight_decay,
             )
         ctx.state["stream"] = stream.state_dict()
+        if job.plan.sync:
+            ctx.state["private"] = {k: v.clone() for k, v in lora_state(ctx.model).items()}
         return {"train/loss": result.loss, "train/tokens": result.tokens}
+
+    def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
+        return self._adapter(ctx, job) if job.plan.upload else {}
+
+    def evaluate_personalized(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        return self._evaluate(ctx, self._adapter(ctx, job), "local")
+
+    def _adapter(self, ctx: ClientContext, job: ClientJob) -> State:
+        """The client's adapter this round: the trained one (still loaded right after training),
+        else the received global one."""
+        return lora_state(ctx.model) if job.plan.train else _received(job)
 
     def _evaluate(self, ctx: ClientContext, adapter: State, when: str) -> dict[str, float]:
         """Fuse ``adapter`` with the private one (if any), load the result and score it."""
@@ -387,7 +383,7 @@ class FDLoRA:
                 max_length=cfg.model.max_length,
             )
 
-        result = fusion_search(loss, budget=b.fdlora_fusion_budget, l1=b.fdlora_fusion_l1)
+        result = fusion_search(loss, budget=b.fdlora.fusion_budget, l1=b.fdlora.fusion_l1)
         set_lora_state(ctx.model, fuse(result.weights, global_state, private))
         return result
 
@@ -400,7 +396,7 @@ class FDLoRA:
                 "client %d has no embedding split; fusing on its training data", ctx.client_id
             )
             pool = ctx.data.train
-        count = self.cfg.baselines.fdlora_fusion_batches * self.cfg.train.batch_size
+        count = self.cfg.baselines.fdlora.fusion_batches * self.cfg.train.batch_size
         start = int(ctx.state.get("fusion_position", 0))
         ctx.state["fusion_position"] = (start + count) % len(pool)
         return [pool[(start + i) % len(pool)] for i in range(count)]

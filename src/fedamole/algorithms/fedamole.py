@@ -39,28 +39,20 @@ from transformers import PreTrainedModel
 
 from fedamole.algorithms.base import (
     ClientContext,
+    ClientJob,
+    RoundPlan,
     RoundSummary,
+    RoundTemplate,
     client_seed,
-    eval_loss,
-    evaluate_test,
+    client_stream,
+    screen_updates,
     train_examples,
 )
 from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
-from fedamole.federated.aggregation import (
-    TensorSpec,
-    aggregate_experts,
-    aggregate_shared,
-    check_update,
-    spec_of,
-)
-from fedamole.federated.assignment import (
-    Assignment,
-    affinity,
-    homogeneous_bounds,
-    random_assignment,
-    solve_assignment,
-)
+from fedamole.federated.aggregation import TensorSpec, check_update, spec_of
+from fedamole.federated.assignment import Assignment, AssignmentPolicy
+from fedamole.federated.expert_bank import ExpertBank
 from fedamole.federated.messages import (
     ClientMessage,
     ServerMessage,
@@ -75,32 +67,54 @@ from fedamole.mole import (
     balance_loss,
     embedding_stats,
     get_mole_state,
-    init_module_state,
     inject_mole,
     mole_modules,
     mole_parameters,
     set_mole_state,
 )
-from fedamole.training import BatchStream, local_train, model_inputs, round_lr
+from fedamole.training import local_train, model_inputs
 
-__all__ = ["FedAMoLE"]
+__all__ = ["FedAMoLE", "client_mole_state"]
 
 log = logging.getLogger(__name__)
 
+_STATE_KEY = "modules"  # where a client keeps its packed MoLE state in ``ctx.state``
 
-class FedAMoLE:
+
+def client_mole_state(state: Mapping[str, Any]) -> dict[str, ModuleState]:
+    """A FedAMoLE client's MoLE modules, from its private state (``ctx.state``, or a
+    checkpoint's ``clients[c]``), for export and analysis.
+
+    Raises:
+        KeyError: the state holds no MoLE modules (the client never received any).
+    """
+    if _STATE_KEY not in state:
+        raise KeyError("the client state holds no MoLE modules (it never received experts)")
+    return unpack_modules(state[_STATE_KEY])
+
+
+class FedAMoLE(RoundTemplate):
     """The FedAMoLE algorithm (server state only; client state lives in :class:`ClientContext`)."""
 
     name = "fedamole"
+    export_kind = "mole"  # fedamole.export: the packed MoLE state
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.num_clients = cfg.federation.num_clients
-        self.bank: dict[str, dict[str, torch.Tensor]] = {}
+        m = cfg.mole
+        self.policy = AssignmentPolicy(
+            cfg.federation.assignment,
+            m.num_experts,
+            self.num_clients,
+            per_expert=m.clients_per_expert,
+            min_per_client=m.min_experts_per_client,
+            max_per_client=m.max_experts_per_client,
+            homogeneous=cfg.federation.homogeneous,
+        )
+        self.bank: ExpertBank | None = None
         self.shapes: dict[str, tuple[int, int]] = {}
-        self.assignment: dict[str, np.ndarray] = {}
-        self.expert_emb: dict[str, torch.Tensor] = {}  # module -> (E, r)
-        self.token_emb: dict[int, dict[str, torch.Tensor]] = {}  # client -> module -> (r,)
+        self.assignment: Assignment | None = None  # set by setup / load_state_dict
         self.rng = np.random.default_rng([cfg.run.seed, 1])
         self.dirty = True
 
@@ -112,127 +126,109 @@ class FedAMoLE:
         return model
 
     def setup(self, model: PreTrainedModel) -> None:
-        m, gen = self.cfg.mole, torch.Generator().manual_seed(self.cfg.run.seed + 1)
-        for name, layer in mole_modules(model).items():
-            d_in, d_out = layer.base_layer.in_features, layer.base_layer.out_features
-            self.shapes[name] = (d_in, d_out)
-            init = init_module_state(d_in, d_out, m, generator=gen)
-            bank = {"A": init.lora_A, "B": init.lora_B, "token_proj": init.token_proj}
-            if init.shared_A is not None:
-                bank["shared_A"], bank["shared_B"] = init.shared_A, init.shared_B
-            if init.gate is not None:
-                bank["gate"] = init.gate
-            self.bank[name] = bank
-            self.expert_emb[name] = torch.zeros(m.num_experts, m.rank)
-        self.assignment = {name: self._random(name) for name in self.shapes}
+        self.shapes = {
+            name: (layer.base_layer.in_features, layer.base_layer.out_features)
+            for name, layer in mole_modules(model).items()
+        }
+        gen = torch.Generator().manual_seed(self.cfg.run.seed + 1)
+        self.bank = ExpertBank.initial(self.shapes, self.cfg.mole, generator=gen)
+        self.assignment = self.policy.initial(self.shapes, rng=self.rng)
 
     def configure_round(self, rnd: int) -> dict[int, ServerMessage]:
-        rounds, policy = self.cfg.federation.rounds, self.cfg.federation.assignment
-        config = {
-            "train": rnd > 0,
-            "lr": round_lr(self.cfg.train.lr, self.cfg.train.lr_decay, rnd),
-            "upload": 0 < rnd < rounds,
-            "stats": 0 < rnd < rounds and policy == "rsea",
-        }
+        rounds = self.cfg.federation.rounds
+        plan = RoundPlan(
+            train=rnd > 0,
+            upload=0 < rnd < rounds,
+            lr=RoundPlan.for_round(self.cfg, rnd).lr,
+            eval_personalized=True,
+            stats=0 < rnd < rounds and self.policy.needs_embeddings,
+        )
         out = {}
         for client in range(self.num_clients):
             tensors = pack_modules(self._client_modules(client)) if self.dirty else {}
-            out[client] = ServerMessage(rnd, client, tensors, config)
+            out[client] = ServerMessage(rnd, client, tensors, plan.to_config())
         self.dirty = False
         return out
 
     def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
-        accepted, rejected = {}, {}
-        for client, msg in sorted(updates.items()):
-            problems = self._check_update(client, msg)
-            if problems:
-                rejected[client] = "; ".join(problems)
-                log.warning("round %d: rejected client %d: %s", rnd, client, rejected[client])
-            else:
-                accepted[client] = msg
+        accepted, rejected = screen_updates(
+            rnd, updates, self._check_update, weighted=self.cfg.federation.weighting == "examples"
+        )
         if not 0 < rnd < self.cfg.federation.rounds:
             return RoundSummary(rnd, tuple(accepted), rejected)
+        bank = self._bank()
         if accepted:
-            self._average(accepted)
-            self._update_embeddings(accepted)
-        for name in self.shapes:
-            self.assignment[name] = self._next_assignment(name)
+            weights = None
+            if self.cfg.federation.weighting == "examples":
+                weights = {c: float(m.config["num_examples"]) for c, m in accepted.items()}
+            modules = {c: unpack_modules(m.tensors) for c, m in accepted.items() if m.tensors}
+            bank.fold(modules, {c: weights[c] for c in modules} if weights else None)
+            stats = {c: unpack_stats(m.tensors) for c, m in accepted.items()}
+            bank.fold_embeddings(stats, self._assignment(), self.num_clients)
+        self.assignment = self._next_assignment()
         self.dirty = True
         return RoundSummary(rnd, tuple(accepted), rejected)
 
     def assignment_record(self) -> dict[str, Any]:
-        return Assignment(self.assignment).to_json()
+        return self._assignment().to_json()
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "bank": self.bank,
-            "assignment": self.assignment,
-            "expert_emb": self.expert_emb,
-            "token_emb": self.token_emb,
+            **self._bank().state_dict(),
+            "assignment": dict(self._assignment().modules),
             "rng": _rng_state(self.rng),
             "dirty": self.dirty,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.bank = {k: dict(v) for k, v in state["bank"].items()}
-        self.assignment = {k: np.asarray(v, dtype=bool) for k, v in state["assignment"].items()}
-        self.expert_emb = dict(state["expert_emb"])
-        self.token_emb = {int(c): dict(v) for c, v in state["token_emb"].items()}
+        self.bank = ExpertBank.from_state_dict(state)
+        self.assignment = Assignment(
+            {k: np.asarray(v, dtype=bool) for k, v in state["assignment"].items()}
+        )
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = json_to_rng_state(state["rng"])
         self.dirty = bool(state["dirty"])
 
     # ---------------------------------------------------------------------------------- client side
 
-    def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
-        cfg, model = self.cfg, ctx.model
-        if msg.tensors:  # packed module states (see federated.messages)
-            ctx.state["modules"] = dict(msg.tensors)
-        if "modules" not in ctx.state:
+    def load(self, ctx: ClientContext, job: ClientJob) -> None:
+        if job.msg.tensors:  # packed module states (see federated.messages)
+            ctx.state[_STATE_KEY] = dict(job.msg.tensors)
+        if _STATE_KEY not in ctx.state:
             raise RuntimeError(f"client {ctx.client_id} holds no experts and none were sent")
-        set_mole_state(model, unpack_modules(ctx.state["modules"]))
-        torch.manual_seed(client_seed(cfg.run.seed, rnd, ctx.client_id))
-        metrics: dict[str, float] = {}
-        if msg.config["train"]:
-            metrics.update(self._train(ctx, float(msg.config["lr"])))
-        ctx.state["modules"] = pack_modules(get_mole_state(model))
-        metrics.update(self._evaluate(ctx))
-        tensors: dict[str, torch.Tensor] = {}
-        if msg.config["upload"]:
-            tensors.update(ctx.state["modules"])
-        if msg.config["stats"]:
-            tensors.update(pack_stats(self._stats(ctx, rnd)))
-        config = {"num_examples": len(ctx.data.train)}
-        return ClientMessage(rnd, ctx.client_id, tensors, config, metrics)
+        set_mole_state(ctx.model, client_mole_state(ctx.state))
 
-    def _train(self, ctx: ClientContext, lr: float) -> dict[str, float]:
+    def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
         cfg = self.cfg
-        stream = _stream(ctx, cfg)
+        stream = client_stream(ctx, cfg)
         coef = cfg.mole.balance_coef
         result = local_train(
             ctx.model,
             mole_parameters(ctx.model),
             stream,
             cfg.train,
-            lr=lr,
+            lr=job.plan.lr,
             pad_id=ctx.tokenizer.pad_token_id,
             balance=(lambda mask: balance_loss(ctx.model, coef=coef, token_mask=mask))
             if coef > 0
             else None,
-            progress=ctx.cache.get("progress"),
+            progress=ctx.progress,
         )
         ctx.state["stream"] = stream.state_dict()
+        ctx.state[_STATE_KEY] = pack_modules(get_mole_state(ctx.model))
         return {
             "train/loss": result.loss,
             "train/balance": result.balance,
             "train/tokens": result.tokens,
         }
 
-    def _evaluate(self, ctx: ClientContext) -> dict[str, float]:
-        out = {f"test/{k}": v for k, v in evaluate_test(ctx, self.cfg).items()}
-        if ctx.data.eval:
-            out["eval/loss"] = eval_loss(ctx, self.cfg)
-        return out
+    def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        if job.plan.upload:
+            tensors.update(ctx.state[_STATE_KEY])
+        if job.plan.stats:
+            tensors.update(pack_stats(self._stats(ctx, job.rnd)))
+        return tensors
 
     def _stats(self, ctx: ClientContext, rnd: int) -> dict[str, Any]:
         encoded = [
@@ -270,55 +266,27 @@ class FedAMoLE:
 
     # ---------------------------------------------------------------------------------- helpers
 
-    def _random(self, name: str) -> np.ndarray:
-        m = self.cfg.mole
-        lo, hi = self._bounds()
-        return random_assignment(
-            m.num_experts,
-            self.num_clients,
-            rng=self.rng,
-            per_expert=m.clients_per_expert,
-            min_per_client=lo,
-            max_per_client=hi,
-        )
+    def _bank(self) -> ExpertBank:
+        if self.bank is None:
+            raise RuntimeError("FedAMoLE.setup (or load_state_dict) must run before the server")
+        return self.bank
 
-    def _bounds(self) -> tuple[int, int]:
-        m = self.cfg.mole
-        if self.cfg.federation.homogeneous:
-            return homogeneous_bounds(m.num_experts, self.num_clients, m.clients_per_expert)
-        return m.min_experts_per_client, m.max_experts_per_client
+    def _assignment(self) -> Assignment:
+        if self.assignment is None:
+            raise RuntimeError("FedAMoLE.setup (or load_state_dict) must run before the server")
+        return self.assignment
 
-    def _next_assignment(self, name: str) -> np.ndarray:
-        policy = self.cfg.federation.assignment
-        if policy == "static":
-            return self.assignment[name]
-        if policy == "random":
-            return self._random(name)
-        if len(self.token_emb) < self.num_clients:  # no client has uploaded embeddings yet
-            log.warning("no RSEA embeddings received yet; keeping the current assignment")
-            return self.assignment[name]
-        tokens = torch.stack([self.token_emb[c][name] for c in range(self.num_clients)])  # (N, r)
-        probs = affinity(self.expert_emb[name].double().numpy(), tokens.double().numpy())  # (E, N)
-        lo, hi = self._bounds()
-        return solve_assignment(
-            probs, per_expert=self.cfg.mole.clients_per_expert, min_per_client=lo, max_per_client=hi
-        )
+    def _next_assignment(self) -> Assignment:
+        current, affinities = self._assignment(), None
+        if self.policy.needs_embeddings:
+            affinities = self._bank().affinities(self.num_clients)
+            if affinities is None:
+                log.warning("no RSEA embeddings received yet; keeping the current assignment")
+                return current
+        return self.policy.next(current, rng=self.rng, affinities=affinities)
 
     def _client_modules(self, client: int) -> dict[str, ModuleState]:
-        out = {}
-        for name, bank in self.bank.items():
-            ids = np.flatnonzero(self.assignment[name][:, client])
-            idx = torch.as_tensor(ids, dtype=torch.long)
-            out[name] = ModuleState(
-                expert_ids=idx.clone(),
-                lora_A=bank["A"][idx].clone(),
-                lora_B=bank["B"][idx].clone(),
-                shared_A=_maybe(bank, "shared_A"),
-                shared_B=_maybe(bank, "shared_B"),
-                token_proj=bank["token_proj"].clone(),
-                gate=bank["gate"][idx].clone() if "gate" in bank else None,
-            )
-        return out
+        return self._bank().for_client(self._assignment(), client)
 
     def _check_update(self, client: int, msg: ClientMessage) -> list[str]:
         """Problems with an upload: missing/unexpected tensors, shapes, dtypes, NaN/Inf, ids."""
@@ -329,7 +297,7 @@ class FedAMoLE:
         if any(k.startswith("embeddings:") for k in msg.tensors):
             r = self.cfg.mole.rank
             for name in self.shapes:
-                n = int(self.assignment[name][:, client].sum())
+                n = int(self._assignment().modules[name][:, client].sum())
                 expected[f"embeddings:{name}:token"] = TensorSpec((r,), torch.float32)
                 expected[f"embeddings:{name}:experts"] = TensorSpec((n, r), torch.float32)
         problems = check_update(msg.tensors, expected)
@@ -338,71 +306,6 @@ class FedAMoLE:
             if key.startswith("ids:") and got is not None and not torch.equal(got, ids):
                 problems.append(f"{key}: {got.tolist()} are not the assigned ids {ids.tolist()}")
         return problems
-
-    def _average(self, accepted: Mapping[int, ClientMessage]) -> None:
-        """Per expert id over its holders; token projection and shared expert over all clients."""
-        uploads = {c: unpack_modules(m.tensors) for c, m in accepted.items() if m.tensors}
-        if not uploads:
-            return
-        weights = None
-        if self.cfg.federation.weighting == "examples":
-            weights = {c: float(accepted[c].config["num_examples"]) for c in uploads}
-        for name, bank in self.bank.items():
-            states = {c: up[name] for c, up in uploads.items()}
-            (bank["token_proj"],) = aggregate_shared(
-                {c: (st.token_proj,) for c, st in states.items()}, weights
-            )
-            if "shared_A" in bank:
-                bank["shared_A"], bank["shared_B"] = aggregate_shared(
-                    {c: (st.shared_A, st.shared_B) for c, st in states.items()}, weights
-                )
-            per_expert = {c: _expert_tensors(st) for c, st in states.items()}
-            for e, tensors in aggregate_experts(per_expert, weights).items():
-                bank["A"][e], bank["B"][e] = tensors[0], tensors[1]
-                if "gate" in bank:
-                    bank["gate"][e] = tensors[2]
-
-    def _update_embeddings(self, accepted: Mapping[int, ClientMessage]) -> None:
-        uploads = {c: unpack_stats(m.tensors) for c, m in accepted.items()}
-        uploads = {c: u for c, u in uploads.items() if u}
-        if not uploads:
-            return
-        for c, up in uploads.items():
-            self.token_emb[c] = {name: tok.float() for name, (tok, _) in up.items()}
-        for name in self.shapes:
-            sums: dict[int, list[torch.Tensor]] = {}
-            for c, up in uploads.items():
-                ids = self.assignment[name][:, c].nonzero()[0]
-                for row, e in zip(up[name][1], ids, strict=True):
-                    sums.setdefault(int(e), []).append(row.float())
-            for e, rows in sums.items():
-                self.expert_emb[name][e] = torch.stack(rows).mean(0)
-        missing = [c for c in range(self.num_clients) if c not in self.token_emb]
-        for c in missing:  # never uploaded yet: a neutral stand-in
-            self.token_emb[c] = {
-                name: torch.stack([self.token_emb[o][name] for o in uploads]).mean(0)
-                for name in self.shapes
-            }
-
-
-def _expert_tensors(st: ModuleState) -> dict[int, tuple[torch.Tensor, ...]]:
-    """Expert id -> (A, B[, gate]) of one uploaded module state."""
-    out = {}
-    for pos, e in enumerate(st.expert_ids.tolist()):
-        parts = (st.lora_A[pos], st.lora_B[pos])
-        out[int(e)] = parts if st.gate is None else (*parts, st.gate[pos])
-    return out
-
-
-def _maybe(bank: Mapping[str, torch.Tensor], key: str) -> torch.Tensor | None:
-    return bank[key].clone() if key in bank else None
-
-
-def _stream(ctx: ClientContext, cfg: Config) -> BatchStream:
-    stream = BatchStream(train_examples(ctx, cfg), seed=cfg.run.seed, client=ctx.client_id)
-    if "stream" in ctx.state:
-        stream.load_state_dict(ctx.state["stream"])
-    return stream
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:

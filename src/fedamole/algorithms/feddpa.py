@@ -7,7 +7,7 @@ behaviour of the authors' code (github.com/Lydia-yang/FedDPA) where the paper le
 - Two LoRA adapters on the frozen backbone: the *global* one (peft's ``default``) is trained
   locally, uploaded and averaged like FedIT's; the *local* one never leaves the client
   (``ctx.state["lora_local"]``).
-- Each round, on each client: train the local adapter for ``baselines.feddpa_local_steps`` steps
+- Each round, on each client: train the local adapter for ``baselines.feddpa.local_steps`` steps
   (default ``train.steps``) with the received global adapter frozen, then the global adapter for
   ``train.steps`` steps with the local one frozen. In both phases the model is
   ``W0 x + (1 - a) dW_global x + a dW_local x`` with the authors' fixed ``a = 0.5``.
@@ -85,12 +85,13 @@ class FedDPA(LoRAStrategy):
     """Global adapter averaged, local adapter private, instance-wise mixture at test time."""
 
     name = "feddpa"
+    export_kind = "feddpa"  # fedamole.export: two peft adapters and the mixing direction
     adapters = (DEFAULT_ADAPTER, LOCAL_ADAPTER)
     shared_parts = PARTS
     trained_parts = PARTS
 
     def train(self, ctx: ClientContext, lr: float) -> dict[str, float]:
-        steps = self.cfg.baselines.feddpa_local_steps or self.cfg.train.steps
+        steps = self.cfg.baselines.feddpa.local_steps or self.cfg.train.steps
         with adapter_scales(ctx.model, mixture(TRAIN_WEIGHT)):
             local = lora_parameters(ctx.model, LOCAL_ADAPTER)
             local_result = train_adapter(ctx, self.cfg, local, lr=lr, steps=steps)

@@ -12,10 +12,11 @@ federated LoRA adapter, some halves shared": an algorithm names which halves (``
   the same weights. Afterwards it sends only the shared parts, and only when they changed (after an
   aggregation). Unshared parts live in the client's ``ctx.state`` and never travel again.
   Local-only broadcasts nothing: its clients draw the same init from the same seed themselves.
-- *Client round* (:meth:`LoRAStrategy.local_update`): merge what arrived into the client's state
-  and load it; optionally evaluate this received model (metrics ``received/...``, which the
-  engine logs as split ``test_global`` of the previous round); train (rounds ``1..R``); evaluate
-  the trained model (``test/...``, ``eval/loss``); upload the shared parts (rounds ``1..R``).
+- *Client round* (the template :func:`~fedamole.algorithms.base.client_round`): merge what arrived
+  into the client's state and load it; optionally evaluate this received model (metrics
+  ``received/...``, which the engine logs as split ``test_global`` of the previous round); train
+  (rounds ``1..R``); evaluate the trained model (``test/...``, ``eval/loss``); upload the shared
+  parts (rounds ``1..R``).
 - *Server* (:meth:`LoRAStrategy.aggregate`): reject updates that fail
   :func:`~fedamole.federated.aggregation.check_update` (wrong keys or shapes, NaN/Inf) with a
   logged reason; average the shared parts over the accepted clients, unweighted (the reference)
@@ -23,11 +24,11 @@ federated LoRA adapter, some halves shared": an algorithm names which halves (``
   after **every** training round including the last, so the final global model exists (FedAMoLE
   aggregates nothing after round R).
 
-**Evaluation timing** (``eval.timing``, :func:`round_plan`): ``personalized`` evaluates after local
-training (the reference's "-FT" numbers; round 0 evaluates the initial model when
-``eval.test_init``); ``global`` evaluates the received global model before training, which the
-engine completes with an evaluation-only round ``R+1`` (no training, no upload) for the model
-after the last aggregation; ``both`` does both, as the reference's ``--do_ft``.
+**Evaluation timing** (``eval.timing``, :meth:`~fedamole.algorithms.base.RoundPlan.for_round`):
+``personalized`` evaluates after local training (the reference's "-FT" numbers; round 0 evaluates
+the initial model when ``eval.test_init``); ``global`` evaluates the received global model before
+training, which the engine completes with an evaluation-only round ``R+1`` (no training, no upload)
+for the model after the last aggregation; ``both`` does both, as the reference's ``--do_ft``.
 
 Randomness: dropout is seeded with ``client_seed(run.seed, round, client)`` before training; the
 training order persists across rounds (:class:`~fedamole.training.BatchStream`, its position kept
@@ -46,11 +47,15 @@ from transformers import PreTrainedModel
 
 from fedamole.algorithms.base import (
     ClientContext,
+    ClientJob,
+    RoundPlan,
     RoundSummary,
-    client_seed,
+    RoundTemplate,
+    client_stream,
     eval_loss,
     evaluate_test,
-    train_examples,
+    prefixed,
+    screen_updates,
 )
 from fedamole.algorithms.lora_common import (
     DEFAULT_ADAPTER,
@@ -66,37 +71,14 @@ from fedamole.algorithms.lora_common import (
 from fedamole.config import Config
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.training import BatchStream, TrainResult, local_train, round_lr
+from fedamole.training import TrainResult, local_train
 
-__all__ = ["LoRAStrategy", "round_plan", "state_key", "train_adapter", "train_examples"]
+__all__ = ["LoRAStrategy", "state_key", "train_adapter"]
 
 log = logging.getLogger(__name__)
 
 
-def round_plan(cfg: Config, rnd: int) -> dict[str, bool | float]:
-    """What every client does in round ``rnd`` (the ``config`` of the server's messages).
-
-    Returns:
-        ``train``/``upload``: rounds ``1..R``; ``lr``: :func:`~fedamole.training.round_lr`;
-        ``eval_personalized``: after training (or on the initial model in round 0) unless
-        ``eval.timing = "global"``, never in the evaluation-only round ``R+1``;
-        ``eval_received``: before training, rounds ``>= 1`` unless ``eval.timing =
-        "personalized"`` (round 1's received model is the initial one, evaluated only with
-        ``eval.test_init``).
-    """
-    rounds, timing = cfg.federation.rounds, cfg.eval.timing
-    train = 1 <= rnd <= rounds
-    received = timing != "personalized" and (rnd >= 2 or (rnd == 1 and cfg.eval.test_init))
-    return {
-        "train": train,
-        "upload": train,
-        "lr": round_lr(cfg.train.lr, cfg.train.lr_decay, rnd),
-        "eval_personalized": timing != "global" and rnd <= rounds,
-        "eval_received": received,
-    }
-
-
-class LoRAStrategy:
+class LoRAStrategy(RoundTemplate):
     """A federated LoRA algorithm; subclasses set the class flags (and FedDPA overrides hooks).
 
     Attributes:
@@ -111,6 +93,7 @@ class LoRAStrategy:
     trained_parts: ClassVar[tuple[str, ...]] = PARTS
     adapters: ClassVar[tuple[str, ...]] = (DEFAULT_ADAPTER,)
     broadcast_init: ClassVar[bool] = True
+    export_kind: ClassVar[str | None] = "peft"  # fedamole.export: a peft adapter folder
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -129,21 +112,19 @@ class LoRAStrategy:
         self.global_state = initial_lora_state(model, generator=gen)
 
     def configure_round(self, rnd: int) -> dict[int, ServerMessage]:
-        config = round_plan(self.cfg, rnd)
+        config = RoundPlan.for_round(self.cfg, rnd).to_config()
         tensors = self._dispatch()
         return {c: ServerMessage(rnd, c, dict(tensors), config) for c in range(self.num_clients)}
 
     def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
-        upload = bool(round_plan(self.cfg, rnd)["upload"]) and bool(self.shared_parts)
+        upload = RoundPlan.for_round(self.cfg, rnd).upload and bool(self.shared_parts)
         expected = spec_of(select_parts(self.global_state, self.shared_parts)) if upload else {}
-        accepted, rejected = {}, {}
-        for client, msg in sorted(updates.items()):
-            problems = check_update(msg.tensors, expected) + self._check_count(msg)
-            if problems:
-                rejected[client] = "; ".join(problems)
-                log.warning("round %d: rejected client %d: %s", rnd, client, rejected[client])
-            else:
-                accepted[client] = msg
+        accepted, rejected = screen_updates(
+            rnd,
+            updates,
+            lambda client, msg: check_update(msg.tensors, expected),
+            weighted=self.cfg.federation.weighting == "examples",
+        )
         if upload:
             if accepted:
                 self.global_state.update(self._average(accepted))
@@ -171,14 +152,6 @@ class LoRAStrategy:
             return select_parts(self.global_state, self.shared_parts)
         return {}
 
-    def _check_count(self, msg: ClientMessage) -> list[str]:
-        if self.cfg.federation.weighting != "examples" or not msg.tensors:
-            return []
-        count = msg.config.get("num_examples")
-        if not isinstance(count, int) or count <= 0:
-            return [f"num_examples = {count!r}: a positive count is needed to weight by examples"]
-        return []
-
     def _average(self, accepted: Mapping[int, ClientMessage]) -> dict[str, torch.Tensor]:
         clients = sorted(accepted)
         weights = None
@@ -191,27 +164,30 @@ class LoRAStrategy:
 
     # ---------------------------------------------------------------------------------- client side
 
-    def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
-        cfg = self.cfg
-        self._receive(msg, ctx)
+    def load(self, ctx: ClientContext, job: ClientJob) -> None:
+        self._receive(job.msg, ctx)
         for name in self.adapters:
             set_lora_state(ctx.model, ctx.state[state_key(name)], name)
-        metrics: dict[str, float] = {}
-        if msg.config["eval_received"]:
-            metrics.update({f"received/{k}": v for k, v in self.evaluate(ctx).items()})
-        if msg.config["train"]:
-            torch.manual_seed(client_seed(cfg.run.seed, rnd, ctx.client_id))
-            metrics.update(self.train(ctx, float(msg.config["lr"])))
-            for name in self.adapters:
-                ctx.state[state_key(name)] = lora_state(ctx.model, name)
-        if msg.config["eval_personalized"]:
-            metrics.update({f"test/{k}": v for k, v in self.evaluate(ctx).items()})
-            if ctx.data.eval:
-                metrics["eval/loss"] = self.eval_loss(ctx)
-        own = ctx.state[state_key(DEFAULT_ADAPTER)]
-        tensors = select_parts(own, self.shared_parts) if msg.config["upload"] else {}
-        config = {"num_examples": len(ctx.data.train)}
-        return ClientMessage(rnd, ctx.client_id, tensors, config, metrics)
+
+    def evaluate_received(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        return prefixed("received", self.evaluate(ctx))
+
+    def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        metrics = self.train(ctx, job.plan.lr)
+        for name in self.adapters:
+            ctx.state[state_key(name)] = lora_state(ctx.model, name)
+        return metrics
+
+    def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
+        if not job.plan.upload:
+            return {}
+        return select_parts(ctx.state[state_key(DEFAULT_ADAPTER)], self.shared_parts)
+
+    def evaluate_personalized(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
+        metrics = prefixed("test", self.evaluate(ctx))
+        if ctx.data.eval:
+            metrics["eval/loss"] = self.eval_loss(ctx)
+        return metrics
 
     def train(self, ctx: ClientContext, lr: float) -> dict[str, float]:
         """One round of local training of the federated adapter's ``trained_parts``."""
@@ -275,9 +251,7 @@ def train_adapter(
         steps: optimizer steps (default ``train.steps``).
     """
     train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
-    stream = BatchStream(train_examples(ctx, cfg), seed=cfg.run.seed, client=ctx.client_id)
-    if "stream" in ctx.state:
-        stream.load_state_dict(ctx.state["stream"])
+    stream = client_stream(ctx, cfg)
     with trainable(ctx.model, params):
         result = local_train(
             ctx.model,
@@ -286,7 +260,7 @@ def train_adapter(
             train_cfg,
             lr=lr,
             pad_id=ctx.tokenizer.pad_token_id,
-            progress=ctx.cache.get("progress"),
+            progress=ctx.progress,
         )
     ctx.state["stream"] = stream.state_dict()
     return result

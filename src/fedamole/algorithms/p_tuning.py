@@ -11,7 +11,7 @@ round plan, evaluation timing, aggregation, rejection) is FedPrompt's
 client and averaged by the server (message keys ``prompt:embedding.weight``,
 ``prompt:mlp_head.<i>.weight``/``bias``).
 
-**Reference quirk** (``baselines.ptuning_reference_quirk = true``, SPEC.md 6.3 and 9.1.9): peft's
+**Reference quirk** (``baselines.ptuning.reference_quirk = true``, SPEC.md 6.3 and 9.1.9): peft's
 state-dict helpers save the prompt encoder's *output* ``MLP(E)`` (V, d); that is what clients
 upload (``prompt:embeddings``) and the server averages, and each client writes the received
 average into the *input* table ``E`` (so the MLP is applied again on top every round; the initial
@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -55,14 +56,14 @@ from peft import (
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fedamole.algorithms.base import RoundSummary
+from fedamole.algorithms.base import RoundPlan, RoundSummary
 from fedamole.algorithms.prompt_tuning import (
     PROMPT_KIND,
     FedPrompt,
-    VirtualTokenLM,
     prompt_encoder,
     tensors_of_kind,
 )
+from fedamole.algorithms.virtual_tokens import VirtualTokenLM
 from fedamole.config import Config
 from fedamole.federated.aggregation import check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
@@ -83,7 +84,7 @@ class FedPTuning(FedPrompt):
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
-        self.quirk = cfg.baselines.ptuning_reference_quirk
+        self.quirk = cfg.baselines.ptuning.reference_quirk
         self.relay: dict[str, torch.Tensor] = {}  # quirk only: "prompt_mlp:<name>" -> tensor
 
     def peft_config(self, tokenizer: PreTrainedTokenizerBase, tokenizer_dir: str) -> PeftConfig:
@@ -108,10 +109,10 @@ class FedPTuning(FedPrompt):
         last = self.num_clients - 1
         out = {}
         for c, msg in messages.items():
-            config = {**msg.config, "load_mlp": c == 0, "upload_mlp": c == last}
-            relay = c == 0 or bool(config["eval_received"])
+            plan = replace(RoundPlan.from_config(msg.config), load_mlp=c == 0, upload_mlp=c == last)
+            relay = c == 0 or plan.eval_received
             tensors = {**msg.tensors, **self.relay} if msg.tensors and relay else msg.tensors
-            out[c] = ServerMessage(rnd, c, tensors, config)
+            out[c] = ServerMessage(rnd, c, tensors, plan.to_config())
         return out
 
     def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
@@ -145,7 +146,7 @@ class FedPTuning(FedPrompt):
         # the reference's path: peft writes "prompt_embeddings" into the encoder's input table
         prompt = tensors_of_kind(msg.tensors, PROMPT_KIND)
         set_peft_model_state_dict(model.peft_model, {"prompt_embeddings": prompt["embeddings"]})
-        if msg.config["load_mlp"]:
+        if RoundPlan.from_config(msg.config).load_mlp:
             _set_mlp(model, tensors_of_kind(msg.tensors, RELAY_KIND))
 
     def upload_prompt(
@@ -156,7 +157,7 @@ class FedPTuning(FedPrompt):
             return super().upload_prompt(model, msg)
         encoded = get_peft_model_state_dict(model.peft_model)["prompt_embeddings"]  # (V, d)
         out = {f"{PROMPT_KIND}:embeddings": encoded.detach().cpu().clone()}
-        if msg is not None and msg.config["upload_mlp"]:
+        if msg is not None and RoundPlan.from_config(msg.config).upload_mlp:
             out.update(_mlp_tensors(model))
         return out
 

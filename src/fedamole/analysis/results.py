@@ -2,9 +2,8 @@
 
 Everything is read from the run directory (DESIGN.md 6): the method and the scenario from
 ``config.toml``, scores from ``metrics.jsonl``, bytes from ``comm.jsonl``, experts from
-``assignments/``. The one exception is the wall time per round, which the engine logs only as
-``round N done in X s`` lines of ``log.txt`` at level INFO (a ``server/round_seconds`` metric is
-preferred when a run has one; with ``run.log_level`` above INFO the time is unknown).
+``assignments/``, the wall time per round from the ``server/round_seconds`` records (runs written
+before that metric existed have no time per round).
 
 - **Method label** from ``federation.algorithm`` and the evaluation split: a global-model baseline
   (FedIT, FedPrompt, FedPTuning, FFA-LoRA) evaluated after local training (split ``test``) is
@@ -23,7 +22,6 @@ preferred when a run has one; with ``run.log_level`` above INFO the time is unkn
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,8 +29,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from fedamole.evaluation import summarize_rounds
-from fedamole.tracking import read_jsonl
+from fedamole.analysis.summaries import summarize_rounds
+from fedamole.tracking import RunDir, read_jsonl
 
 __all__ = [
     "Entry",
@@ -84,7 +82,6 @@ _METRICS = {
 }
 # Never part of a method's identity: the seed and bookkeeping, the scenario, the split choice.
 _NOT_METHOD = ("run", "data", "partition", "eval.timing", "model.device", "flower")
-_ROUND_DONE = re.compile(r"round (\d+) done in ([0-9.]+) s")
 
 
 @dataclass
@@ -141,21 +138,14 @@ class Run:
     def seconds_per_round(self) -> float | None:
         """Mean wall time of the training rounds 1..R (the last attempt of each round)."""
         rounds = int(self.get("federation.rounds", 0))
-        seconds = {r: v for r, v in self.mean_by_round("server", "round_seconds").items()}
-        if not seconds and (self.path / "log.txt").exists():
-            for line in (self.path / "log.txt").read_text(errors="replace").splitlines():
-                match = _ROUND_DONE.search(line)
-                if match:
-                    seconds[int(match[1])] = float(match[2])
+        seconds = self.mean_by_round("server", "round_seconds")
         values = [v for r, v in seconds.items() if 1 <= r <= rounds]
         return sum(values) / len(values) if values else None
 
     def experts_by_round(self) -> dict[int, dict[int, list[int]]]:
         """round -> client -> experts held in each module (FedAMoLE runs; ``{}`` otherwise)."""
         out: dict[int, dict[int, list[int]]] = {}
-        for path in sorted((self.path / "assignments").glob("round_*.json")):
-            record = json.loads(path.read_text())
-            rnd = int(path.stem.split("_")[1])
+        for rnd, record in RunDir(self.path).read_assignments().items():
             for per_client in record.get("modules", {}).values():
                 for client, ids in enumerate(per_client):
                     out.setdefault(rnd, {}).setdefault(client, []).append(len(ids))
@@ -210,7 +200,7 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     runs = []
     for path in find_run_dirs(paths):
         config = tomllib.loads((path / "config.toml").read_text())
-        runs.append(Run(path, config, (path / "done.json").exists()))
+        runs.append(Run(path, config, RunDir(path).finished))
     return runs
 
 

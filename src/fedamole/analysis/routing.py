@@ -37,16 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedamole.algorithms import get_algorithm
+from fedamole.algorithms.fedamole import client_mole_state
+from fedamole.algorithms.runtime import build_runtime
 from fedamole.checkpoint import load_checkpoint
 from fedamole.config import load
 from fedamole.data import load_federated_data
 from fedamole.data.collate import collate, encode_train
-from fedamole.federated.messages import unpack_modules
-from fedamole.models import load_model_and_tokenizer
 from fedamole.mole import set_mole_state
 from fedamole.mole.layer import MoLELinear
 from fedamole.mole.router import Routing
+from fedamole.tracking import RunDir
 from fedamole.training import model_inputs
 
 __all__ = [
@@ -108,11 +108,9 @@ def routing_points(
             f"{run_dir.name}: routing needs a FedAMoLE run, this one ran "
             f"{cfg.federation.algorithm!r}"
         )
-    state = load_checkpoint(run_dir / "checkpoints")
-    model, tokenizer = load_model_and_tokenizer(
-        cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, seed=cfg.run.seed
-    )
-    model = get_algorithm("fedamole")(cfg).prepare_model(model)  # the MoLE layers, as in training
+    state = load_checkpoint(RunDir(run_dir).checkpoints)
+    runtime = build_runtime(cfg)  # the MoLE layers, as in training
+    model, tokenizer = runtime.model, runtime.tokenizer
     model.requires_grad_(False)
     model.eval()
     modules = _sampled(model, every)
@@ -122,7 +120,7 @@ def routing_points(
     num_experts = cfg.mole.num_experts
     points, owners = [], []
     for client in sorted(state["clients"]):
-        set_mole_state(model, unpack_modules(state["clients"][client]["modules"]))
+        set_mole_state(model, client_mole_state(state["clients"][client]))
         encoded = [
             enc
             for example in getattr(data.clients[client], split)[: max_batches * size]

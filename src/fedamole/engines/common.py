@@ -7,10 +7,11 @@ both engines write the same run directory (``metrics.jsonl``, ``comm.jsonl``, ``
 ``checkpoints/``, ``log.txt``) from the same code:
 
 1. :func:`open_run`: create (or reopen) the run directory, set up logging, seed torch.
-2. :func:`run_federation`: restore a checkpoint on resume, then for every round call ``play``
-   (:func:`play_round` unless a test replaces it), write the assignment and an atomic checkpoint.
+2. :func:`run_federation`: restore a checkpoint on resume, then for every round call the
+   ``on_round`` callback (progress, or a test's simulated kill), :func:`play_round`, write the
+   assignment and an atomic checkpoint; after the last round mark the run done (``done.json``).
 3. :func:`play_round`: ``configure_round`` -> :meth:`Clients.run_round` -> log bytes and metrics per
-   client (in client order) -> ``aggregate`` -> log rejections.
+   client (in client order) -> ``aggregate`` -> log rejections and ``server/round_seconds``.
 
 Checkpoints hold the server state and whatever :meth:`Clients.states` returns: every client's
 private state on the embedded engine, nothing on Flower, whose clients keep (and snapshot) their
@@ -23,29 +24,31 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from fedamole.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedamole.config import Config
+from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.tracking import JsonlLogger, RunDir, read_jsonl, setup_logging
+from fedamole.tracking import JsonlLogger, RunDir, setup_logging
+
+if TYPE_CHECKING:
+    from fedamole.algorithms.base import Algorithm
 
 __all__ = [
     "Clients",
     "InjectedFailure",
+    "RoundCallback",
     "RoundLogs",
-    "RunResult",
     "check_injected_failure",
-    "format_summary",
     "last_round",
     "open_run",
     "play_round",
     "run_federation",
-    "summarize_run",
 ]
 
 log = logging.getLogger("fedamole")
@@ -55,22 +58,6 @@ Outcome = ClientMessage | BaseException
 
 class InjectedFailure(RuntimeError):
     """A client failure requested by ``federation.fail_clients``."""
-
-
-@dataclass
-class RunResult:
-    """What a finished run reports."""
-
-    run_dir: Path
-    rounds: int
-    first: dict[int, dict[str, float]] = field(
-        default_factory=dict
-    )  # client -> metrics, first round
-    last: dict[int, dict[str, float]] = field(default_factory=dict)  # client -> metrics, last round
-    bytes_up: int = 0
-    bytes_down: int = 0
-    failures: int = 0
-    experts: dict[int, list[int]] = field(default_factory=dict)  # client -> experts held per module
 
 
 class Clients(Protocol):
@@ -101,7 +88,11 @@ class RoundLogs:
         self.comm.close()
 
 
-PlayRound = Callable[[int, Config, Any, Clients, RoundLogs], int]
+RoundCallback = Callable[[int], None]
+"""Called with the round number before each round runs."""
+
+SERVER_CLIENT = -1
+"""The ``client`` of server-side records in ``metrics.jsonl`` (``server/round_seconds``)."""
 
 
 def check_injected_failure(cfg: Config, rnd: int, client: int) -> None:
@@ -122,11 +113,11 @@ def open_run(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> Ru
 def run_federation(
     cfg: Config,
     run: RunDir,
-    algo: Any,
+    algo: Algorithm,
     clients: Clients,
     *,
     resume: bool = False,
-    play: PlayRound | None = None,
+    on_round: RoundCallback | None = None,
 ) -> RunResult:
     """Every round from the first (or the one after the checkpoint) to :func:`last_round`.
 
@@ -136,12 +127,12 @@ def run_federation(
         algo: the algorithm, its server state set up (``setup``).
         clients: how the engine reaches its clients.
         resume: restore ``run``'s checkpoint first and drop log records of later rounds.
-        play: one round; :func:`play_round` by default (tests pass one that simulates a kill).
+        on_round: called with the round number before each round (an exception it raises stops
+            the run as a kill would: rounds before it are checkpointed).
 
     Raises:
         CheckpointError: ``resume`` without a usable checkpoint, or one of another config.
     """
-    play = play or play_round
     start = 0 if cfg.eval.test_init else 1
     if resume:
         start = _restore(run, cfg, algo, clients)
@@ -154,7 +145,9 @@ def run_federation(
     failures = 0
     try:
         for rnd in range(start, last_round(cfg) + 1):
-            failures += play(rnd, cfg, algo, clients, logs)
+            if on_round is not None:
+                on_round(rnd)
+            failures += play_round(rnd, cfg, algo, clients, logs)
             _write_assignment(run, rnd, algo.assignment_record())
             if cfg.run.checkpoint:
                 state = {
@@ -166,13 +159,14 @@ def run_federation(
                 save_checkpoint(run.checkpoints, state)
     finally:
         logs.close()
+    run.mark_done(last_round(cfg))
     result = summarize_run(run.path)
     result.failures = failures
     log.info("%s", format_summary(result))
     return result
 
 
-def play_round(rnd: int, cfg: Config, algo: Any, clients: Clients, logs: RoundLogs) -> int:
+def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: RoundLogs) -> int:
     """One round: configure, reach the clients, log what came back, aggregate.
 
     Returns:
@@ -203,10 +197,20 @@ def play_round(rnd: int, cfg: Config, algo: Any, clients: Clients, logs: RoundLo
             {"round": rnd, "client": client, "split": "server", "metric": "rejected", "value": 1.0}
         )
         log.warning("round %d: update of client %d rejected: %s", rnd, client, reason)
+    seconds = time.perf_counter() - t0
+    logs.metrics.log(
+        {
+            "round": rnd,
+            "client": SERVER_CLIENT,
+            "split": "server",
+            "metric": "round_seconds",
+            "value": seconds,
+        }
+    )
     log.info(
         "round %d done in %.1f s (%d failed, %d rejected)",
         rnd,
-        time.perf_counter() - t0,
+        seconds,
         failed,
         len(summary.rejected),
     )
@@ -244,15 +248,11 @@ def _client_line(client: int, update: ClientMessage, msg: ServerMessage) -> str:
 
 
 def _write_assignment(run: RunDir, rnd: int, record: Mapping[str, Any] | None) -> None:
-    if record is None or rnd < 0:
-        return
-    path = run.assignments / f"round_{rnd:03d}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    if record is not None and rnd >= 0:
+        run.write_assignment(rnd, record)
 
 
-def _restore(run: RunDir, cfg: Config, algo: Any, clients: Clients) -> int:
+def _restore(run: RunDir, cfg: Config, algo: Algorithm, clients: Clients) -> int:
     state = load_checkpoint(run.checkpoints)
     saved, current = json.loads(state["config"]), cfg.to_dict()
     if saved != current:
@@ -277,71 +277,3 @@ def last_round(cfg: Config) -> int:
     after the final aggregation must be evaluated (``eval.timing`` = ``global`` or ``both``)."""
     rounds = cfg.federation.rounds
     return rounds + 1 if cfg.eval.timing != "personalized" else rounds
-
-
-def summarize_run(run_dir: Path) -> RunResult:
-    """First/last-round test metrics per client and total bytes, from a run directory's logs."""
-    run = RunDir(run_dir)
-    by_round: dict[int, dict[int, dict[str, float]]] = {}
-    records = list(read_jsonl(run.metrics))
-    primary = "test" if any(r["split"] == "test" for r in records) else "test_global"
-    for rec in records:
-        if rec["split"] == primary:
-            by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = (
-                rec["value"]
-            )
-    for rec in records:  # the eval-set loss beside the test metrics of the same round
-        if rec["split"] == "eval" and rec["metric"] == "loss" and rec["round"] in by_round:
-            by_round[rec["round"]].setdefault(rec["client"], {})["eval_loss"] = rec["value"]
-    up = down = 0
-    for rec in read_jsonl(run.comm):
-        if rec["direction"] == "up":
-            up += rec["bytes"]
-        else:
-            down += rec["bytes"]
-    rounds = sorted(by_round)
-    result = RunResult(run_dir, rounds[-1] if rounds else -1, bytes_up=up, bytes_down=down)
-    if rounds:
-        result.first, result.last = by_round[rounds[0]], by_round[rounds[-1]]
-    assignments = sorted(run.assignments.glob("round_*.json")) if run.assignments.is_dir() else []
-    if assignments:
-        modules = json.loads(assignments[-1].read_text())["modules"]
-        for per_client in modules.values():
-            for client, ids in enumerate(per_client):
-                result.experts.setdefault(client, []).append(len(ids))
-    return result
-
-
-def format_summary(result: RunResult) -> str:
-    """A readable end-of-run summary: per-client first vs last score, bytes, the run's path."""
-    lines = ["", "summary: test score and eval loss per client (first round -> last round)"]
-    for client in sorted(result.last):
-        first = result.first.get(client, {}).get("score", float("nan"))
-        last = result.last[client].get("score", float("nan"))
-        line = f"  client {client:>3}: {first:.4f} -> {last:.4f} ({last - first:+.4f})"
-        loss_first = result.first.get(client, {}).get("eval_loss")
-        loss_last = result.last[client].get("eval_loss")
-        if loss_first is not None and loss_last is not None:
-            line += f"   eval loss {loss_first:.3f} -> {loss_last:.3f}"
-        lines.append(line)
-    if result.last:
-        mean_first = _mean(r.get("score") for r in result.first.values())
-        mean_last = _mean(r.get("score") for r in result.last.values())
-        lines.append(
-            f"  mean      : {mean_first:.4f} -> {mean_last:.4f} ({mean_last - mean_first:+.4f})"
-        )
-    if result.experts:
-        lines.append("domain experts held per module in the last assignment (mean, min-max):")
-        for client, counts in sorted(result.experts.items()):
-            mean = sum(counts) / len(counts)
-            lines.append(f"  client {client:>3}: {mean:4.1f} ({min(counts)}-{max(counts)})")
-    lines.append(
-        f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
-    )
-    lines.append(f"run directory: {result.run_dir}")
-    return "\n".join(lines)
-
-
-def _mean(values: Iterator[float | None]) -> float:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else float("nan")

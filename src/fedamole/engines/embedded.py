@@ -34,26 +34,21 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fedamole.algorithms import get_algorithm
-from fedamole.algorithms.base import ClientContext
+from fedamole.algorithms.base import Algorithm, ClientContext
+from fedamole.algorithms.runtime import build_runtime
 from fedamole.config import Config
 from fedamole.data import load_federated_data
 from fedamole.engines.common import (
-    Clients,
     InjectedFailure,
     Outcome,
-    RoundLogs,
-    RunResult,
+    RoundCallback,
     check_injected_failure,
-    format_summary,
     last_round,
     open_run,
-    play_round,
     run_federation,
-    summarize_run,
 )
+from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ServerMessage
-from fedamole.models import load_model_and_tokenizer
 
 __all__ = [
     "InjectedFailure",
@@ -75,36 +70,31 @@ def run_embedded(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    on_round: RoundCallback | None = None,
 ) -> RunResult:
-    """Run (or resume) one experiment in this process; see the module docstring."""
+    """Run (or resume) one experiment in this process; see the module docstring.
+
+    Args:
+        on_round: called with each round's number before it runs (see
+            :func:`~fedamole.engines.common.run_federation`).
+    """
     run = open_run(cfg, run_dir, resume=resume, overwrite=overwrite)
-    model, tokenizer = load_model_and_tokenizer(
-        cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, seed=cfg.run.seed
-    )
+    runtime = build_runtime(cfg)
     data = load_federated_data(cfg)
-    algo = get_algorithm(cfg.federation.algorithm)(cfg)
-    model = algo.prepare_model(model)
-    algo.setup(model)
+    runtime.algo.setup(runtime.model)
     contexts = [
-        ClientContext(c, data.clients[c], model, tokenizer)
+        ClientContext(c, data.clients[c], runtime.model, runtime.tokenizer)
         for c in range(cfg.federation.num_clients)
     ]
-    clients = LocalClients(cfg, algo, contexts, progress=progress)
-    result = run_federation(cfg, run, algo, clients, resume=resume, play=_round)
-    (run.path / "done.json").write_text(f'{{"last_round": {last_round(cfg)}}}\n')  # sweep: finished
-    return result
-
-
-def _round(rnd: int, cfg: Config, algo: Any, clients: Clients, logs: RoundLogs) -> int:
-    """One round (a seam: tests replace it to simulate a kill)."""
-    return play_round(rnd, cfg, algo, clients, logs)
+    clients = LocalClients(cfg, runtime.algo, contexts, progress=progress)
+    return run_federation(cfg, run, runtime.algo, clients, resume=resume, on_round=on_round)
 
 
 class LocalClients:
     """Every client in this process, on one shared backbone (adapters swapped in place)."""
 
     def __init__(
-        self, cfg: Config, algo: Any, contexts: list[ClientContext], *, progress: bool = True
+        self, cfg: Config, algo: Algorithm, contexts: list[ClientContext], *, progress: bool = True
     ):
         self.cfg, self.algo, self.contexts, self.progress = cfg, algo, contexts, progress
 
@@ -113,7 +103,7 @@ class LocalClients:
     ) -> Iterator[tuple[int, Outcome]]:
         for ctx in self.contexts:
             steps = self.cfg.train.steps
-            ctx.cache["progress"] = _progress_bar(ctx.client_id, steps) if self.progress else None
+            ctx.progress = _progress_bar(ctx.client_id, steps) if self.progress else None
             try:
                 check_injected_failure(self.cfg, rnd, ctx.client_id)
                 outcome: Outcome = self.algo.local_update(rnd, messages[ctx.client_id], ctx)

@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedamole.algorithms import get_algorithm
-from fedamole.config import Config, load
 from fedamole.models import load_model_and_tokenizer
-
-
-@pytest.fixture(scope="session")
-def smoke(repo) -> Config:
-    return load(repo / "configs" / "smoke.toml")
 
 
 @pytest.fixture

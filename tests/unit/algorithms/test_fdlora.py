@@ -9,15 +9,14 @@ import torch
 from fedamole.algorithms.base import ClientContext
 from fedamole.algorithms.fdlora import FDLoRA, fuse, fusion_search, outer_step
 from fedamole.algorithms.lora_common import lora_state
-from fedamole.config import load
 from fedamole.data.types import ClientData, Example
 from fedamole.federated.messages import ClientMessage
 from fedamole.models import load_model_and_tokenizer
 
 
 @pytest.fixture(scope="module")
-def smoke(repo):
-    return load(repo / "configs" / "smoke.toml").replace(**{"federation.algorithm": "fdlora"})
+def fdlora_smoke(smoke):
+    return smoke.replace(**{"federation.algorithm": "fdlora"})
 
 
 def _build(cfg):
@@ -78,12 +77,12 @@ def _uploads(algo, values, rnd):
     }
 
 
-def test_warm_up_averages_then_every_round_takes_an_outer_step(smoke):
-    cfg = smoke.replace(
+def test_warm_up_averages_then_every_round_takes_an_outer_step(fdlora_smoke):
+    cfg = fdlora_smoke.replace(
         **{
             "federation.rounds": 3,
-            "baselines.fdlora_outer_lr": 1.0,
-            "baselines.fdlora_outer_momentum": 0.5,
+            "baselines.fdlora.outer_lr": 1.0,
+            "baselines.fdlora.outer_momentum": 0.5,
         }
     )
     algo, _, _ = _build(cfg)
@@ -115,15 +114,15 @@ def test_warm_up_averages_then_every_round_takes_an_outer_step(smoke):
 
 
 @pytest.mark.parametrize(("k", "rounds"), [(1, {1, 2, 3, 4, 5, 6, 7}), (2, {2, 4, 6}), (5, {2, 7})])
-def test_sync_rounds(smoke, k, rounds):
-    cfg = smoke.replace(**{"federation.rounds": 7, "baselines.fdlora_sync_every": k})
+def test_sync_rounds(fdlora_smoke, k, rounds):
+    cfg = fdlora_smoke.replace(**{"federation.rounds": 7, "baselines.fdlora.sync_every": k})
     algo = FDLoRA(cfg)
     assert {r for r in range(9) if algo.configure_round(r)[0].config["sync"]} == rounds
 
 
-def test_client_copies_its_trained_adapter_only_on_sync_rounds(smoke):
-    cfg = smoke.replace(
-        **{"federation.rounds": 3, "baselines.fdlora_sync_every": 2, "train.steps": 1}
+def test_client_copies_its_trained_adapter_only_on_sync_rounds(fdlora_smoke):
+    cfg = fdlora_smoke.replace(
+        **{"federation.rounds": 3, "baselines.fdlora.sync_every": 2, "train.steps": 1}
     )
     algo, model, tokenizer = _build(cfg)
     ex = Example("Q: hi\nA:", "hello", "t")
@@ -192,8 +191,8 @@ def test_fusion_search_spends_no_budget_on_mirrored_points():
     assert result.objective <= result.history[0][1]
 
 
-def test_fused_model_is_w0_global_plus_w1_private(smoke):
-    cfg = smoke.replace(**{"baselines.fdlora_fusion_budget": 3})
+def test_fused_model_is_w0_global_plus_w1_private(fdlora_smoke):
+    cfg = fdlora_smoke.replace(**{"baselines.fdlora.fusion_budget": 3})
     algo, model, tokenizer = _build(cfg)
     gen = torch.Generator().manual_seed(3)
     glob = {k: torch.randn(v.shape, generator=gen) for k, v in algo.global_state.items()}
@@ -211,14 +210,14 @@ def test_fused_model_is_w0_global_plus_w1_private(smoke):
     assert ctx.state["fusion_position"] == (5 * cfg.train.batch_size) % 2
 
 
-def test_local_training_decays_weights_decoupled_as_adamw(smoke):
+def test_local_training_decays_weights_decoupled_as_adamw(fdlora_smoke):
     """With B = 0 the gradient of every A is 0: AdamW shrinks A by exactly ``lr * wd`` while
     Adam's L2 decay would move it by about ``lr`` (a normalized step)."""
-    cfg = smoke.replace(
+    cfg = fdlora_smoke.replace(
         **{
             "train.steps": 1,
             "train.lr": 0.01,
-            "baselines.fdlora_weight_decay": 0.1,
+            "baselines.fdlora.weight_decay": 0.1,
             "baselines.lora_dropout": 0.0,
         }
     )

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedamole.algorithms import ALGORITHMS, get_algorithm
-from fedamole.algorithms.lora_strategy import round_plan
+from fedamole.algorithms.base import RoundPlan
 from fedamole.federated.messages import ClientMessage
 
 KEY_A = "lora_A:model.layers.0.self_attn.q_proj"
@@ -48,8 +48,8 @@ def test_registry_names_match_classes(name):
 )
 def test_round_plan(smoke, timing, rnd, expected):
     cfg = smoke.replace(**{"eval.timing": timing, "federation.algorithm": "fedit"})
-    plan = round_plan(cfg, rnd)  # 2 rounds
-    got = (plan["train"], plan["upload"], plan["eval_personalized"], plan["eval_received"])
+    plan = RoundPlan.for_round(cfg, rnd)  # 2 rounds
+    got = (plan.train, plan.upload, plan.eval_personalized, plan.eval_received)
     assert got == expected
 
 
@@ -57,7 +57,8 @@ def test_round_one_does_not_evaluate_the_initial_model_without_test_init(smoke):
     cfg = smoke.replace(
         **{"eval.timing": "global", "eval.test_init": False, "federation.algorithm": "fedit"}
     )
-    assert not round_plan(cfg, 1)["eval_received"] and round_plan(cfg, 2)["eval_received"]
+    assert not RoundPlan.for_round(cfg, 1).eval_received
+    assert RoundPlan.for_round(cfg, 2).eval_received
 
 
 def test_fedit_average_is_the_hand_computed_mean(make_algo):

@@ -8,8 +8,8 @@ import torch
 
 from fedamole.algorithms.base import ClientContext
 from fedamole.algorithms.p_tuning import FedPTuning
-from fedamole.algorithms.prompt_tuning import FedPrompt, VirtualTokenLM
-from fedamole.config import load
+from fedamole.algorithms.prompt_tuning import FedPrompt
+from fedamole.algorithms.virtual_tokens import VirtualTokenLM
 from fedamole.data.collate import encode_choices
 from fedamole.data.prompts import soft_prompt_init_text
 from fedamole.data.types import ClientData, Example
@@ -18,11 +18,6 @@ from fedamole.federated.messages import ClientMessage
 from fedamole.models import load_model_and_tokenizer
 
 SMALL_PTUNING = {"baselines.prompt_tokens": 3, "baselines.prompt_encoder_hidden": 8}
-
-
-@pytest.fixture(scope="module")
-def smoke(repo):
-    return load(repo / "configs" / "smoke.toml")
 
 
 def _build(smoke, name, **overrides):
@@ -171,7 +166,7 @@ def _ctx(model, tokenizer, client=0):
 
 def test_quirk_averages_the_encoder_output_and_writes_it_into_the_input_table(smoke):
     quirk, model, tokenizer = _build(
-        smoke, "fedptuning", **SMALL_PTUNING, **{"baselines.ptuning_reference_quirk": True}
+        smoke, "fedptuning", **SMALL_PTUNING, **{"baselines.ptuning.reference_quirk": True}
     )
     encoder = model.peft_model.prompt_encoder["default"]
     tokens = torch.arange(model.num_virtual_tokens)
@@ -216,7 +211,7 @@ def test_quirk_flag_changes_what_travels_and_what_is_averaged(smoke):
     assert reply.tensors["prompt:embedding.weight"].shape == (3, 32)
 
     quirk, model, tokenizer = _build(
-        smoke, "fedptuning", **SMALL_PTUNING, **{"baselines.ptuning_reference_quirk": True}
+        smoke, "fedptuning", **SMALL_PTUNING, **{"baselines.ptuning.reference_quirk": True}
     )
     msgs = quirk.configure_round(1)
     last = quirk.local_update(1, msgs[2], _ctx(model, tokenizer, 2))  # the last client
@@ -238,7 +233,7 @@ def test_quirk_flag_changes_what_travels_and_what_is_averaged(smoke):
 
 def test_state_dict_round_trip(smoke):
     algo, _, _ = _build(
-        smoke, "fedptuning", **SMALL_PTUNING, **{"baselines.ptuning_reference_quirk": True}
+        smoke, "fedptuning", **SMALL_PTUNING, **{"baselines.ptuning.reference_quirk": True}
     )
     algo.aggregate(1, _messages(algo, [1.0, 2.0, 3.0]))
     other = FedPTuning(algo.cfg)

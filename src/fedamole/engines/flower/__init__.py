@@ -11,6 +11,9 @@ module                  what
 ``simulation``          ``fedamole run --engine flower``: Flower's simulation engine (Ray)
 ``deploy``              ``fedamole deploy-local``: a SuperLink and N SuperNodes on 127.0.0.1, TLS
                         and SuperNode authentication, one ``flwr run``, every process stopped
+``certificates``        ``deploy``'s throw-away CA, SuperLink certificate and SuperNode key pairs
+``processes``           ``deploy``'s process supervision: start, wait for, and stop by PID the
+                        SuperLink and SuperNodes; run the ``flwr`` CLI
 =====================  =============================================================================
 
 Importing this package does not import ``flwr``; the modules above do. The core package never

@@ -39,9 +39,10 @@ from typing import Any
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedamole.algorithms import get_algorithm
-from fedamole.algorithms.base import ClientContext
+from fedamole.algorithms.base import Algorithm, ClientContext
+from fedamole.algorithms.runtime import build_runtime
 from fedamole.checkpoint import load_checkpoint, save_checkpoint
 from fedamole.config import Config
 from fedamole.data.types import ClientData
@@ -55,7 +56,6 @@ from fedamole.engines.flower.records import (
     state_to_records,
 )
 from fedamole.federated.messages import ServerMessage
-from fedamole.models import load_model_and_tokenizer
 
 __all__ = ["RUNTIME_KEY", "SETUP_KEY", "app"]
 
@@ -75,9 +75,9 @@ class _Runtime:
     """What one process loads once: config, prepared backbone, algorithm, data."""
 
     cfg: Config
-    algo: Any
-    model: Any
-    tokenizer: Any
+    algo: Algorithm
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     load_s: float
     data: dict[int, ClientData] = field(default_factory=dict)
     caches: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -144,14 +144,10 @@ def _runtime(config_text: str) -> tuple[_Runtime, bool]:
     t0 = time.perf_counter()
     cfg = _parse_config(config_text)
     torch.manual_seed(cfg.run.seed)
-    model, tokenizer = load_model_and_tokenizer(
-        cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, seed=cfg.run.seed
-    )
-    algo = get_algorithm(cfg.federation.algorithm)(cfg)
-    model = algo.prepare_model(model)
+    built = build_runtime(cfg)
     _RUNTIMES.clear()  # one run at a time per process: free the previous backbone
     _RUNTIMES[config_text] = runtime = _Runtime(
-        cfg, algo, model, tokenizer, time.perf_counter() - t0
+        cfg, built.algo, built.model, built.tokenizer, time.perf_counter() - t0
     )
     return runtime, True
 

@@ -16,44 +16,38 @@ What it does, in a work folder (a temporary one unless given):
 
 ``FLWR_HOME`` points into the work folder and ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1``
 keeps Flower from building a fresh environment for the app: the processes use this interpreter's.
-:class:`LocalProcesses`, :func:`make_tls` and :func:`make_node_key` are public so tests can build
-other topologies (an unregistered node, a node killed mid-round).
+
+This module is the orchestration only; the parts live beside it, public so tests can build other
+topologies (an unregistered node, a node killed mid-round): :mod:`.certificates` makes the TLS
+files and node keys (steps 1 and 2), :mod:`.processes` starts, supervises and stops the processes
+and runs the ``flwr`` CLI (steps 4 and 5).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import ipaddress
 import json
 import logging
 import os
-import shlex
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedamole.config import Config
-from fedamole.engines.common import RunResult, summarize_run
+from fedamole.engines.flower.certificates import TlsFiles, make_node_key, make_tls
+from fedamole.engines.flower.processes import (
+    LocalProcesses,
+    flower_env,
+    free_port,
+    run_flwr,
+    sigterm_as_exit,
+    superlink_command,
+    supernode_command,
+    wait_for_port,
+)
+from fedamole.engines.summary import RunResult, summarize_run
 
-__all__ = [
-    "APP_DIR",
-    "LocalDeployment",
-    "LocalProcesses",
-    "TlsFiles",
-    "deploy_local",
-    "flower_env",
-    "free_port",
-    "make_node_key",
-    "make_tls",
-    "write_node_files",
-]
+__all__ = ["APP_DIR", "LocalDeployment", "deploy_local", "write_node_files"]
 
 log = logging.getLogger("fedamole")
 
@@ -62,99 +56,26 @@ _CONNECTION = "fedamole-local"
 
 
 @dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a throw-away CA and the SuperLink certificate it signed."""
+class LocalDeployment:
+    """A running local deployment, as :func:`deploy_local` hands it to ``on_started``."""
 
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-
-
-def make_tls(folder: Path, *, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> TlsFiles:
-    """A self-signed CA and a server certificate for ``hosts`` (IPs and DNS names as SANs)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2))
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("fedamole local CA"))
-        .issuer_name(name("fedamole local CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0])
-        .not_valid_after(valid[1])
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA384())
-    )
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    key = ec.generate_private_key(ec.SECP384R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name(hosts[0]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(valid[0])
-        .not_valid_after(valid[1])
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA384())
-    )
-    files = TlsFiles(folder / "ca.crt", folder / "server.pem", folder / "server.key")
-    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.server_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    files.server_key.chmod(0o600)
-    return files
-
-
-def make_node_key(folder: Path, name: str) -> tuple[Path, Path]:
-    """An ECDSA P-384 key pair for SuperNode authentication: ``(private, public)`` paths."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    folder.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    private, public = folder / name, folder / f"{name}.pub"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
-    private.chmod(0o600)
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-    )
-    return private, public
+    procs: LocalProcesses
+    port: int
+    tls: TlsFiles
+    workdir: Path
+    run_dir: Path
 
 
 def write_node_files(cfg: Config, folder: Path) -> list[Path]:
-    """Each client's share of the config's dataset as its own local file (``local`` format)."""
+    """Each client's share of the config's dataset as its own local file (``local`` format).
+
+    Args:
+        cfg: the experiment; its dataset is loaded and partitioned as for any run.
+        folder: where to write ``client_K.jsonl`` (created if needed).
+
+    Returns:
+        The files, in client order: train, embedding, eval and test examples, one JSON per line.
+    """
     from fedamole.data import load_federated_data
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,104 +98,6 @@ def write_node_files(cfg: Config, folder: Path) -> list[Path]:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         paths.append(path)
     return paths
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """The environment for Flower's processes: this interpreter's tools first on ``PATH``, a
-    private ``FLWR_HOME``, and no runtime installation of app dependencies."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-@dataclass
-class LocalProcesses:
-    """Processes started here, each leading its own process group; :meth:`stop_all` ends them
-    (and whatever they spawned) by their own PIDs. Use as a context manager."""
-
-    env: dict[str, str]
-    logs: Path
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def start(
-        self, name: str, cmd: Sequence[str], *, env: dict[str, str] | None = None
-    ) -> subprocess.Popen:
-        """Start ``cmd`` in a new session (``env`` added to the environment), its output in
-        ``logs/NAME.log``."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        out = (self.logs / f"{name}.log").open("ab")
-        log.info("starting %s: %s", name, shlex.join(cmd))
-        proc = subprocess.Popen(
-            list(cmd),
-            env={**self.env, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-        self.procs[name] = proc
-        return proc
-
-    def stop(self, name: str, *, timeout: float = 10.0) -> None:
-        """SIGTERM the process group of ``name``, SIGKILL it after ``timeout`` seconds."""
-        proc = self.procs.pop(name)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=timeout)
-                if sig == signal.SIGTERM and not _group_alive(proc.pid):
-                    break
-            except subprocess.TimeoutExpired:
-                continue
-        proc.wait()
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
-
-    def log_text(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def __enter__(self) -> LocalProcesses:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_all()
-
-
-@dataclass(frozen=True)
-class LocalDeployment:
-    """A running local deployment, as :func:`deploy_local` hands it to ``on_started``."""
-
-    procs: LocalProcesses
-    port: int
-    tls: TlsFiles
-    workdir: Path
-    run_dir: Path
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def deploy_local(
@@ -324,9 +147,9 @@ def deploy_local(
     # The nodes share this machine's cores: more torch threads than cores makes OpenMP spin (a
     # tiny model's round went from 0.07 s to 4 s with 2 threads per process on a busy 2-core box).
     threads = max(1, (os.cpu_count() or 1) // nodes)
-    with _sigterm_as_exit(), LocalProcesses(flower_env(flwr_home), workdir / "logs") as procs:
+    with sigterm_as_exit(), LocalProcesses(flower_env(flwr_home), workdir / "logs") as procs:
         procs.start("superlink", superlink_command(port, tls))
-        _wait_for_port(port, procs, "superlink")
+        wait_for_port(port, procs, "superlink")
         _start_nodes(procs, port, tls, workdir, data_files, threads=threads)
         if on_started is not None:
             on_started(LocalDeployment(procs, port, tls, workdir, run_dir))
@@ -335,7 +158,7 @@ def deploy_local(
             f'run-dir="{run_dir}"'
         )
         t0 = time.perf_counter()
-        _flwr(
+        run_flwr(
             procs.env,
             "run",
             str(app_dir),
@@ -364,7 +187,7 @@ def _start_nodes(
     """One registered key pair and one SuperNode per data file."""
     for k, data_file in enumerate(data_files):
         private, public = make_node_key(workdir / "keys", f"node_{k}")
-        _flwr(procs.env, "supernode", "register", str(public), _CONNECTION)
+        run_flwr(procs.env, "supernode", "register", str(public), _CONNECTION)
         state_dir = workdir / "node-state" / f"node_{k}"
         node_config = f'partition-id={k} data-file="{data_file}" state-dir="{state_dir}"'
         procs.start(
@@ -374,58 +197,8 @@ def _start_nodes(
         )
 
 
-@contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Let SIGTERM unwind like Ctrl-C, so the started processes are stopped (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _exit(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, _exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def superlink_command(port: int, tls: TlsFiles | None, *, auth: bool = True) -> list[str]:
-    """``flower-superlink`` on ``127.0.0.1:port`` with TLS (``None``: ``--insecure``)."""
-    cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--disable-runtime-dependency-installation"]
-    if tls is None:
-        cmd.append("--insecure")
-    else:
-        cmd += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert)]
-        cmd += ["--ssl-keyfile", str(tls.server_key)]
-    if auth:
-        cmd.append("--enable-supernode-auth")
-    return cmd
-
-
-def supernode_command(
-    superlink_port: int,
-    port: int,
-    tls: TlsFiles | None,
-    private_key: Path | None,
-    node_config: str,
-    *,
-    max_wait_time: float | None = None,
-) -> list[str]:
-    """``flower-supernode`` for a SuperLink on ``127.0.0.1:superlink_port``."""
-    cmd = ["flower-supernode", "--superlink", f"127.0.0.1:{superlink_port}"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--node-config", node_config]
-    cmd += ["--insecure"] if tls is None else ["--root-certificates", str(tls.ca_cert)]
-    if private_key is not None:
-        cmd += ["--auth-supernode-private-key", str(private_key)]
-    if max_wait_time is not None:
-        cmd += ["--max-wait-time", str(max_wait_time)]
-    return cmd
-
-
 def _write_connection(flwr_home: Path, address: str, ca_cert: Path | None) -> None:
+    """The ``flwr`` CLI's default connection to the local SuperLink, in ``FLWR_HOME``."""
     import tomli_w
 
     flwr_home.mkdir(parents=True, exist_ok=True)
@@ -436,41 +209,3 @@ def _write_connection(flwr_home: Path, address: str, ca_cert: Path | None) -> No
         conn["root-certificates"] = str(ca_cert)
     body = {"superlink": {"default": _CONNECTION, _CONNECTION: conn}}
     (flwr_home / "config.toml").write_text(tomli_w.dumps(body))
-
-
-def _flwr(
-    env: dict[str, str], *args: str, timeout: float = 120.0, log_file: Path | None = None
-) -> str:
-    """Run one ``flwr`` CLI command to completion.
-
-    Raises:
-        RuntimeError: it failed or timed out; the message holds the end of its output.
-    """
-    cmd = ["flwr", *args]
-    log.info("running %s", shlex.join(cmd))
-    try:
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"`{shlex.join(cmd[:3])}` did not finish in {timeout:g} s") from exc
-    output = proc.stdout + proc.stderr
-    if log_file is not None:
-        log_file.write_text(output)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"`{shlex.join(cmd[:3])}` failed (exit {proc.returncode}):\n{output[-2000:]}"
-        )
-    return output
-
-
-def _wait_for_port(port: int, procs: LocalProcesses, name: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if procs.procs[name].poll() is not None:
-            raise RuntimeError(f"{name} exited at start:\n{procs.log_text(name)[-2000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:g} s")

@@ -39,13 +39,13 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from fedamole.algorithms import get_algorithm
+from fedamole.algorithms.runtime import build_runtime
 from fedamole.config import Config, load
-from fedamole.engines.common import Outcome, RunResult, open_run, run_federation
+from fedamole.engines.common import Outcome, RoundCallback, open_run, run_federation
 from fedamole.engines.flower.client_app import NODE_KEY, RUNTIME_KEY, SETUP_KEY
 from fedamole.engines.flower.records import message_from_record, message_to_record
+from fedamole.engines.summary import RunResult
 from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.models import load_model_and_tokenizer
 from fedamole.tracking import JsonlLogger
 
 __all__ = ["FlowerClients", "ServerSettings", "app", "make_server_app", "serve", "wire_size"]
@@ -66,6 +66,8 @@ class ServerSettings:
         overwrite: move an existing run directory aside first.
         state_dir: a folder the clients can write their state snapshots to (simulation: the
             run's ``checkpoints/clients``); ``None`` leaves it to each node's ``state-dir``.
+        on_round: called with each round's number before it runs
+            (:func:`~fedamole.engines.common.run_federation`).
         result: set by :func:`serve` when the run ends.
     """
 
@@ -74,6 +76,7 @@ class ServerSettings:
     resume: bool = False
     overwrite: bool = False
     state_dir: Path | None = None
+    on_round: RoundCallback | None = None
     result: RunResult | None = None
 
     @classmethod
@@ -119,20 +122,20 @@ def serve(grid: Grid, settings: ServerSettings) -> RunResult:
     """Run (or resume) the experiment over ``grid``; see the module docstring."""
     cfg = settings.cfg
     run = open_run(cfg, settings.run_dir, resume=settings.resume, overwrite=settings.overwrite)
-    model, _ = load_model_and_tokenizer(
-        cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device, seed=cfg.run.seed
-    )
-    algo = get_algorithm(cfg.federation.algorithm)(cfg)
-    algo.setup(algo.prepare_model(model))
-    del model  # the server keeps only the algorithm's state
+    runtime = build_runtime(cfg)
+    algo = runtime.algo
+    algo.setup(runtime.model)
+    del runtime  # the server keeps only the algorithm's state
     setup: dict[str, Any] = {"config": tomli_w.dumps(cfg.to_dict())}
     if settings.state_dir is not None:
         setup["state-dir"] = str(settings.state_dir.resolve())
-    wire = JsonlLogger(run.path / "wire.jsonl")
+    wire = JsonlLogger(run.wire)
     try:
         clients = FlowerClients(grid, cfg, setup, wire)
         clients.connect()
-        settings.result = run_federation(cfg, run, algo, clients, resume=settings.resume)
+        settings.result = run_federation(
+            cfg, run, algo, clients, resume=settings.resume, on_round=settings.on_round
+        )
     finally:
         wire.close()
     return settings.result

@@ -22,8 +22,9 @@ import os
 from pathlib import Path
 
 from fedamole.config import Config
-from fedamole.engines.common import RunResult
 from fedamole.engines.flower import require_flower
+from fedamole.engines.summary import RunResult
+from fedamole.tracking import RunDir
 
 __all__ = ["backend_config", "run_flower_simulation"]
 
@@ -79,7 +80,7 @@ def run_flower_simulation(
         run_dir,
         resume=resume,
         overwrite=overwrite,
-        state_dir=run_dir / "checkpoints" / "clients",
+        state_dir=RunDir(run_dir).client_checkpoints,
     )
     flwr_log = logging.getLogger("flwr")  # Flower prints to its own console handler;
     propagate, flwr_log.propagate = flwr_log.propagate, False  # don't print its lines twice

@@ -9,10 +9,10 @@ import pytest
 import tomli_w
 
 from fedamole.algorithms import ALGORITHMS
-from fedamole.analysis.grid import GridError, expand, load_grid, resolve_config, select
 from fedamole.analysis.results import method_labels
-from fedamole.analysis.sweep import _slot_env, format_plan, plan, run_status
 from fedamole.config import dump
+from fedamole.experiments.grid import GridError, expand, load_grid, resolve_config, select
+from fedamole.experiments.sweep import _slot_env, format_plan, plan, run_status
 
 
 def _grid(tmp_path, body: str, name: str = "g.toml"):

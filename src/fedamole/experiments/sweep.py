@@ -35,11 +35,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedamole.analysis.grid import Grid, GridError, GridRun, expand, resolve_config, select
 from fedamole.config import Config, ConfigError, dump, load
+from fedamole.experiments.grid import Grid, GridError, GridRun, expand, resolve_config, select
+from fedamole.tracking import RunDir
 
 __all__ = [
-    "DONE_MARKER",
     "PlannedRun",
     "SweepResult",
     "format_plan",
@@ -49,8 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("fedamole.sweep")
-
-DONE_MARKER = "done.json"  # written by the engine after the last round (engines/embedded.py)
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def run_status(run_dir: Path, cfg: Config) -> str:
         return "changed"
     if on_disk != cfg.to_dict():
         return "changed"
-    return "finished" if (run_dir / DONE_MARKER).exists() else "partial"
+    return "finished" if RunDir(run_dir).finished else "partial"
 
 
 def format_plan(grid: Grid, planned: Sequence[PlannedRun]) -> str:
@@ -160,7 +158,7 @@ def run_sweep(
     """Run every unfinished run of ``grid``; finished ones are skipped, partial ones resumed.
 
     Args:
-        grid: a grid from :func:`~fedamole.analysis.grid.load_grid`.
+        grid: a grid from :func:`~fedamole.experiments.grid.load_grid`.
         jobs: runs at a time; 1 runs them in this process, more as subprocesses.
         engine: the engine of every run.
         devices: GPU ids for the subprocesses (default: ``CUDA_VISIBLE_DEVICES`` or all GPUs).

@@ -1,0 +1,99 @@
+"""What a finished run reports: per-client first and last scores, bytes, experts held.
+
+Read back from the run directory (:class:`~fedamole.tracking.RunDir`), so both engines and a
+resumed run print the same summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedamole.tracking import RunDir, read_jsonl
+
+__all__ = ["RunResult", "format_summary", "summarize_run"]
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    rounds: int
+    first: dict[int, dict[str, float]] = field(
+        default_factory=dict
+    )  # client -> metrics, first round
+    last: dict[int, dict[str, float]] = field(default_factory=dict)  # client -> metrics, last round
+    bytes_up: int = 0
+    bytes_down: int = 0
+    failures: int = 0
+    experts: dict[int, list[int]] = field(default_factory=dict)  # client -> experts held per module
+
+
+def summarize_run(run_dir: Path) -> RunResult:
+    """First/last-round test metrics per client and total bytes, from a run directory's logs."""
+    run = RunDir(run_dir)
+    by_round: dict[int, dict[int, dict[str, float]]] = {}
+    records = list(read_jsonl(run.metrics))
+    primary = "test" if any(r["split"] == "test" for r in records) else "test_global"
+    for rec in records:
+        if rec["split"] == primary:
+            by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = (
+                rec["value"]
+            )
+    for rec in records:  # the eval-set loss beside the test metrics of the same round
+        if rec["split"] == "eval" and rec["metric"] == "loss" and rec["round"] in by_round:
+            by_round[rec["round"]].setdefault(rec["client"], {})["eval_loss"] = rec["value"]
+    up = down = 0
+    for rec in read_jsonl(run.comm):
+        if rec["direction"] == "up":
+            up += rec["bytes"]
+        else:
+            down += rec["bytes"]
+    rounds = sorted(by_round)
+    result = RunResult(run_dir, rounds[-1] if rounds else -1, bytes_up=up, bytes_down=down)
+    if rounds:
+        result.first, result.last = by_round[rounds[0]], by_round[rounds[-1]]
+    assignments = run.read_assignments()
+    if assignments:
+        modules = assignments[max(assignments)]["modules"]
+        for per_client in modules.values():
+            for client, ids in enumerate(per_client):
+                result.experts.setdefault(client, []).append(len(ids))
+    return result
+
+
+def format_summary(result: RunResult) -> str:
+    """A readable end-of-run summary: per-client first vs last score, bytes, the run's path."""
+    lines = ["", "summary: test score and eval loss per client (first round -> last round)"]
+    for client in sorted(result.last):
+        first = result.first.get(client, {}).get("score", float("nan"))
+        last = result.last[client].get("score", float("nan"))
+        line = f"  client {client:>3}: {first:.4f} -> {last:.4f} ({last - first:+.4f})"
+        loss_first = result.first.get(client, {}).get("eval_loss")
+        loss_last = result.last[client].get("eval_loss")
+        if loss_first is not None and loss_last is not None:
+            line += f"   eval loss {loss_first:.3f} -> {loss_last:.3f}"
+        lines.append(line)
+    if result.last:
+        mean_first = _mean(r.get("score") for r in result.first.values())
+        mean_last = _mean(r.get("score") for r in result.last.values())
+        lines.append(
+            f"  mean      : {mean_first:.4f} -> {mean_last:.4f} ({mean_last - mean_first:+.4f})"
+        )
+    if result.experts:
+        lines.append("domain experts held per module in the last assignment (mean, min-max):")
+        for client, counts in sorted(result.experts.items()):
+            mean = sum(counts) / len(counts)
+            lines.append(f"  client {client:>3}: {mean:4.1f} ({min(counts)}-{max(counts)})")
+    lines.append(
+        f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
+    )
+    lines.append(f"run directory: {result.run_dir}")
+    return "\n".join(lines)
+
+
+def _mean(values: Iterator[float | None]) -> float:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")

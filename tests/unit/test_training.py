@@ -1,0 +1,82 @@
+"""Local training: micro-batching (gradient accumulation) never changes what a step computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedamole.config import TrainConfig
+from fedamole.data.collate import IGNORE_INDEX, Encoded, encode_train
+from fedamole.data.types import Example
+from fedamole.models import load_model_and_tokenizer
+from fedamole.training import BatchStream, TrainResult, local_train
+
+MODEL = "tiny:llama"
+# Prompts and responses of different lengths: every example has its own number of response tokens,
+# so micro-batches of any size carry unequal token counts (and sequence lengths, hence padding).
+EXAMPLES = (
+    Example("Q: hi\nA:", "yo", "t"),
+    Example("Q: name a colour\nA:", "a deep shade of blue", "t"),
+    Example("Q: 2+2\nA:", "4", "t"),
+    Example("Q: a long question about nothing in particular\nA:", "no idea", "t"),
+    Example("Q: spell cat\nA:", "c-a-t, cat", "t"),
+)
+BATCH = len(EXAMPLES)  # every step trains on the whole (reshuffled) data set
+ATOL = 1e-6
+
+
+def _fresh():
+    """A fresh tiny model (seed 0, float32, every parameter trainable) and the encoded examples."""
+    model, tokenizer = load_model_and_tokenizer(MODEL, dtype="float32", device="cpu")
+    model.requires_grad_(True)
+    return model, tokenizer, [encode_train(ex, tokenizer, max_length=64) for ex in EXAMPLES]
+
+
+def _stream(encoded: list[Encoded]) -> BatchStream:
+    return BatchStream(encoded, seed=0, client=0)
+
+
+def _train(micro: int | None) -> tuple[dict[str, torch.Tensor], TrainResult]:
+    """Three steps on every parameter of a fresh tiny model: the trained parameters, the result."""
+    model, tokenizer, encoded = _fresh()
+    # A large Adam eps (vs. gradients of about 1e-3..1) makes a step almost linear in the gradient
+    # (about lr * g / eps) instead of about lr * sign(g): any reweighting of the micro-batches
+    # shows in every weight, while float32 noise (other padding, summation order) stays ~1e-8.
+    cfg = TrainConfig(steps=3, batch_size=BATCH, micro_batch_size=micro, lr=1e-2, adam_eps=1e-2)
+    params = list(model.parameters())
+    pad_id = tokenizer.pad_token_id
+    result = local_train(model, params, _stream(encoded), cfg, lr=cfg.lr, pad_id=pad_id)
+    return {k: v.detach().clone() for k, v in model.named_parameters()}, result
+
+
+@pytest.fixture(scope="module")
+def full_batch() -> tuple[dict[str, torch.Tensor], TrainResult]:
+    return _train(None)
+
+
+def test_full_batch_training_moves_every_weight_far_beyond_the_tolerance(full_batch):
+    """Otherwise equal parameters below could just be the untouched init."""
+    trained, result = full_batch
+    init = dict(_fresh()[0].named_parameters())
+    assert trained.keys() == init.keys()
+    for key, value in trained.items():
+        assert (value - init[key]).abs().max() > 100 * ATOL, key
+    assert result.steps == 3 and result.tokens > 0
+
+
+@pytest.mark.parametrize("micro", [1, 2, 3])
+def test_micro_batches_give_the_full_batch_parameters(full_batch, micro):
+    """Token-weighted accumulation: micro-batches of unequal token counts (and, for 2 and 3,
+    unequal sizes: 2+2+1 and 3+2 examples) train the parameters of one full-batch pass."""
+    _, _, encoded = _fresh()
+    batch = _stream(encoded).take(BATCH)  # the first step's batch, in training order
+    tokens = [sum(t != IGNORE_INDEX for t in ex["labels"][1:]) for ex in batch]
+    per_micro = [sum(tokens[i : i + micro]) for i in range(0, BATCH, micro)]
+    assert len(per_micro) > 1 and len(set(per_micro)) == len(per_micro)  # all unequal
+    expected, expected_result = full_batch
+    got, result = _train(micro)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ATOL, msg=key)
+    assert (result.tokens, result.steps) == (expected_result.tokens, expected_result.steps)
+    assert result.loss == pytest.approx(expected_result.loss, rel=1e-5)
