@@ -251,7 +251,8 @@ def _write_peft(
 def _write_feddpa(
     cfg: Config, client_state: dict[str, Any], client: int, out: Path
 ) -> dict[str, Any]:
-    missing = [k for k in ("lora", f"lora_{LOCAL_ADAPTER}") if k not in client_state]
+    keys = {name: state_key(name) for name in (DEFAULT_ADAPTER, LOCAL_ADAPTER)}
+    missing = [k for k in keys.values() if k not in client_state]
     if missing:
         raise ValueError(f"the checkpoint's client state lacks the FedDPA adapters {missing}")
     model, tokenizer = load_model_and_tokenizer(
@@ -262,8 +263,8 @@ def _write_feddpa(
     for adapter_config in peft_model.peft_config.values():
         adapter_config.base_model_name_or_path = cfg.model.name
     base = peft_model.get_base_model()
-    set_lora_state(base, client_state["lora"])
-    set_lora_state(base, client_state[f"lora_{LOCAL_ADAPTER}"], LOCAL_ADAPTER)
+    set_lora_state(base, client_state[keys[DEFAULT_ADAPTER]])
+    set_lora_state(base, client_state[keys[LOCAL_ADAPTER]], LOCAL_ADAPTER)
     set_adapter(base, [DEFAULT_ADAPTER, LOCAL_ADAPTER])
     train = load_federated_data(cfg).clients[client].train
     if not train:
