@@ -110,6 +110,7 @@ def run(
     """
     from fedamole.checkpoint import CheckpointError
     from fedamole.engines import run_experiment
+    from fedamole.engines.common import RunFailedError
     from fedamole.tracking import RunDirError
 
     if resume and run_dir is not None and (run_dir / "config.toml").exists() and not overrides:
@@ -122,6 +123,9 @@ def run(
     except (RunDirError, CheckpointError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except RunFailedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

@@ -14,14 +14,16 @@ Nothing here ever deletes a run: ``overwrite`` moves the old directory aside to 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -43,7 +45,11 @@ _PACKAGES = ("fedamole", "torch", "transformers", "peft", "numpy", "scipy", "saf
 
 
 class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked (exists, missing, or mismatched)."""
+    """The run directory cannot be used as asked (exists, missing, mismatched, or in use)."""
+
+
+# run directory -> the open lock file of the run this process holds there
+_HELD: dict[Path, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,46 @@ class RunDir:
         return self.path / "done.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Held (``flock``) by the process writing the run; names it: pid, host, start."""
+        return self.path / ".lock"
+
+    def acquire(self) -> None:
+        """Take the run's exclusive lock for this process (released by :meth:`release` or when
+        the process ends, so a killed run leaves no stale lock).
+
+        Raises:
+            RunDirError: another process holds it; the message names it.
+        """
+        key = self.path.resolve()
+        if key in _HELD:
+            raise RunDirError(f"{self.path} is already in use by this process")
+        fh = self.lock_file.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise RunDirError(
+                f"{self.path} is in use by {holder}; wait for that run to end or stop it "
+                "(a killed run releases its lock), or choose another --run-dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        host, start = socket.gethostname(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        fh.write(f"pid {os.getpid()} on {host} since {start}\n")
+        fh.flush()
+        _HELD[key] = fh
+
+    def release(self) -> None:
+        """Give the lock back (a no-op when this process does not hold it)."""
+        fh = _HELD.pop(self.path.resolve(), None)
+        if fh is not None:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+    @property
     def finished(self) -> bool:
         """Whether the run went through its last round (:meth:`mark_done`)."""
         return self.done.exists()
@@ -124,11 +170,13 @@ class RunDir:
     def prepare(
         cls, cfg: Config, path: Path, *, resume: bool = False, overwrite: bool = False
     ) -> RunDir:
-        """Create (or reopen with ``resume``) a run directory and write config and environment.
+        """Create (or reopen with ``resume``) a run directory, take its lock (:meth:`acquire`;
+        give it back with :meth:`release`) and write config and environment.
 
         Raises:
-            RunDirError: the directory exists and neither ``resume`` nor ``overwrite`` was given, or
-                ``resume`` was given for a directory that does not exist.
+            RunDirError: the directory exists and neither ``resume`` nor ``overwrite`` was given,
+                ``resume`` was given for a directory that does not exist, or another process is
+                writing the run.
         """
         run = cls(path)
         if resume:
@@ -136,6 +184,7 @@ class RunDir:
                 raise RunDirError(
                     f"cannot resume: {path} has no config.toml (start it without --resume)"
                 )
+            run.acquire()
             return run
         if path.exists() and any(path.iterdir()):
             if not overwrite:
@@ -143,14 +192,27 @@ class RunDir:
                     f"run directory {path} already exists; pass --resume to continue it, "
                     "--overwrite to move it aside and start again, or --run-dir for another one"
                 )
-            backup = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            run.acquire()  # never move a live run aside
+            run.release()
+            backup = _backup_name(path)
             path.rename(backup)
             logging.getLogger(__name__).warning("moved the existing %s to %s", path, backup)
         path.mkdir(parents=True, exist_ok=True)
+        run.acquire()
         run.assignments.mkdir(exist_ok=True)
         dump(cfg, run.config)
         run.env.write_text(json.dumps(environment(), indent=2) + "\n")
         return run
+
+
+def _backup_name(path: Path) -> Path:
+    """``NAME.old-<time>``, with ``-2``, ``-3``... when that exists already (same second)."""
+    stem = f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    backup, n = path.with_name(stem), 1
+    while backup.exists():
+        n += 1
+        backup = path.with_name(f"{stem}-{n}")
+    return backup
 
 
 def environment() -> dict[str, Any]:
@@ -228,10 +290,17 @@ class JsonlLogger:
     def close(self) -> None:
         self._fh.close()
 
-    def truncate_after(self, round_idx: int) -> None:
-        """Drop records of rounds after ``round_idx`` (used on resume)."""
+    def truncate_after(
+        self, round_idx: int, *, drop: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
+        """Drop records of rounds after ``round_idx``, and those ``drop`` selects (used on
+        resume)."""
         self._fh.close()
-        kept = [r for r in read_jsonl(self.path) if r.get("round", -1) <= round_idx]
+        kept = [
+            r
+            for r in read_jsonl(self.path)
+            if r.get("round", -1) <= round_idx and not (drop is not None and drop(r))
+        ]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         tmp.replace(self.path)

@@ -24,7 +24,8 @@ def test_existing_directory_is_never_overwritten_silently(tmp_path):
     (run.path / "metrics.jsonl").write_text('{"round": 0}\n')
     with pytest.raises(RunDirError, match="--resume"):
         RunDir.prepare(cfg, tmp_path / "r")
-    RunDir.prepare(cfg, tmp_path / "r", overwrite=True)
+    run.release()  # the first run ended
+    RunDir.prepare(cfg, tmp_path / "r", overwrite=True).release()
     backups = [p for p in tmp_path.iterdir() if p.name.startswith("r.old-")]
     assert len(backups) == 1 and (backups[0] / "metrics.jsonl").read_text() == '{"round": 0}\n'
 
@@ -59,3 +60,51 @@ def test_run_dir_owns_assignments_and_the_done_marker(tmp_path):
     assert not list(run.assignments.glob("*.tmp"))
     run.mark_done(3)
     assert run.finished and json.loads(run.done.read_text()) == {"last_round": 3}
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from fedamole.tracking import RunDir
+RunDir(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_live_run_is_never_resumed_or_moved_aside_by_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = Config()
+    run = RunDir.prepare(cfg, tmp_path / "r")
+    run.release()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run.path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for kwargs in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(RunDirError, match=f"in use by pid {holder.pid} on "):
+                RunDir.prepare(cfg, run.path, **kwargs)
+        assert [p.name for p in tmp_path.iterdir()] == ["r"]  # nothing was moved aside
+    finally:
+        holder.kill()
+        holder.wait()
+    RunDir.prepare(cfg, run.path, resume=True).release()  # a killed holder leaves no stale lock
+
+
+def test_the_same_process_cannot_open_a_run_twice(tmp_path):
+    run = RunDir.prepare(Config(), tmp_path / "r")
+    with pytest.raises(RunDirError, match="already in use by this process"):
+        RunDir.prepare(Config(), tmp_path / "r", resume=True)
+    run.release()
+    RunDir.prepare(Config(), tmp_path / "r", resume=True).release()
+
+
+def test_two_overwrites_in_one_second_keep_both_backups(tmp_path):
+    cfg = Config()
+    for _ in range(3):
+        RunDir.prepare(cfg, tmp_path / "r", overwrite=True).release()
+    backups = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.old-"))
+    assert len(backups) == 2 and (tmp_path / "r" / "config.toml").is_file()

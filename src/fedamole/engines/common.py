@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ __all__ = [
     "InjectedFailure",
     "RoundCallback",
     "RoundLogs",
+    "RunFailedError",
     "check_injected_failure",
     "last_round",
     "open_run",
@@ -58,6 +60,10 @@ Outcome = ClientMessage | BaseException
 
 class InjectedFailure(RuntimeError):
     """A client failure requested by ``federation.fail_clients``."""
+
+
+class RunFailedError(RuntimeError):
+    """A round in which no client succeeded: the run stops, unfinished (no ``done.json``)."""
 
 
 class Clients(Protocol):
@@ -140,7 +146,11 @@ def run_federation(
         _write_assignment(run, start - 1, algo.assignment_record())
     logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm))
     if resume:
-        logs.metrics.truncate_after(start - 1)
+        # the received-model metrics of round ``start`` are logged as ``test_global`` of round
+        # ``start - 1``: a kill during round ``start`` may have left some of them
+        logs.metrics.truncate_after(
+            start - 1, drop=lambda r: r["round"] == start - 1 and r["split"] == "test_global"
+        )
         logs.comm.truncate_after(start - 1)
     failures = 0
     try:
@@ -187,10 +197,22 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
             )
             log.debug("traceback", exc_info=outcome)
             continue
+        bad = sorted(k for k, v in outcome.metrics.items() if not math.isfinite(v))
+        if bad:  # a diverged client: its numbers are not scores
+            failed += 1
+            log.error("round %d: client %d failed: non-finite %s", rnd, client, ", ".join(bad))
+            continue
         updates[client] = outcome
         _log_comm(logs.comm, rnd, client, "up", outcome)
         _log_metrics(logs.metrics, rnd, client, outcome)
         log.info("%s", _client_line(client, outcome, msg))
+    if messages and not updates:
+        raise RunFailedError(
+            f"round {rnd}: every client failed ({failed} of {len(messages)}; their errors are in "
+            "the log above and in log.txt), so the run stops unfinished. Fix the cause (often a "
+            "learning rate or Adam betas out of range, or `model.max_length` shorter than the "
+            "prompts) and start again, or resume from the last checkpoint with --resume"
+        )
     summary = algo.aggregate(rnd, updates)
     for client, reason in summary.rejected.items():
         logs.metrics.log(

@@ -79,15 +79,18 @@ def run_embedded(
             :func:`~fedamole.engines.common.run_federation`).
     """
     run = open_run(cfg, run_dir, resume=resume, overwrite=overwrite)
-    runtime = build_runtime(cfg)
-    data = load_federated_data(cfg)
-    runtime.algo.setup(runtime.model)
-    contexts = [
-        ClientContext(c, data.clients[c], runtime.model, runtime.tokenizer)
-        for c in range(cfg.federation.num_clients)
-    ]
-    clients = LocalClients(cfg, runtime.algo, contexts, progress=progress)
-    return run_federation(cfg, run, runtime.algo, clients, resume=resume, on_round=on_round)
+    try:
+        runtime = build_runtime(cfg)
+        data = load_federated_data(cfg)
+        runtime.algo.setup(runtime.model)
+        contexts = [
+            ClientContext(c, data.clients[c], runtime.model, runtime.tokenizer)
+            for c in range(cfg.federation.num_clients)
+        ]
+        clients = LocalClients(cfg, runtime.algo, contexts, progress=progress)
+        return run_federation(cfg, run, runtime.algo, clients, resume=resume, on_round=on_round)
+    finally:
+        run.release()
 
 
 class LocalClients:

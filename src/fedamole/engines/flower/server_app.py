@@ -122,22 +122,25 @@ def serve(grid: Grid, settings: ServerSettings) -> RunResult:
     """Run (or resume) the experiment over ``grid``; see the module docstring."""
     cfg = settings.cfg
     run = open_run(cfg, settings.run_dir, resume=settings.resume, overwrite=settings.overwrite)
-    runtime = build_runtime(cfg)
-    algo = runtime.algo
-    algo.setup(runtime.model)
-    del runtime  # the server keeps only the algorithm's state
-    setup: dict[str, Any] = {"config": tomli_w.dumps(cfg.to_dict())}
-    if settings.state_dir is not None:
-        setup["state-dir"] = str(settings.state_dir.resolve())
-    wire = JsonlLogger(run.wire)
     try:
-        clients = FlowerClients(grid, cfg, setup, wire)
-        clients.connect()
-        settings.result = run_federation(
-            cfg, run, algo, clients, resume=settings.resume, on_round=settings.on_round
-        )
+        runtime = build_runtime(cfg)
+        algo = runtime.algo
+        algo.setup(runtime.model)
+        del runtime  # the server keeps only the algorithm's state
+        setup: dict[str, Any] = {"config": tomli_w.dumps(cfg.to_dict())}
+        if settings.state_dir is not None:
+            setup["state-dir"] = str(settings.state_dir.resolve())
+        wire = JsonlLogger(run.wire)
+        try:
+            clients = FlowerClients(grid, cfg, setup, wire)
+            clients.connect()
+            settings.result = run_federation(
+                cfg, run, algo, clients, resume=settings.resume, on_round=settings.on_round
+            )
+        finally:
+            wire.close()
     finally:
-        wire.close()
+        run.release()
     return settings.result
 
 

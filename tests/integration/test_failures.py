@@ -1,0 +1,72 @@
+"""Failed runs never look finished, diverged clients are failures, and a kill in the middle of a
+round leaves nothing that resume would duplicate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import fedamole.engines.embedded as embedded
+from fedamole.engines.common import RunFailedError
+from fedamole.engines.embedded import run_embedded
+from tests.conftest import result_records
+
+
+def test_a_round_where_every_client_fails_stops_the_run_unfinished(smoke, tmp_path):
+    cfg = smoke.replace(**{"federation.fail_clients": [[1, c] for c in range(3)]})
+    with pytest.raises(RunFailedError, match="round 1: every client failed"):
+        run_embedded(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "done.json").exists()
+    assert (tmp_path / "r" / "checkpoints" / "last").is_dir()  # round 0 stays resumable
+
+
+def test_diverged_training_everywhere_stops_the_run(smoke, tmp_path, caplog):
+    cfg = smoke.replace(**{"train.lr": 1e30, "federation.algorithm": "fedit"})
+    with pytest.raises(RunFailedError):
+        run_embedded(cfg, tmp_path / "r", progress=False)
+    assert "training loss is nan" in caplog.text
+    assert [r for r in result_records(tmp_path / "r") if r["round"] >= 1] == []
+    assert not (tmp_path / "r" / "done.json").exists()
+
+
+def test_a_non_finite_metric_makes_that_client_fail_the_round(smoke, tmp_path, monkeypatch, caplog):
+    import fedamole.algorithms.lora_strategy as strategy
+
+    real = strategy.evaluate_test
+
+    def nan_for_client_1(ctx, cfg):
+        out = real(ctx, cfg)
+        return {**out, "score": float("nan")} if ctx.client_id == 1 else out
+
+    monkeypatch.setattr(strategy, "evaluate_test", nan_for_client_1)
+    cfg = smoke.replace(**{"federation.algorithm": "fedit"})
+    result = run_embedded(cfg, tmp_path / "r", progress=False)
+    records = result_records(tmp_path / "r")
+    assert all(math.isfinite(r["value"]) for r in records)
+    assert {r["client"] for r in records if r["split"] == "test"} == {0, 2}
+    assert "client 1 failed: non-finite test/score" in caplog.text
+    assert result.failures == cfg.federation.rounds + 1  # rounds 0..R
+    assert (tmp_path / "r" / "done.json").exists()  # the others finished the run
+
+
+def test_a_kill_mid_round_leaves_no_duplicate_after_resume(smoke, tmp_path, monkeypatch):
+    """With eval.timing=both, round 2's received-model metrics are logged as round 1: a kill after
+    client 0 reported them must not leave them twice once the round is replayed."""
+    cfg = smoke.replace(**{"federation.algorithm": "fedit", "eval.timing": "both"})
+    run_embedded(cfg, tmp_path / "full", progress=False)
+    real = embedded.check_injected_failure
+
+    def kill(cfg_, rnd, client):
+        if (rnd, client) == (2, 1):
+            raise KeyboardInterrupt("simulated kill in the middle of round 2")
+        real(cfg_, rnd, client)
+
+    monkeypatch.setattr(embedded, "check_injected_failure", kill)
+    with pytest.raises(KeyboardInterrupt):
+        run_embedded(cfg, tmp_path / "resumed", progress=False)
+    partial = result_records(tmp_path / "resumed")
+    assert any(r["round"] == 1 and r["split"] == "test_global" for r in partial)
+    monkeypatch.setattr(embedded, "check_injected_failure", real)
+    run_embedded(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert result_records(tmp_path / "resumed") == result_records(tmp_path / "full")
