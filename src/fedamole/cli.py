@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from fedamole.config import Config, ConfigError, load
+from fedamole.config import Config, ConfigError, differing_fields, load
 
 __all__ = ["app", "main"]
 
@@ -113,11 +113,24 @@ def run(
     from fedamole.engines.common import RunFailedError
     from fedamole.tracking import RunDirError
 
-    if resume and run_dir is not None and (run_dir / "config.toml").exists() and not overrides:
-        cfg = _load(run_dir / "config.toml", [])
-    else:
-        cfg = _load(config, overrides)
+    if resume and overwrite:
+        typer.echo(
+            "error: --resume continues the run and --overwrite starts it again: choose one",
+            err=True,
+        )
+        raise typer.Exit(2)
+    cfg = _load(config, overrides)
     target = run_dir or Path(cfg.run.out_dir) / cfg.run.name
+    if resume and (target / "config.toml").exists():
+        differs = differing_fields(_load(target / "config.toml", []), cfg)
+        if differs:
+            typer.echo(
+                f"error: {target} was started with another configuration (differs in "
+                f"{', '.join(differs)}); resume it with the same CONFIG and overrides, or with "
+                f"its own: fedamole run {target / 'config.toml'} --resume --run-dir {target}",
+                err=True,
+            )
+            raise typer.Exit(2)
     try:
         run_experiment(cfg, target, engine=engine.value, resume=resume, overwrite=overwrite)
     except (RunDirError, CheckpointError, ValueError) as exc:

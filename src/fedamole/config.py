@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from fedamole.config_checks import SECTION_CHECKS
 
@@ -41,6 +48,7 @@ __all__ = [
     "PartitionConfig",
     "RunConfig",
     "TrainConfig",
+    "differing_fields",
     "dump",
     "feasibility_errors",
     "load",
@@ -65,7 +73,18 @@ AlgorithmName = Literal[
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: every float is finite (a NaN alpha would silently give an IID split)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """``true`` is not ``1``: pydantic would coerce it for an int or float field."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in get_args(annotation):
+                raise ValueError(f"{value!r} is a boolean; this field takes a number or a name")
+        return value
 
 
 class ModelConfig(_Section):
@@ -220,6 +239,16 @@ class RunConfig(_Section):
     seed: int = 42
     checkpoint: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if not value.strip() or value in (".", "..") or any(c in value for c in "/\\"):
+            raise ValueError(
+                "the run directory's name must be one folder name (not empty, no '/' or '\\', "
+                "not '.' or '..'), e.g. run.name=my-run; use run.out_dir or --run-dir for where"
+            )
+        return value
 
 
 class FlowerConfig(_Section):
@@ -418,3 +447,16 @@ def _format_pydantic(err: Mapping[str, Any]) -> str:
         return f"`{field}` is not a known field (in {section}); check the spelling in defaults.toml"
     value = err.get("input")
     return f"`{field}` = {value!r}: {err['msg']}"
+
+
+def differing_fields(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]) -> list[str]:
+    """Dotted names of the fields whose values differ between two configs (or their
+    :meth:`Config.to_dict`), sorted."""
+    left = a.to_dict() if isinstance(a, Config) else a
+    right = b.to_dict() if isinstance(b, Config) else b
+    return sorted(
+        f"{section}.{key}"
+        for section in set(left) | set(right)
+        for key in set(left.get(section, {})) | set(right.get(section, {}))
+        if left.get(section, {}).get(key) != right.get(section, {}).get(key)
+    )

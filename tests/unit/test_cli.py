@@ -46,3 +46,19 @@ def test_missing_config_file(tmp_path):
     result = runner.invoke(app, ["validate", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_resume_checks_the_given_config_against_the_run(repo, tmp_path):
+    smoke = str(repo / "configs" / "smoke.toml")
+    run_dir = tmp_path / "r"
+    started = runner.invoke(app, ["run", smoke, "federation.rounds=1", "--run-dir", str(run_dir)])
+    assert started.exit_code == 0, started.output
+    other = runner.invoke(app, ["run", smoke, "--resume", "--run-dir", str(run_dir)])
+    assert other.exit_code == 2
+    assert "differs in federation.rounds" in other.output and "config.toml --resume" in other.output
+    own = runner.invoke(
+        app, ["run", str(run_dir / "config.toml"), "--resume", "--run-dir", str(run_dir)]
+    )
+    assert own.exit_code == 0, own.output
+    both = runner.invoke(app, ["run", smoke, "--resume", "--overwrite", "--run-dir", str(run_dir)])
+    assert both.exit_code == 2 and "choose one" in both.output

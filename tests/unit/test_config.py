@@ -154,3 +154,26 @@ def test_validation_does_not_import_the_algorithms():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.steps=true", "`train.steps` = True: Value error, True is a boolean"),
+        ("train.lr=false", "`train.lr` = False: Value error, False is a boolean"),
+        ("partition.alpha=nan", "`partition.alpha` = nan: Input should be a finite number"),
+        ("train.lr=inf", "`train.lr` = inf: Input should be a finite number"),
+        ('run.name=""', "must be one folder name"),
+        ('run.name="a/b"', "must be one folder name"),
+        ('run.name=".."', "must be one folder name"),
+    ],
+)
+def test_silent_coercions_are_errors(override, message):
+    with pytest.raises(ConfigError) as err:
+        load(None, [override])
+    assert message in str(err.value)
+
+
+def test_booleans_still_set_boolean_fields():
+    cfg = load(None, ["run.checkpoint=false", "mole.shared_expert=false"])
+    assert cfg.run.checkpoint is False and cfg.mole.shared_expert is False

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from fedamole.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fedamole.config import Config
+from fedamole.config import Config, differing_fields
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ClientMessage, ServerMessage
 from fedamole.tracking import JsonlLogger, RunDir, setup_logging
@@ -276,17 +276,12 @@ def _write_assignment(run: RunDir, rnd: int, record: Mapping[str, Any] | None) -
 
 def _restore(run: RunDir, cfg: Config, algo: Algorithm, clients: Clients) -> int:
     state = load_checkpoint(run.checkpoints)
-    saved, current = json.loads(state["config"]), cfg.to_dict()
-    if saved != current:
-        diff = sorted(
-            f"{section}.{key}"
-            for section in set(saved) | set(current)
-            for key in set(saved.get(section, {})) | set(current.get(section, {}))
-            if saved.get(section, {}).get(key) != current.get(section, {}).get(key)
-        )
+    saved = json.loads(state["config"])  # a dict: an older version's config may not validate
+    if saved != cfg.to_dict():
         raise CheckpointError(
             f"the checkpoint in {run.checkpoints} was written with another configuration "
-            f"(differs in {', '.join(diff)}); resume with the run's own config.toml"
+            f"(differs in {', '.join(differing_fields(saved, cfg))}); resume with the run's own "
+            "config.toml"
         )
     algo.load_state_dict(state["server"])
     clients.load_states(state["clients"])
