@@ -53,6 +53,7 @@ __all__ = [
     "feasibility_errors",
     "load",
     "parse_overrides",
+    "read_toml_file",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -369,17 +370,47 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml_file(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's table, every way of failing to read it a clear error.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: a folder, unreadable, not UTF-8, or not valid TOML (naming the file and fix).
+    """
     if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise ConfigError([f"{path} is a folder, not a {what}: name a .toml file"])
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the {what} ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [
+                f"{path}: not UTF-8 text (byte {exc.start}); a {what} is TOML, which is UTF-8: "
+                "save it as UTF-8 (or check that it is the file you meant)"
+            ]
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+
+
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError([f"`extends` loops back to a file already read: {chain}"])
+    data = read_toml_file(path)
     extends = data.pop("extends", None)
     if extends is None:
         return data
-    base = _read_toml((path.parent / extends).resolve())
+    if not isinstance(extends, str) or not extends:
+        raise ConfigError(
+            [f"{path}: `extends` = {extends!r} must be the path of another TOML file (a string)"]
+        )
+    base = _read_toml((path.parent / extends).resolve(), (*seen, path.resolve()))
     _deep_merge(base, data)
     return base
 

@@ -3,6 +3,7 @@ baseline tables replace the old flat keys, and the algorithm names match the reg
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -177,3 +178,22 @@ def test_silent_coercions_are_errors(override, message):
 def test_booleans_still_set_boolean_fields():
     cfg = load(None, ["run.checkpoint=false", "mole.shared_expert=false"])
     assert cfg.run.checkpoint is False and cfg.mole.shared_expert is False
+
+
+def test_unreadable_config_files_are_clear_errors(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    (tmp_path / "num.toml").write_text("extends = 5\n")
+    (tmp_path / "latin1.toml").write_bytes('[run]\nname = "café"\n'.encode("latin-1"))
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00\x01")
+    (tmp_path / "folder.toml").mkdir()
+    cases = {
+        "a.toml": "`extends` loops back to a file already read",
+        "num.toml": "`extends` = 5 must be the path of another TOML file",
+        "latin1.toml": "not UTF-8 text (byte 17)",
+        "binary.toml": "not UTF-8 text (byte 0)",
+        "folder.toml": "is a folder, not a config file",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load(tmp_path / name)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import Any
 
 import tomli_w
 
-from fedamole.config import Config, load
+from fedamole.config import Config, ConfigError, load, read_toml_file
 
 __all__ = ["Grid", "GridError", "GridRun", "expand", "load_grid", "resolve_config", "select"]
 
@@ -214,12 +213,10 @@ def _matches(labels: Mapping[str, str], when: Mapping[str, Any]) -> bool:
 def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path in seen:
         raise GridError([f"{path}: `extends` loops back to itself"])
-    if not path.exists():
-        raise FileNotFoundError(f"grid file {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise GridError([f"{path}: not valid TOML ({exc})"]) from None
+        data = read_toml_file(path, "grid file")
+    except ConfigError as exc:
+        raise GridError(exc.errors) from None
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise GridError([f"{path}: unknown top-level key(s) {unknown}; use {sorted(_TOP_KEYS)}"])
@@ -227,6 +224,8 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent is None:
         return data
+    if not isinstance(parent, str) or not parent:
+        raise GridError([f"{path}: `extends` = {parent!r} must be the path of another grid file"])
     merged = _read((path.parent / parent).resolve(), (*seen, path))
     for key in ("sweep", "overrides"):
         merged[key] = {**merged.get(key, {}), **data.get(key, {})}
