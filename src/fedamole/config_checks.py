@@ -14,6 +14,7 @@ an import cycle.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -118,7 +119,19 @@ def federation_errors(cfg: Config) -> list[str]:
 
 
 # In report order; each takes a validated config and returns its messages.
+def model_errors(cfg: Config) -> list[str]:
+    """A ``model.name`` written as a path must name an existing folder."""
+    name = cfg.model.name
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        return [
+            f"`model.name` = {name!r}: no such folder; give a folder holding the model's "
+            "config.json and weights, a hub id, 'embedded:smollm2-135m-instruct' or 'tiny:llama'"
+        ]
+    return []
+
+
 SECTION_CHECKS: tuple[Callable[[Config], list[str]], ...] = (
+    model_errors,
     assignment_errors,
     eval_timing_errors,
     data_errors,

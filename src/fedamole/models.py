@@ -126,7 +126,11 @@ def load_backbone(
     if name.startswith("embedded:"):
         path = _embedded_cache(name)
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    _check_local(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except OSError as exc:
+        raise ValueError(_unloadable(name, exc)) from None
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -137,11 +141,34 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     elif name.startswith("embedded:"):
         tok = AutoTokenizer.from_pretrained(_embedded_cache(name))
     else:
-        tok = AutoTokenizer.from_pretrained(name)
+        _check_local(name)
+        try:
+            tok = AutoTokenizer.from_pretrained(name)
+        except OSError as exc:
+            raise ValueError(_unloadable(name, exc)) from None
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": "[PAD]"})
     return tok
+
+
+def _check_local(name: str) -> None:
+    """A ``model.name`` written as a path must be an existing folder (else transformers treats it
+    as a malformed hub id and never says that the folder is missing)."""
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise ValueError(
+            f"`model.name` = {name!r}: no such folder; give a folder holding the model's "
+            "config.json and weights, a hub id such as 'meta-llama/Llama-3.2-1B', "
+            "'embedded:smollm2-135m-instruct' or 'tiny:llama'"
+        )
+
+
+def _unloadable(name: str, exc: OSError) -> str:
+    return (
+        f"cannot load `model.name` = {name!r}: {exc}. Give a local folder with config.json, a hub "
+        "id (needs the network or a filled hub cache), 'embedded:smollm2-135m-instruct' or "
+        "'tiny:llama'"
+    )
 
 
 def _tiny_arch(name: str) -> str:

@@ -197,3 +197,13 @@ def test_unreadable_config_files_are_clear_errors(tmp_path):
     for name, message in cases.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
             load(tmp_path / name)
+
+
+def test_validate_checks_the_device_and_a_model_folder(tmp_path):
+    with pytest.raises(ConfigError, match="`model.device` = 'tpu9'.*'cuda:N'"):
+        load(None, ["model.device=tpu9"])
+    assert load(None, ["model.device=cuda:1"]).model.device == "cuda:1"
+    missing = tmp_path / "no-model"
+    with pytest.raises(ConfigError, match="no such folder"):
+        load(None, [f'model.name="{missing}"'])
+    assert load(None, ['model.name="org/some-model"']).model.name == "org/some-model"  # a hub id

@@ -74,3 +74,10 @@ def test_embedded_model_loads_fast_and_answers(monkeypatch):
     out = model.generate(**enc, max_new_tokens=8, do_sample=False)
     answer = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_a_missing_model_folder_names_model_name(tmp_path):
+    from fedamole.models import load_backbone
+
+    with pytest.raises(ValueError, match=r"`model.name` = '.*no-model': no such folder"):
+        load_backbone(str(tmp_path / "no-model"))

@@ -105,15 +105,27 @@ def _parse_json(text: str, file: Path, line: int | None = None) -> Any:
         raise DataError(f"{where}: not valid JSON ({exc.msg}); fix or remove it") from None
 
 
+def _read_text(file: Path) -> str:
+    """The file as UTF-8 text, or a :class:`DataError` naming the file and the fix."""
+    try:
+        return file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{file}: not UTF-8 text (byte {exc.start}); JSON data files must be UTF-8: "
+            "re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"{file}: cannot read the data file ({exc.strerror})") from None
+
+
 def _file_records(file: Path) -> Iterator[_Record]:
     """Records of a JSON-lines file, or of a .json file holding a list of objects."""
     if file.suffix == ".jsonl":
-        with file.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if line.strip():
-                    yield _Record(f"{file}:{lineno}", _parse_json(line, file, lineno))
+        for lineno, line in enumerate(_read_text(file).splitlines(), start=1):
+            if line.strip():
+                yield _Record(f"{file}:{lineno}", _parse_json(line, file, lineno))
         return
-    data = _parse_json(file.read_text(encoding="utf-8"), file)
+    data = _parse_json(_read_text(file), file)
     if not isinstance(data, list):
         raise DataError(f"{file}: expected a JSON list of records, got {type(data).__name__}")
     for i, fields in enumerate(data, start=1):

@@ -136,3 +136,12 @@ def test_hub_without_datasets_package_tells_to_pass_path(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(DataError, match=r"databricks/databricks-dolly-15k.*data\.path="):
         load_examples(DataConfig(dataset="dolly"))
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
+def test_a_data_file_that_is_not_utf8_names_the_file_and_the_fix(tmp_path, encoding):
+    path = tmp_path / f"{encoding}.jsonl"
+    record = '{"instruction": "café", "context": "", "response": "x", "category": "a"}\n'
+    path.write_bytes(record.encode(encoding))
+    with pytest.raises(DataError, match=r"\.jsonl: not UTF-8 text \(byte \d+\).*re-save it"):
+        load_examples(data_config(dataset="local", path=path))
