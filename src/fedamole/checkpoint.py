@@ -6,11 +6,14 @@ crash between them leaves ``last.old/``, which :func:`load_checkpoint` falls bac
 is therefore always either the previous round's or this round's, never a mixture.
 
 Tensors and numpy arrays anywhere in the nested state are stored in the safetensors file under their
-path (``server/bank/layers.0.q_proj/A``); everything else must be JSON-serialisable.
+path (``server/bank/layers.0.q_proj/A``); everything else must be JSON-serialisable. ``state.json``
+records the sha256 of the tensors file, checked on load: a changed file is an error, never a resume
+from corrupt weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -40,7 +43,8 @@ def save_checkpoint(folder: Path, state: Mapping[str, Any]) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     manifest = _encode(state, "", tensors)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
-    body = {"format": _FORMAT, "state": manifest, "complete": True}
+    digest = _sha256(tmp / "tensors.safetensors")
+    body = {"format": _FORMAT, "state": manifest, "sha256": digest, "complete": True}
     (tmp / "state.json").write_text(json.dumps(body))
     if final.exists():
         if old.exists():
@@ -77,6 +81,13 @@ def _read(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is incomplete or of an unknown format {body.get('format')!r}; cannot resume"
         )
+    expected = body.get("sha256")  # checkpoints written before checksums have none
+    if expected is not None and _sha256(path / "tensors.safetensors") != expected:
+        raise CheckpointError(
+            f"{path / 'tensors.safetensors'} does not match the checksum in state.json: it changed "
+            "after it was written (disk corruption, a copy or an edit), so resuming from it could "
+            "give wrong results. Restore the file, or start the run again with --overwrite"
+        )
     try:
         tensors = load_file(str(path / "tensors.safetensors"))
     except Exception as exc:  # safetensors raises several types for truncated/corrupt files
@@ -89,12 +100,20 @@ def _read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: tensor {exc} listed in state.json is missing") from None
 
 
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, torch.Tensor):
         tensors[path] = value.detach().cpu()
         return {"__tensor__": path}
     if isinstance(value, np.ndarray):
-        tensors[path] = torch.from_numpy(np.ascontiguousarray(value))
+        tensors[path] = torch.from_numpy(np.array(value, order="C"))  # a writable copy
         return {"__ndarray__": path}
     if isinstance(value, Mapping):
         out = {}

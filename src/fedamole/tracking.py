@@ -296,6 +296,12 @@ class JsonlLogger:
         """Drop records of rounds after ``round_idx``, and those ``drop`` selects (used on
         resume)."""
         self._fh.close()
+        text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        if text and not text.endswith("\n"):  # a kill in the middle of writing a record
+            logging.getLogger(__name__).warning(
+                "%s: dropped an incomplete last line left by a killed run", self.path
+            )
+            self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
         kept = [
             r
             for r in read_jsonl(self.path)

@@ -70,3 +70,21 @@ def test_a_kill_mid_round_leaves_no_duplicate_after_resume(smoke, tmp_path, monk
     monkeypatch.setattr(embedded, "check_injected_failure", real)
     run_embedded(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert result_records(tmp_path / "resumed") == result_records(tmp_path / "full")
+
+
+def test_resume_drops_a_half_written_last_line_and_refuses_without_metrics(smoke, tmp_path):
+    from fedamole.checkpoint import CheckpointError
+    from tests.conftest import run_killed
+
+    run_embedded(smoke, tmp_path / "full", progress=False)
+    run_killed(smoke, tmp_path / "r", kill_round=2)
+    with (tmp_path / "r" / "metrics.jsonl").open("a") as fh:
+        fh.write('{"round": 2, "client": 0, "spl')  # killed while writing a record
+    run_embedded(smoke, tmp_path / "r", resume=True, progress=False)
+    assert result_records(tmp_path / "r") == result_records(tmp_path / "full")
+
+    run_killed(smoke, tmp_path / "gone", kill_round=2)
+    (tmp_path / "gone" / "metrics.jsonl").unlink()
+    with pytest.raises(CheckpointError, match="metrics.jsonl is missing"):
+        run_embedded(smoke, tmp_path / "gone", resume=True, progress=False)
+    assert not (tmp_path / "gone" / "metrics.jsonl").exists()  # nothing half-written

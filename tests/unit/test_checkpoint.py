@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -44,6 +46,11 @@ def test_save_replaces_and_falls_back_to_old(tmp_path):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     save_checkpoint(tmp_path, _state(1.0))
     (tmp_path / "last" / "tensors.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="tensors.safetensors does not match the checksum"):
+        load_checkpoint(tmp_path)
+    state = json.loads((tmp_path / "last" / "state.json").read_text())
+    del state["sha256"]  # as written before checksums: safetensors' own check still applies
+    (tmp_path / "last" / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="tensors.safetensors is corrupt"):
         load_checkpoint(tmp_path)
     (tmp_path / "last" / "state.json").write_text("{not json")
@@ -59,3 +66,15 @@ def test_missing_checkpoint(tmp_path):
 def test_unsupported_values_are_refused(tmp_path):
     with pytest.raises(TypeError, match="cannot checkpoint a object"):
         save_checkpoint(tmp_path, {"x": object()})
+
+
+def test_a_changed_tensor_file_fails_its_checksum(tmp_path):
+    import torch
+
+    save_checkpoint(tmp_path, {"w": torch.arange(64, dtype=torch.float32), "round": 1})
+    file = tmp_path / "last" / "tensors.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit inside the tensor bytes: safetensors itself loads it fine
+    file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        load_checkpoint(tmp_path)

@@ -142,6 +142,12 @@ def run_federation(
     start = 0 if cfg.eval.test_init else 1
     if resume:
         start = _restore(run, cfg, algo, clients)
+        if start > 0 and not run.metrics.exists():
+            raise CheckpointError(
+                f"{run.metrics} is missing although the checkpoint holds round {start - 1}: "
+                "resuming would lose the metrics of every earlier round. Restore the file, or "
+                "start the run again with --overwrite"
+            )
     else:
         _write_assignment(run, start - 1, algo.assignment_record())
     logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm))
