@@ -88,3 +88,14 @@ def test_resume_drops_a_half_written_last_line_and_refuses_without_metrics(smoke
     with pytest.raises(CheckpointError, match="metrics.jsonl is missing"):
         run_embedded(smoke, tmp_path / "gone", resume=True, progress=False)
     assert not (tmp_path / "gone" / "metrics.jsonl").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("algorithm", ["fedamole", "ffa_lora", "fedsa_lora"])
+def test_a_client_that_missed_round_0_gets_what_it_needs_in_round_1(smoke, tmp_path, algorithm):
+    """Round 0 carries the initial experts (FedAMoLE) or adapter (the LoRA baselines); a client
+    that failed then is sent them again instead of failing every later round."""
+    cfg = smoke.replace(**{"federation.algorithm": algorithm, "federation.fail_clients": [[0, 1]]})
+    result = run_embedded(cfg, tmp_path / "r", progress=False)
+    assert result.failures == 1
+    trained = {(r["round"], r["client"]) for r in result_records(tmp_path / "r")}
+    assert (0, 1) not in trained and (1, 1) in trained and (2, 1) in trained

@@ -117,6 +117,7 @@ class FedAMoLE(RoundTemplate):
         self.assignment: Assignment | None = None  # set by setup / load_state_dict
         self.rng = np.random.default_rng([cfg.run.seed, 1])
         self.dirty = True
+        self.missed: set[int] = set()  # clients that gave no reply last round: resend their experts
 
     # ---------------------------------------------------------------------------------- server side
 
@@ -145,15 +146,17 @@ class FedAMoLE(RoundTemplate):
         )
         out = {}
         for client in range(self.num_clients):
-            tensors = pack_modules(self._client_modules(client)) if self.dirty else {}
+            send = self.dirty or client in self.missed
+            tensors = pack_modules(self._client_modules(client)) if send else {}
             out[client] = ServerMessage(rnd, client, tensors, plan.to_config())
-        self.dirty = False
+        self.dirty, self.missed = False, set()
         return out
 
     def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
         accepted, rejected = screen_updates(
             rnd, updates, self._check_update, weighted=self.cfg.federation.weighting == "examples"
         )
+        self.missed = set(range(self.num_clients)) - set(updates)  # failed: may hold nothing
         if not 0 < rnd < self.cfg.federation.rounds:
             return RoundSummary(rnd, tuple(accepted), rejected)
         bank = self._bank()
@@ -178,6 +181,7 @@ class FedAMoLE(RoundTemplate):
             "assignment": dict(self._assignment().modules),
             "rng": _rng_state(self.rng),
             "dirty": self.dirty,
+            "missed": sorted(self.missed),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -188,6 +192,7 @@ class FedAMoLE(RoundTemplate):
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = json_to_rng_state(state["rng"])
         self.dirty = bool(state["dirty"])
+        self.missed = {int(c) for c in state.get("missed", [])}  # absent before it existed
 
     # ---------------------------------------------------------------------------------- client side
 

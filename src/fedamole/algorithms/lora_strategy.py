@@ -101,6 +101,7 @@ class LoRAStrategy(RoundTemplate):
         self.global_state: dict[str, torch.Tensor] = {}
         self.initialized = False  # the initial broadcast has gone out
         self.dirty = False  # the shared parts changed since the last dispatch
+        self.missed: set[int] = set()  # clients that gave no reply last round: resend everything
 
     # ---------------------------------------------------------------------------------- server side
 
@@ -114,7 +115,14 @@ class LoRAStrategy(RoundTemplate):
     def configure_round(self, rnd: int) -> dict[int, ServerMessage]:
         config = RoundPlan.for_round(self.cfg, rnd).to_config()
         tensors = self._dispatch()
-        return {c: ServerMessage(rnd, c, dict(tensors), config) for c in range(self.num_clients)}
+        # a client that failed may have missed a broadcast: it gets the whole global adapter (the
+        # parts it keeps private are overwritten only if it holds none, see _receive)
+        full = dict(self.global_state) if self.broadcast_init else {}
+        missed, self.missed = self.missed, set()
+        return {
+            c: ServerMessage(rnd, c, {**full, **tensors} if c in missed else dict(tensors), config)
+            for c in range(self.num_clients)
+        }
 
     def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
         upload = RoundPlan.for_round(self.cfg, rnd).upload and bool(self.shared_parts)
@@ -125,6 +133,7 @@ class LoRAStrategy(RoundTemplate):
             lambda client, msg: check_update(msg.tensors, expected),
             weighted=self.cfg.federation.weighting == "examples",
         )
+        self.missed = set(range(self.num_clients)) - set(updates)
         if upload:
             if accepted:
                 self.global_state.update(self._average(accepted))
@@ -135,11 +144,17 @@ class LoRAStrategy(RoundTemplate):
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"global": self.global_state, "initialized": self.initialized, "dirty": self.dirty}
+        return {
+            "global": self.global_state,
+            "initialized": self.initialized,
+            "dirty": self.dirty,
+            "missed": sorted(self.missed),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.global_state = dict(state["global"])
         self.initialized, self.dirty = bool(state["initialized"]), bool(state["dirty"])
+        self.missed = {int(c) for c in state.get("missed", [])}  # absent before it existed
 
     def _dispatch(self) -> dict[str, torch.Tensor]:
         if not self.broadcast_init:
@@ -212,7 +227,10 @@ class LoRAStrategy(RoundTemplate):
     def _receive(self, msg: ServerMessage, ctx: ClientContext) -> None:
         key = state_key(DEFAULT_ADAPTER)
         received = {k: v.clone() for k, v in msg.tensors.items()}  # never alias the server's
-        own = {**ctx.state.get(key, {}), **received}
+        shared = select_parts(received, self.shared_parts)
+        # shared parts come from the server; a part the client keeps private stays its own (the
+        # server's copy of it fills the gap only when the client holds none: a missed broadcast)
+        own = {**received, **{k: v for k, v in ctx.state.get(key, {}).items() if k not in shared}}
         if not own and not self.broadcast_init:  # local-only: the same init, drawn here
             gen = torch.Generator().manual_seed(self.cfg.run.seed)
             own = initial_lora_state(ctx.model, generator=gen)
