@@ -61,6 +61,24 @@ OverridesArg = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from fedamole import __version__
+
+        typer.echo(f"fedamole {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Personalized federated fine-tuning of LLMs with heterogeneous mixtures of LoRA experts."""
+
+
 def _load(config: Path, overrides: list[str] | None) -> Config:
     try:
         return load(config, overrides or [])

@@ -99,3 +99,17 @@ def test_a_client_that_missed_round_0_gets_what_it_needs_in_round_1(smoke, tmp_p
     assert result.failures == 1
     trained = {(r["round"], r["client"]) for r in result_records(tmp_path / "r")}
     assert (0, 1) not in trained and (1, 1) in trained and (2, 1) in trained
+
+
+def test_the_summary_compares_the_same_clients_and_names_who_failed(smoke, tmp_path):
+    from fedamole.engines.summary import format_summary
+
+    cfg = smoke.replace(**{"federation.fail_clients": [[2, 1]]})  # client 1 fails the last round
+    result = run_embedded(cfg, tmp_path / "r", progress=False)
+    text = format_summary(result)
+    assert "client   1: " in text and "no result in the last round (failed)" in text
+    mean_line = next(line for line in text.splitlines() if "mean" in line)
+    assert mean_line.endswith("(clients [0, 2])") and "nan" not in mean_line
+    first, last = result.first, result.last
+    expected = sum(last[c]["score"] for c in (0, 2)) / 2
+    assert f"-> {expected:.4f}" in mean_line and set(first) == {0, 1, 2}

@@ -62,3 +62,11 @@ def test_resume_checks_the_given_config_against_the_run(repo, tmp_path):
     assert own.exit_code == 0, own.output
     both = runner.invoke(app, ["run", smoke, "--resume", "--overwrite", "--run-dir", str(run_dir)])
     assert both.exit_code == 2 and "choose one" in both.output
+
+
+def test_version():
+    from fedamole import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"fedamole {__version__}"
+    assert __version__[0].isdigit()

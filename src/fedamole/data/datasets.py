@@ -231,6 +231,16 @@ def _alpaca_example(record: _Record, dataset: str, context_required: bool) -> Ex
     choices = _field(record, "choices", dataset, [])
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         raise DataError(f"{record.where}: `choices` must be a list of strings, got {choices!r:.80}")
+    if len(choices) == 1:
+        raise DataError(
+            f"{record.where}: `choices` has one option ({choices[0]!r:.40}): an answer-choice "
+            "example needs at least two; drop `choices` for a free-text example"
+        )
+    if not isinstance(category, str | int) or isinstance(category, bool) or not str(category):
+        raise DataError(
+            f"{record.where}: `category` = {category!r:.40} must be a non-empty name (a string), "
+            'e.g. "open_qa"; the partitions group clients\' data by it'
+        )
     if choices and response not in choices:
         raise DataError(
             f"{record.where}: `response` ({response!r:.40}) must be one of `choices` "

@@ -67,8 +67,13 @@ def summarize_run(run_dir: Path) -> RunResult:
 def format_summary(result: RunResult) -> str:
     """A readable end-of-run summary: per-client first vs last score, bytes, the run's path."""
     lines = ["", "summary: test score and eval loss per client (first round -> last round)"]
-    for client in sorted(result.last):
+    for client in sorted(set(result.first) | set(result.last)):
         first = result.first.get(client, {}).get("score", float("nan"))
+        if client not in result.last:
+            lines.append(
+                f"  client {client:>3}: {first:.4f} -> no result in the last round (failed)"
+            )
+            continue
         last = result.last[client].get("score", float("nan"))
         line = f"  client {client:>3}: {first:.4f} -> {last:.4f} ({last - first:+.4f})"
         loss_first = result.first.get(client, {}).get("eval_loss")
@@ -76,11 +81,16 @@ def format_summary(result: RunResult) -> str:
         if loss_first is not None and loss_last is not None:
             line += f"   eval loss {loss_first:.3f} -> {loss_last:.3f}"
         lines.append(line)
-    if result.last:
-        mean_first = _mean(r.get("score") for r in result.first.values())
-        mean_last = _mean(r.get("score") for r in result.last.values())
+    both = sorted(set(result.first) & set(result.last))  # means over the same clients
+    if both:
+        mean_first = _mean(result.first[c].get("score") for c in both)
+        mean_last = _mean(result.last[c].get("score") for c in both)
+        which = (
+            "" if len(both) == len(set(result.first) | set(result.last)) else f" (clients {both})"
+        )
         lines.append(
             f"  mean      : {mean_first:.4f} -> {mean_last:.4f} ({mean_last - mean_first:+.4f})"
+            + which
         )
     if result.experts:
         lines.append("domain experts held per module in the last assignment (mean, min-max):")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import typing
 
@@ -144,4 +145,22 @@ def test_a_data_file_that_is_not_utf8_names_the_file_and_the_fix(tmp_path, encod
     record = '{"instruction": "café", "context": "", "response": "x", "category": "a"}\n'
     path.write_bytes(record.encode(encoding))
     with pytest.raises(DataError, match=r"\.jsonl: not UTF-8 text \(byte \d+\).*re-save it"):
+        load_examples(data_config(dataset="local", path=path))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"category": None}, "`category` = None must be a non-empty name"),
+        ({"category": ""}, "`category` = '' must be a non-empty name"),
+        ({"choices": ["yes"], "response": "yes"}, "`choices` has one option"),
+    ],
+)
+def test_records_that_would_be_silently_wrong_are_errors(tmp_path, extra, message):
+    import json
+
+    record = {"instruction": "q", "context": "", "response": "x", "category": "a", **extra}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(DataError, match=re.escape(message)):
         load_examples(data_config(dataset="local", path=path))
