@@ -207,7 +207,7 @@ RoundOpt = Annotated[
     RoundMode,
     typer.Option(
         "--round",
-        help="Per seed: the best round (max over rounds) or the last one (SPEC.md 5.7).",
+        help="Per seed: the best round (the maximum client-mean score over rounds) or the last.",
     ),
 ]
 RunsArg = Annotated[

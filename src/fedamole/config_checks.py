@@ -77,7 +77,7 @@ def eval_timing_errors(cfg: Config) -> list[str]:
         return []
     return [
         f"`eval.timing` ({cfg.eval.timing!r}) is not available for fedamole: it evaluates each "
-        "client right after local training (SPEC.md 1) and aggregates nothing after the last "
+        "client right after local training and aggregates nothing after the last "
         "round; use 'personalized'"
     ]
 

@@ -10,6 +10,7 @@ same objects as the embedded one.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
@@ -140,7 +141,7 @@ class RoundPlan:
 
     @classmethod
     def for_round(cls, cfg: Config, rnd: int) -> RoundPlan:
-        """The plan every algorithm starts from (``eval.timing``, SPEC.md 7.3).
+        """The plan every algorithm starts from (``eval.timing``).
 
         ``train``/``upload``: rounds ``1..R``; ``eval_personalized``: after training (or on the
         initial model in round 0) unless ``eval.timing = "global"``, never in the evaluation-only
@@ -183,7 +184,7 @@ class ClientJob:
     plan: RoundPlan
 
 
-class RoundTemplate:
+class RoundTemplate(ABC):
     """The client side of a round, written once (:func:`client_round`), with small hooks.
 
     An algorithm inherits :meth:`local_update` and implements :meth:`load`, :meth:`train_round`
@@ -197,21 +198,28 @@ class RoundTemplate:
         """Client work for one round (see :func:`client_round`)."""
         return client_round(self, rnd, msg, ctx)
 
+    @abstractmethod
     def load(self, ctx: ClientContext, job: ClientJob) -> None:
         """Merge what arrived into ``ctx.state`` and load the client's model."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
         """Train locally (torch is already seeded) and keep the result in ``ctx.state``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
         """The tensors to send back (called every round; ``job.plan.upload`` says if any)."""
-        raise NotImplementedError
 
     def evaluate_received(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
-        """Metrics of the received global model (keys ``received/...``)."""
-        raise NotImplementedError(f"{type(self).__name__} has no received-model evaluation")
+        """Metrics of the received global model (keys ``received/...``).
+
+        Raises:
+            RuntimeError: the algorithm has no global model (config validation keeps
+                ``eval.timing`` at ``"personalized"`` for it, so a plan never asks).
+        """
+        raise RuntimeError(
+            f"{type(self).__name__} has no global model to evaluate: use eval.timing=personalized"
+        )
 
     def evaluate_personalized(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
         """Metrics of the client's model after training (keys ``test/...``, ``eval/loss``)."""

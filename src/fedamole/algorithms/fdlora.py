@@ -75,7 +75,6 @@ from fedamole.algorithms.base import (
     RoundPlan,
     RoundSummary,
     RoundTemplate,
-    client_stream,
     eval_loss,
     evaluate_test,
     screen_updates,
@@ -86,14 +85,13 @@ from fedamole.algorithms.lora_common import (
     lora_parameters,
     lora_state,
     set_lora_state,
-    trainable,
 )
+from fedamole.algorithms.lora_strategy import train_adapter
 from fedamole.config import Config
 from fedamole.data.types import Example
 from fedamole.evaluation import mean_loss
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.training import local_train
 
 __all__ = ["FDLoRA", "FusionResult", "fusion_search", "outer_step"]
 
@@ -321,22 +319,14 @@ class FDLoRA(RoundTemplate):
         return self._evaluate(ctx, _received(job), "received")
 
     def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
-        cfg = self.cfg
         set_lora_state(ctx.model, _received(job))
-        stream = client_stream(ctx, cfg)
-        params = lora_parameters(ctx.model)
-        with trainable(ctx.model, params):
-            result = local_train(
-                ctx.model,
-                params,
-                stream,
-                cfg.train,
-                lr=job.plan.lr,
-                pad_id=ctx.tokenizer.pad_token_id,
-                progress=ctx.progress,
-                decoupled_weight_decay=cfg.baselines.fdlora.weight_decay,
-            )
-        ctx.state["stream"] = stream.state_dict()
+        result = train_adapter(
+            ctx,
+            self.cfg,
+            lora_parameters(ctx.model),
+            lr=job.plan.lr,
+            decoupled_weight_decay=self.cfg.baselines.fdlora.weight_decay,
+        )
         if job.plan.sync:
             ctx.state["private"] = {k: v.clone() for k, v in lora_state(ctx.model).items()}
         return {"train/loss": result.loss, "train/tokens": result.tokens}

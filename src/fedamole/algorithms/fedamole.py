@@ -161,11 +161,11 @@ class FedAMoLE(RoundTemplate):
             return RoundSummary(rnd, tuple(accepted), rejected)
         bank = self._bank()
         if accepted:
+            modules = {c: unpack_modules(m.tensors) for c, m in accepted.items() if m.tensors}
             weights = None
             if self.cfg.federation.weighting == "examples":
-                weights = {c: float(m.config["num_examples"]) for c, m in accepted.items()}
-            modules = {c: unpack_modules(m.tensors) for c, m in accepted.items() if m.tensors}
-            bank.fold(modules, {c: weights[c] for c in modules} if weights else None)
+                weights = {c: float(accepted[c].config["num_examples"]) for c in modules}
+            bank.fold(modules, weights)
             stats = {c: unpack_stats(m.tensors) for c, m in accepted.items()}
             bank.fold_embeddings(stats, self._assignment(), self.num_clients)
         self.assignment = self._next_assignment()

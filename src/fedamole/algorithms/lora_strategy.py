@@ -258,6 +258,7 @@ def train_adapter(
     *,
     lr: float,
     steps: int | None = None,
+    decoupled_weight_decay: float | None = None,
 ) -> TrainResult:
     """Train ``params`` (only they require gradients) on the client's persistent batch stream.
 
@@ -267,6 +268,7 @@ def train_adapter(
         params: the tensors to optimize (a fresh Adam, :func:`~fedamole.training.local_train`).
         lr: this round's learning rate.
         steps: optimizer steps (default ``train.steps``).
+        decoupled_weight_decay: AdamW's weight decay (FDLoRA); ``None``: plain Adam.
     """
     train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
     stream = client_stream(ctx, cfg)
@@ -279,6 +281,7 @@ def train_adapter(
             lr=lr,
             pad_id=ctx.tokenizer.pad_token_id,
             progress=ctx.progress,
+            decoupled_weight_decay=decoupled_weight_decay,
         )
     ctx.state["stream"] = stream.state_dict()
     return result

@@ -1,4 +1,4 @@
-"""Summaries of evaluation results (SPEC.md 5.7): statistics across clients, the reported round.
+"""Summaries of evaluation results: statistics across clients, the reported round.
 
 Pure functions over plain numbers: :func:`summarize_clients` (mean, weighted mean, worst client and
 spread of every metric) and :func:`summarize_rounds` (the best or the last round of a run).
@@ -21,7 +21,7 @@ _COUNTS = frozenset({"num_examples", "num_skipped"})
 def summarize_clients(
     per_client: Mapping[int, Mapping[str, float]], weights: Mapping[int, int] | None = None
 ) -> dict[str, dict[str, float]]:
-    """Across-client statistics of every metric (SPEC.md 5.7).
+    """Across-client statistics of every metric.
 
     Args:
         per_client: client id -> metrics (e.g. :func:`evaluate_examples` output). A metric is
@@ -71,7 +71,7 @@ def _weight(client: int, metrics: Mapping[str, float], weights: Mapping[int, int
 def summarize_rounds(
     values_by_round: Mapping[int, float], mode: Literal["best", "last"]
 ) -> tuple[int, float]:
-    """The reported round and value of one run (SPEC.md 5.7).
+    """The reported round and value of one run (the paper reports the best round).
 
     Args:
         values_by_round: round -> metric value (higher is better).

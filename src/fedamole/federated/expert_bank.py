@@ -1,4 +1,4 @@
-"""FedAMoLE's server-side store of experts and RSEA embeddings (SPEC.md sections 3.2-3.4).
+"""FedAMoLE's server-side store of experts and RSEA embeddings.
 
 Per MoLE module the bank holds all ``E`` domain experts, the shared expert, the global token
 projection (and the gate vectors of the linear-router ablation) as one
@@ -60,7 +60,8 @@ class ExpertBank:
     def initial(
         cls, shapes: Mapping[str, tuple[int, int]], cfg: MoLEConfig, *, generator: torch.Generator
     ) -> ExpertBank:
-        """Round-0 weights (SPEC.md 2.2), drawn module by module in ``shapes`` order.
+        """Round-0 weights, one initialization per expert id, drawn module by module in ``shapes``
+        order.
 
         Args:
             shapes: module name -> ``(d_in, d_out)`` of the wrapped linear.
@@ -87,7 +88,7 @@ class ExpertBank:
         uploads: Mapping[int, Mapping[str, ModuleState]],
         weights: Mapping[int, float] | None = None,
     ) -> None:
-        """Average the uploaded states into the bank (SPEC.md 3.3).
+        """Average the uploaded states into the bank (per expert among its holders).
 
         Args:
             uploads: client -> module name -> the client's trained state of that module.
@@ -120,7 +121,7 @@ class ExpertBank:
         assignment: Assignment,
         num_clients: int,
     ) -> None:
-        """Record the RSEA statistics of a round (SPEC.md 3.4).
+        """Record the RSEA statistics of a round.
 
         Each uploading client's token embedding replaces its last one; each expert's embedding
         becomes the mean over its holders' uploads. A client that has never uploaded gets the mean
@@ -153,8 +154,9 @@ class ExpertBank:
                 }
 
     def affinities(self, num_clients: int) -> dict[str, np.ndarray] | None:
-        """module name -> ``(E, N)`` affinity probabilities (SPEC.md 3.5), or ``None`` before
-        every client has a token embedding."""
+        """module name -> ``(E, N)`` affinity probabilities
+        (:func:`~fedamole.federated.assignment.affinity`), or ``None`` before every client has a
+        token embedding."""
         if len(self.token_emb) < num_clients:
             return None
         out = {}
