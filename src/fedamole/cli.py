@@ -182,21 +182,68 @@ def partition(
 
 @app.command()
 def bench(
-    which: Annotated[str, typer.Argument(help="layer, assign, or all.")] = "all",
+    which: Annotated[
+        str, typer.Argument(help="layer, assign, round, or all (layer and assign).")
+    ] = "all",
+    config: Annotated[
+        Path | None, typer.Argument(help="`round` only: the run config to time.")
+    ] = None,
+    overrides: OverridesArg = None,
     out: Annotated[Path, typer.Option(help="Folder for the JSON results.")] = Path("bench-results"),
     quick: Annotated[bool, typer.Option(help="Small sizes, one repeat (a smoke test).")] = False,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="`round` only: a git revision (or a folder with another checkout) timed side "
+            "by side, alternating process by process."
+        ),
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="`round` only: processes per revision.")] = 2,
+    client: Annotated[int, typer.Option(min=0, help="`round` only: the client played.")] = 0,
 ) -> None:
     """Run performance benchmarks; each writes JSON and prints a table.
 
-    Example: fedamole bench assign --out bench-results
+    `round` plays round 1 of one client of CONFIG and times each phase (train, RSEA statistics,
+    test scoring, generation, test and eval loss, server aggregation and assignment); with
+    --against it times another revision in the same run and prints the speed-up per phase.
+
+    Examples: fedamole bench assign --out bench-results;
+    fedamole bench round configs/demo.toml --against main --repeats 3
     """
     from fedamole.bench import BENCHMARKS, run_benchmark
 
+    if which == "round":
+        if config is None:
+            typer.echo("error: `bench round` needs a CONFIG, e.g. configs/demo.toml", err=True)
+            raise typer.Exit(2)
+        from fedamole.bench.round import BenchError, bench_round
+
+        cfg = _load(config, overrides)  # fail early on a bad config, with the usual message
+        if client >= cfg.federation.num_clients:
+            typer.echo(
+                f"error: --client {client}: the config has federation.num_clients = "
+                f"{cfg.federation.num_clients}; give a client below it",
+                err=True,
+            )
+            raise typer.Exit(2)
+        try:
+            bench_round(
+                config, overrides or [], out, against=against, repeats=repeats, client=client
+            )
+        except BenchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"# round: wrote {out / 'round.json'}")
+        return
+    if config is not None:
+        typer.echo(f"error: only `bench round` takes a CONFIG ({config})", err=True)
+        raise typer.Exit(2)
     names = sorted(BENCHMARKS) if which == "all" else [which]
     for name in names:
         if name not in BENCHMARKS:
             typer.echo(
-                f"error: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}", err=True
+                f"error: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)} or round",
+                err=True,
             )
             raise typer.Exit(2)
         result = run_benchmark(name, out, quick=quick)

@@ -254,6 +254,10 @@ class RunConfig(_Section):
     seed: int = 42
     checkpoint: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # CPU threads for torch in this process; None: OMP_NUM_THREADS if set (sweeps with --jobs set
+    # it to a fair share), else torch's default (the machine's cores). Set 1 to run two
+    # experiments side by side on a 2-core machine without their threads fighting.
+    threads: int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod

@@ -35,6 +35,7 @@ __all__ = [
     "TrainResult",
     "causal_lm_loss_sum",
     "local_train",
+    "logits_window",
     "model_inputs",
     "round_lr",
 ]
@@ -98,17 +99,36 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
     }
 
 
+def logits_window(labels: torch.Tensor) -> int:
+    """How many trailing columns of a left-padded batch need logits: from the column before the
+    earliest labelled one to the end (``logits_to_keep``). Labels follow the prompt, so they sit
+    at the end of every row; the lm head, a fifth of a small model's compute, then runs on
+    ~the response only.
+
+    Args:
+        labels: (B, T) with ``IGNORE_INDEX`` where unsupervised.
+    """
+    width = labels.shape[1]
+    labelled = labels != IGNORE_INDEX  # (B, T)
+    if not bool(labelled.any()):
+        return width
+    first = int(labelled.int().argmax(dim=-1)[labelled.any(dim=-1)].min())
+    return min(width, width - first + 1)
+
+
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sum of next-token NLLs over supervised positions, and their count.
 
     Args:
-        logits: (B, T, V).
+        logits: (B, K, V) for the last ``K`` columns (``K = T``: every column; see
+            :func:`logits_window`).
         labels: (B, T) with ``IGNORE_INDEX`` where unsupervised.
     """
-    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
-    shift_labels = labels[:, 1:].to(logits.device)  # (B, T-1)
+    keep = logits.shape[1]
+    shift_logits = logits[:, :-1].float()  # (B, K-1, V)
+    shift_labels = labels[:, labels.shape[1] - keep + 1 :].to(logits.device)  # (B, K-1)
     loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]),  # (B*(T-1), V)
+        shift_logits.reshape(-1, shift_logits.shape[-1]),  # (B*(K-1), V)
         shift_labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
@@ -193,7 +213,8 @@ def local_train(
                     else contextlib.nullcontext()
                 )
                 with ctx as collector:
-                    logits = model(**inputs).logits  # (b, T, V)
+                    keep = logits_window(chunk["labels"])
+                    logits = model(**inputs, logits_to_keep=keep).logits  # (b, keep, V)
                     nll, count = causal_lm_loss_sum(logits, chunk["labels"])
                     loss = nll / denom
                     if collector is not None:

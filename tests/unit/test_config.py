@@ -207,3 +207,21 @@ def test_validate_checks_the_device_and_a_model_folder(tmp_path):
     with pytest.raises(ConfigError, match="no such folder"):
         load(None, [f'model.name="{missing}"'])
     assert load(None, ['model.name="org/some-model"']).model.name == "org/some-model"  # a hub id
+
+
+def test_run_threads_is_a_positive_count_applied_by_build_runtime():
+    import torch
+
+    from fedamole.algorithms.runtime import set_threads
+
+    assert Config().run.threads is None
+    assert load(None, ["run.threads=1"]).run.threads == 1
+    for bad in ("0", "-2", "true", "1.5"):
+        with pytest.raises(ConfigError, match="run.threads"):
+            load(None, [f"run.threads={bad}"])
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 == torch.get_num_threads()
+        assert set_threads(None) == 1  # None leaves it as it is
+    finally:
+        torch.set_num_threads(before)

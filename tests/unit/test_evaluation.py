@@ -405,3 +405,82 @@ def test_summarize_rounds():
         summarize_rounds({}, "best")
     with pytest.raises(ValueError, match="mode"):
         summarize_rounds(values, "mean")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared prefix (one pass over the template, rows continued from its cache)
+
+TEMPLATE = "Below is an instruction that describes a task.\n### Instruction:\n{}\n### Response:\n"
+TEMPLATED = [
+    Example(prompt=TEMPLATE.format(q), response=r, category="qa")
+    for q, r in [("name a color", "blue"), ("say hi to the cat", "Hello cat"), ("count", "1 2 3")]
+] + [
+    Example(prompt=TEMPLATE.format(f"Is {q} true?"), response=r, category="yn", choices=CHOICES)
+    for q, r in [("it", "Yes"), ("the long claim about a dog", "No"), ("x", "Maybe")]
+]
+
+
+def _without_prefix_sharing(model):
+    model.supports_prefix_cache = False  # whole rows, and `generate` (the pre-cache code path)
+    return model
+
+
+def test_prefix_groups_share_runs_within_limits():
+    from fedamole.evaluation import prefix_groups
+
+    # Two templates: rows 0-2 share 4 tokens, rows 3-4 share 3; row 2 may share only 2.
+    rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8], [1, 2, 3, 4, 9], [5, 6, 7, 1], [5, 6, 7, 2]]
+    assert prefix_groups(rows, [9, 9, 9, 9, 9]) == ([0, 0, 0, 1, 1], [4, 3])
+    group, prefixes = prefix_groups(rows, [9, 9, 2, 9, 9])
+    assert [prefixes[g] for g in group][:2] == [4, 4] or [prefixes[g] for g in group][:3] == [2] * 3
+    for g, p in zip(group, [prefixes[g] for g in group], strict=True):
+        members = [r for r, h in zip(rows, group, strict=True) if h == g]
+        assert all(m[:p] == members[0][:p] for m in members)  # a real common prefix
+    assert prefix_groups([[1, 2], [3, 4]], [9, 9]) == ([0, 1], [0, 0])  # nothing shared
+    assert prefix_groups([[1, 2, 3]], [9]) == ([0], [0])  # one row: nothing to share
+    assert prefix_groups([], []) == ([], [])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_shared_prefix_scores_and_generates_like_whole_rows(arch, tokenizer, monkeypatch):
+    import fedamole.evaluation as evaluation
+
+    used = []
+    original = evaluation.prefix_groups
+    monkeypatch.setattr(
+        evaluation, "prefix_groups", lambda *a: used.append(max(original(*a)[1])) or original(*a)
+    )
+    model = _model(arch, seed=4)
+    text = [ex for ex in TEMPLATED if not ex.is_choice] + TEXT_EXAMPLES  # two kinds of prompt
+    choice = [ex for ex in TEMPLATED if ex.is_choice]
+    kw = dict(batch_size=3, max_length=128)
+
+    def run():
+        return (
+            score_choices(model, tokenizer, choice, **kw),
+            mean_loss(model, tokenizer, TEMPLATED, **kw),
+            generate_responses(model, tokenizer, text, max_new_tokens=8, **kw),
+            evaluate_examples(model, tokenizer, text, EvalConfig(max_new_tokens=8), max_length=128),
+        )
+
+    shared = run()
+    assert used and max(used) > 10  # the template was shared
+    _without_prefix_sharing(model)
+    whole = run()
+    for got, want in zip(shared[0], whole[0], strict=True):
+        assert got == pytest.approx(want, rel=1e-5)
+    assert shared[1] == pytest.approx(whole[1], rel=1e-5)
+    assert shared[2] == whole[2]
+    assert shared[3] == pytest.approx(whole[3], rel=1e-5)
+    if arch != "gpt2":
+        assert shared[2] == [_naive_greedy(model, tokenizer, ex.prompt, 8)[0] for ex in text]
+
+
+def test_test_loss_reuses_the_correct_choice_and_equals_mean_loss(tokenizer):
+    model = _model(seed=5)
+    cfg = EvalConfig(batch_size=4, max_new_tokens=4)
+    out = evaluate_examples(model, tokenizer, TEMPLATED + CHOICE_EXAMPLES, cfg, max_length=128)
+    expected = mean_loss(
+        model, tokenizer, TEMPLATED + CHOICE_EXAMPLES, batch_size=4, max_length=128
+    )
+    assert out["loss"] == pytest.approx(expected, rel=1e-5)

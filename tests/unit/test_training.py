@@ -80,3 +80,29 @@ def test_micro_batches_give_the_full_batch_parameters(full_batch, micro):
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ATOL, msg=key)
     assert (result.tokens, result.steps) == (expected_result.tokens, expected_result.steps)
     assert result.loss == pytest.approx(expected_result.loss, rel=1e-5)
+
+
+def test_logits_only_where_labels_are_train_like_full_logits(full_batch, monkeypatch):
+    """The lm head runs on the trailing window that holds every label (logits_window); training
+    with full logits instead (the window forced to the whole row) gives the same parameters."""
+    import fedamole.training as training
+
+    _, _, encoded = _fresh()
+    labels = training.collate(_stream(encoded).take(BATCH), pad_id=0)["labels"]  # (B, T)
+    window = training.logits_window(labels)
+    assert window < labels.shape[1]  # the window really is shorter than the rows
+    assert (labels[:, : labels.shape[1] - window + 1] == IGNORE_INDEX).all()  # and holds them all
+    monkeypatch.setattr(training, "logits_window", lambda labels: labels.shape[1])
+    got, result = _train(None)
+    expected, expected_result = full_batch
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ATOL, msg=key)
+    assert result.loss == pytest.approx(expected_result.loss, rel=1e-5)
+
+
+def test_logits_window_without_labels_is_the_whole_row():
+    from fedamole.training import logits_window
+
+    assert logits_window(torch.full((2, 5), IGNORE_INDEX)) == 5
+    assert logits_window(torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 7], [IGNORE_INDEX, 4, 5]])) == 3
+    assert logits_window(torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 7]])) == 2

@@ -34,6 +34,10 @@ class VirtualTokenLM(nn.Module):
         peft_model: a ``PeftModel`` with a prompt-tuning or P-tuning adapter (no prefix tuning).
     """
 
+    # Evaluation may not run a shared prefix once and continue rows from its key/value cache: the
+    # virtual tokens go before each row's first real token (fedamole.evaluation).
+    supports_prefix_cache = False
+
     def __init__(self, peft_model: PeftModel):
         super().__init__()
         if not peft_model.active_peft_config.is_prompt_learning:

@@ -71,7 +71,10 @@ def embedding_stats(
                 mask = batch.get("attention_mask")
                 mask = None if mask is None else mask.to(device)
                 recorder.mask = mask
-                model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
+                # Only the layer inputs matter: logits for one column skip most of the lm head.
+                model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=mask, logits_to_keep=1
+                )
     finally:
         model.train(was_training)
     return {name: _stats(module, *recorder.result(name)) for name, module in modules.items()}
