@@ -207,8 +207,9 @@ def bench(
     test scoring, generation, test and eval loss, server aggregation and assignment); with
     --against it times another revision in the same run and prints the speed-up per phase.
 
-    Examples: fedamole bench assign --out bench-results;
-    fedamole bench round configs/demo.toml --against main --repeats 3
+    Example: fedamole bench assign --out bench-results
+
+    Example: fedamole bench round configs/demo.toml --against main --repeats 3
     """
     from fedamole.bench import BENCHMARKS, run_benchmark
 

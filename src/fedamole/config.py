@@ -127,6 +127,11 @@ class MoLEConfig(_Section):
     shared_expert: bool = True
     router: Literal["expert_embedding", "linear"] = "expert_embedding"
     adapter_dtype: Literal["float32", "base"] = "float32"
+    # RSEA variants beyond the paper (their defaults keep the paper's rule; see
+    # fedamole.algorithms.fedamole): the token projection behind the uploaded token embedding, and
+    # a bonus on the affinity of an expert's current holders.
+    rsea_token_proj: Literal["local", "received"] = "local"
+    rsea_retention: float = Field(0.0, ge=0)
 
 
 class DataConfig(_Section):
@@ -151,6 +156,7 @@ class PartitionConfig(_Section):
     kind: Literal["iid", "dirichlet", "task"] = "dirichlet"
     alpha: float = 1.0
     tasks_per_client: int = Field(1, ge=1)
+    clients_per_task: int = Field(1, ge=1)
     min_size: int = Field(10, ge=1)
     seed: int | None = None
 
@@ -214,7 +220,7 @@ class FederationConfig(_Section):
     algorithm: str = "fedamole"
     num_clients: int = Field(10, ge=1)
     rounds: int = Field(30, ge=1)
-    assignment: Literal["rsea", "static", "random"] = "rsea"
+    assignment: Literal["rsea", "static", "random", "oracle"] = "rsea"
     homogeneous: bool = False
     weighting: Literal["uniform", "examples"] = "uniform"
     privacy: bool = False

@@ -13,7 +13,10 @@ random, an explicit :class:`numpy.random.Generator`. Each returns one index arra
   ``num_clients * min_size`` exceeds the data.
 - ``task``: k tasks per client; client i gets every example of classes i*k ... (i+1)*k-1 in sorted
   category order (the reference's label-encoder order), independent of the seed. Classes beyond
-  ``num_clients * k`` are left out, as in the reference.
+  ``num_clients * k`` are left out, as in the reference. With ``clients_per_task = c > 1``, c
+  consecutive clients share one group of k classes, each holding a disjoint random share of its
+  examples (clients 0 and 1 split classes 0..k-1, ...): pairs of related clients, the scenario in
+  which sharing experts should pay (``configs/scenarios/synthetic_paired.toml``).
 
 Every partition must give each client at least ``min_size`` examples, or a :class:`DataError` says
 which client, how many, and what to change.
@@ -111,34 +114,62 @@ def _dirichlet_draw(
 
 
 def partition_task(
-    labels: Sequence[int] | np.ndarray, num_clients: int, tasks_per_client: int = 1
+    labels: Sequence[int] | np.ndarray,
+    num_clients: int,
+    tasks_per_client: int = 1,
+    *,
+    clients_per_task: int = 1,
+    rng: np.random.Generator | None = None,
 ) -> list[np.ndarray]:
     """Task skew: client i gets every example of classes ``i*k ... (i+1)*k - 1`` (sorted order).
+
+    With ``clients_per_task = c``, clients ``j*c ... (j+1)*c - 1`` share the classes
+    ``j*k ... (j+1)*k - 1``: their examples, shuffled by ``rng``, are cut into c near-equal
+    disjoint parts.
 
     Args:
         labels: (n,) integer class of each example; classes are taken in ascending order.
         num_clients: N.
         tasks_per_client: k.
+        clients_per_task: c, a divisor of N.
+        rng: the shuffle of a shared group's examples (needed when c > 1).
 
     Returns:
         N index arrays in ascending index order (the caller's split step shuffles them).
 
     Raises:
-        DataError: fewer than ``N * k`` classes.
+        DataError: c does not divide N, or fewer than ``N / c * k`` classes.
     """
     labels = np.asarray(labels)
     classes = np.unique(labels)
-    need = num_clients * tasks_per_client
-    if len(classes) < need:
+    if num_clients % clients_per_task:
         raise DataError(
-            f"task partition needs `federation.num_clients` * `partition.tasks_per_client` "
-            f"({num_clients}*{tasks_per_client}={need}) categories but the data has "
-            f"{len(classes)}; lower either, or use a dataset with more categories"
+            f"`partition.clients_per_task` ({clients_per_task}) must divide "
+            f"`federation.num_clients` ({num_clients}): each group of categories goes to that "
+            "many clients"
+        )
+    groups = num_clients // clients_per_task
+    need = groups * tasks_per_client
+    if len(classes) < need:
+        share, count = "", f"{num_clients}"
+        if clients_per_task > 1:
+            share, count = " / `partition.clients_per_task`", f"{num_clients}/{clients_per_task}"
+        raise DataError(
+            f"task partition needs `federation.num_clients`{share} * `partition.tasks_per_client` "
+            f"({count}*{tasks_per_client}={need}) categories but the data has {len(classes)}; "
+            "lower either, or use a dataset with more categories"
         )
     out = []
-    for i in range(num_clients):
-        mine = classes[i * tasks_per_client : (i + 1) * tasks_per_client]
-        out.append(np.flatnonzero(np.isin(labels, mine)))
+    for j in range(groups):
+        mine = classes[j * tasks_per_client : (j + 1) * tasks_per_client]
+        members = np.flatnonzero(np.isin(labels, mine))
+        if clients_per_task == 1:
+            out.append(members)
+            continue
+        if rng is None:
+            raise ValueError("partition_task with clients_per_task > 1 needs an rng")
+        for part in np.array_split(rng.permutation(members), clients_per_task):
+            out.append(np.sort(part))
     return out
 
 
@@ -166,7 +197,9 @@ PARTITIONERS: dict[str, _Partitioner] = {
         labels, n, cfg.alpha, rng, min_size=cfg.min_size
     ),
     "iid": lambda labels, n, cfg, rng: partition_iid(len(labels), n, rng, min_size=cfg.min_size),
-    "task": lambda labels, n, cfg, rng: partition_task(labels, n, cfg.tasks_per_client),
+    "task": lambda labels, n, cfg, rng: partition_task(
+        labels, n, cfg.tasks_per_client, clients_per_task=cfg.clients_per_task, rng=rng
+    ),
 }
 """``partition.kind`` -> partitioner; the keys match :class:`PartitionConfig`'s ``kind`` literal."""
 

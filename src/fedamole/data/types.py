@@ -50,3 +50,11 @@ class FederatedData:
     categories: tuple[str, ...]
     dataset: str
     meta: dict = field(default_factory=dict)
+
+    def client_categories(self) -> list[frozenset[str]]:
+        """Each client's categories in the partition (before the split caps)."""
+        counts = self.meta["partition_counts"]  # N lists of C ints
+        return [
+            frozenset(name for name, n in zip(self.categories, row, strict=True) if n)
+            for row in counts
+        ]

@@ -33,6 +33,7 @@ import torch
 
 from fedamole.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fedamole.config import Config, differing_fields
+from fedamole.data.types import FederatedData
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ClientMessage, ServerMessage
 from fedamole.tracking import JsonlLogger, RunDir, setup_logging
@@ -105,6 +106,14 @@ def check_injected_failure(cfg: Config, rnd: int, client: int) -> None:
     """Raise :class:`InjectedFailure` when ``federation.fail_clients`` lists ``(rnd, client)``."""
     if (rnd, client) in set(map(tuple, cfg.federation.fail_clients)):
         raise InjectedFailure(f"injected failure of client {client} in round {rnd}")
+
+
+def observe_partition(algo: Algorithm, data: FederatedData) -> None:
+    """Tell an algorithm that wants it (FedAMoLE's diagnostics and oracle) each client's
+    categories; call before ``algo.setup``."""
+    observe = getattr(algo, "observe_partition", None)
+    if observe is not None:
+        observe(data.client_categories())
 
 
 def open_run(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> RunDir:
@@ -220,6 +229,19 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
             "prompts) and start again, or resume from the last checkpoint with --resume"
         )
     summary = algo.aggregate(rnd, updates)
+    server = summary.info.get("metrics", {}) if isinstance(summary.info, Mapping) else {}
+    for metric, value in sorted(server.items()):  # e.g. FedAMoLE's rsea/... diagnostics
+        logs.metrics.log(
+            {
+                "round": rnd,
+                "client": SERVER_CLIENT,
+                "split": "server",
+                "metric": metric,
+                "value": value,
+            }
+        )
+    if server:
+        log.info("server  %s", "  ".join(f"{k} {v:.4f}" for k, v in sorted(server.items())))
     for client, reason in summary.rejected.items():
         logs.metrics.log(
             {"round": rnd, "client": client, "split": "server", "metric": "rejected", "value": 1.0}

@@ -44,6 +44,7 @@ from fedamole.engines.common import (
     RoundCallback,
     check_injected_failure,
     last_round,
+    observe_partition,
     open_run,
     run_federation,
 )
@@ -82,6 +83,7 @@ def run_embedded(
     try:
         runtime = build_runtime(cfg)
         data = load_federated_data(cfg)
+        observe_partition(runtime.algo, data)
         runtime.algo.setup(runtime.model)
         contexts = [
             ClientContext(c, data.clients[c], runtime.model, runtime.tokenizer)

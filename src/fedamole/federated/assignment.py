@@ -9,9 +9,13 @@ SPEC.md 3.4 (affinity), 3.5 (the assignment problem), 3.6 (schedule and variants
   :mod:`fedamole.federated.bmatching`. The reference solves a boolean program with SCIP; any exact
   solver gives the same optimum value (the constraint matrix is totally unimodular).
 * :func:`random_assignment`: round 0 (U(0,1) scores, softmax over clients, then the same solve).
-* :class:`AssignmentPolicy`: ``"rsea"`` (solve on affinities every round), ``"static"`` (round 0
-  kept: FedAMoLE-R), ``"random"`` (fresh random every round: FedAMoLE (Random)), each optionally
-  with :func:`homogeneous_bounds`.
+* :class:`AssignmentPolicy`: ``"rsea"`` (solve on affinities every round, optionally with a
+  retention bonus for the current holders), ``"static"`` (round 0 kept: FedAMoLE-R), ``"random"``
+  (fresh random every round: FedAMoLE (Random)), ``"oracle"`` (experts given to groups of clients
+  with related data, kept: the upper bound of what assignment can do, for benchmarks), each
+  optionally with :func:`homogeneous_bounds`.
+* :func:`assignment_diagnostics`: what a round's assignment did (affinity spread, retention, group
+  purity and its chance level), logged by FedAMoLE every round.
 * :class:`Assignment`: one ``(E, N)`` bool matrix per module, with the JSON form of
   ``assignments/round_NNN.json``.
 
@@ -26,7 +30,7 @@ same as the reference whenever it is solvable, and counts that differ by at most
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,12 +44,15 @@ __all__ = [
     "AssignmentPolicy",
     "PolicyName",
     "affinity",
+    "assignment_diagnostics",
+    "client_groups",
     "homogeneous_bounds",
+    "oracle_scores",
     "random_assignment",
     "solve_assignment",
 ]
 
-PolicyName = Literal["rsea", "static", "random"]
+PolicyName = Literal["rsea", "static", "random", "oracle"]
 
 
 def affinity(expert_emb: np.ndarray, client_emb: np.ndarray) -> np.ndarray:
@@ -293,6 +300,9 @@ class AssignmentPolicy:
         max_per_client: most experts per client (ignored when ``homogeneous``).
         homogeneous: equal counts, :func:`homogeneous_bounds`.
         backend: solver back-end for :func:`solve_assignment`.
+        retention: ``"rsea"`` only: added to the affinity of each expert's current holders
+            before solving, so an expert moves only when the gain exceeds it (0: the paper's
+            rule; the solve stays exact).
     """
 
     kind: PolicyName
@@ -303,8 +313,11 @@ class AssignmentPolicy:
     max_per_client: int = 8
     homogeneous: bool = False
     backend: Backend = "auto"
+    retention: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.retention) and self.retention >= 0):
+            raise ValueError(f"retention = {self.retention}: give a finite number >= 0")
         if self.kind not in POLICIES:
             raise ValueError(f"unknown assignment policy {self.kind!r}; choose from {POLICIES}")
         lo, hi = self.bounds
@@ -336,9 +349,28 @@ class AssignmentPolicy:
             backend=self.backend,
         )
 
-    def initial(self, modules: Iterable[str], *, rng: np.random.Generator) -> Assignment:
-        """Round 0: a random assignment per module, drawn from ``rng`` in ``modules`` order."""
+    def initial(
+        self,
+        modules: Iterable[str],
+        *,
+        rng: np.random.Generator,
+        groups: Iterable[Iterable[int]] | None = None,
+    ) -> Assignment:
+        """Round 0: a random assignment per module, drawn from ``rng`` in ``modules`` order; for
+        ``"oracle"``, experts dealt to ``groups`` (:func:`oracle_scores`) instead.
+
+        Raises:
+            ValueError: ``"oracle"`` without ``groups``.
+        """
         lo, hi = self.bounds
+        if self.kind == "oracle":
+            if groups is None:
+                raise ValueError(
+                    "federation.assignment = 'oracle' needs the partition's client groups (the "
+                    "embedded engine, or a Flower simulation whose server can load the data)"
+                )
+            scores = oracle_scores(self.num_experts, self.num_clients, groups)
+            return Assignment({name: self.solve(scores) for name in modules})
         return Assignment(
             {
                 name: random_assignment(
@@ -382,7 +414,107 @@ def _next_rsea(
     missing = [m for m in previous.modules if affinities is None or m not in affinities]
     if missing or affinities is None:
         raise ValueError(f"RSEA needs an affinity matrix for every module; missing {missing[:3]}")
-    return Assignment({m: policy.solve(affinities[m]) for m in previous.modules})
+    if not policy.retention:  # the paper's rule, bit for bit
+        return Assignment({m: policy.solve(affinities[m]) for m in previous.modules})
+    return Assignment(
+        {
+            m: policy.solve(affinities[m] + policy.retention * held)
+            for m, held in previous.modules.items()
+        }
+    )
+
+
+def oracle_scores(
+    num_experts: int, num_clients: int, groups: Iterable[Iterable[int]]
+) -> np.ndarray:
+    """``(E, N)`` scores that deal experts round-robin to ``groups`` of related clients: 1 for
+    the clients of expert ``e``'s group, 0 elsewhere. Solved with the usual bounds
+    (:meth:`AssignmentPolicy.solve`), they give the feasible assignment that keeps the most
+    expert-holder pairs inside groups, experts spread evenly over the groups.
+
+    Raises:
+        ValueError: no group, or a client outside ``0..N-1``.
+    """
+    members = [sorted(set(group)) for group in groups]
+    members = [group for group in members if group]
+    if not members:
+        raise ValueError("the oracle needs at least one group of clients")
+    scores = np.zeros((num_experts, num_clients))
+    for e in range(num_experts):
+        group = members[e % len(members)]
+        if group[0] < 0 or group[-1] >= num_clients:
+            raise ValueError(f"group {group} names a client outside 0..{num_clients - 1}")
+        scores[e, group] = 1.0
+    return scores
+
+
+def client_groups(categories: Sequence[Iterable[Any]]) -> list[list[int]]:
+    """Clients grouped by related data: connected components of "their category sets overlap"."""
+    sets = [set(c) for c in categories]
+    groups: list[list[int]] = []
+    seen: set[int] = set()
+    for start in range(len(sets)):
+        if start in seen:
+            continue
+        group, todo = [], [start]
+        seen.add(start)
+        while todo:
+            i = todo.pop()
+            group.append(i)
+            for j in range(len(sets)):
+                if j not in seen and sets[i] & sets[j]:
+                    seen.add(j)
+                    todo.append(j)
+        groups.append(sorted(group))
+    return groups
+
+
+def assignment_diagnostics(
+    current: Assignment,
+    *,
+    previous: Assignment | None = None,
+    affinities: Mapping[str, np.ndarray] | None = None,
+    categories: Sequence[Iterable[Any]] | None = None,
+) -> dict[str, float]:
+    """What an assignment did, for the run's log (each key only when its inputs are given).
+
+    - ``affinity_spread``: mean over modules and experts of the (max - min) affinity probability
+      over clients: near 0 when every client looks alike to every expert (RSEA has nothing to
+      choose by).
+    - ``retention``: the share of ``previous``'s expert-holder pairs that ``current`` keeps
+      (1 for a static assignment; about ``k / N`` for a random re-draw).
+    - ``group_purity``: among client pairs that co-hold an expert, weighted by how many experts
+      they co-hold (over every module), the share whose category sets overlap (``categories[i]``:
+      client ``i``'s categories in the partition).
+    - ``group_purity_chance``: its expectation under a uniformly random feasible assignment: the
+      share of all client pairs whose sets overlap. Exact: the bounds treat every client alike,
+      so every pair is equally likely to co-hold a given expert, and every expert has the same
+      number of holder pairs.
+    """
+    out: dict[str, float] = {}
+    if affinities:
+        spreads = [a.max(axis=1) - a.min(axis=1) for a in affinities.values()]  # (E,) each
+        out["affinity_spread"] = float(np.mean(np.concatenate(spreads)))
+    if previous is not None:
+        kept = sum(int((previous.modules[m] & held).sum()) for m, held in current.modules.items())
+        total = sum(int(held.sum()) for held in previous.modules.values())
+        out["retention"] = kept / total if total else 1.0
+    if categories is not None:
+        sets = [set(c) for c in categories]
+        related = np.array([[bool(a & b) for b in sets] for a in sets])  # (N, N)
+        pairs = related_pairs = 0
+        for held in current.modules.values():  # (E, N)
+            co = held.astype(np.int64).T @ held.astype(np.int64)  # (N, N) experts co-held
+            upper = np.triu(co, k=1)
+            pairs += int(upper.sum())
+            related_pairs += int((upper * related).sum())
+        n = len(sets)
+        all_pairs = n * (n - 1) // 2
+        if pairs:
+            out["group_purity"] = related_pairs / pairs
+        if all_pairs:
+            out["group_purity_chance"] = int(np.triu(related, k=1).sum()) / all_pairs
+    return out
 
 
 # kind -> (policy, previous, rng, affinities) -> next assignment
@@ -390,5 +522,6 @@ _NEXT: dict[str, Callable[..., Assignment]] = {
     "rsea": lambda policy, previous, rng, affinities: _next_rsea(policy, previous, affinities),
     "static": lambda policy, previous, rng, affinities: previous,
     "random": lambda policy, previous, rng, affinities: policy.initial(previous.modules, rng=rng),
+    "oracle": lambda policy, previous, rng, affinities: previous,
 }
 POLICIES: tuple[str, ...] = tuple(_NEXT)

@@ -44,7 +44,10 @@ class ModuleStats:
 
 
 def embedding_stats(
-    model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Tensor]],
+    *,
+    token_weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, ModuleStats]:
     """One no-grad eval forward per batch; mean embeddings per MoLE module (SPEC.md 3.1).
 
@@ -52,6 +55,8 @@ def embedding_stats(
         model: a model with MoLE layers; its train/eval mode is restored afterwards.
         batches: mappings with ``input_ids`` ``(B, S)`` and optionally ``attention_mask``
             ``(B, S)`` (other keys, e.g. ``labels``, are ignored).
+        token_weights: module name -> ``(r, d_in)`` token projection for the mean token
+            embedding instead of the module's own (``mole.rsea_token_proj = "received"``).
 
     Returns:
         ``{module name: ModuleStats}``, sorted by name.
@@ -77,7 +82,11 @@ def embedding_stats(
                 )
     finally:
         model.train(was_training)
-    return {name: _stats(module, *recorder.result(name)) for name, module in modules.items()}
+    weights = token_weights or {}
+    return {
+        name: _stats(module, *recorder.result(name), weights.get(name))
+        for name, module in modules.items()
+    }
 
 
 class _InputRecorder:
@@ -133,9 +142,12 @@ def _pre_hook(recorder: _InputRecorder, name: str):
     return hook
 
 
-def _stats(module: MoLELinear, mean_input: Tensor, count: float) -> ModuleStats:
+def _stats(
+    module: MoLELinear, mean_input: Tensor, count: float, token_weight: Tensor | None
+) -> ModuleStats:
     x_bar = mean_input.to(module.token_proj.weight.device)  # (d_in,) float64
-    token = module.token_proj.weight.detach().double() @ x_bar  # (r, d_in) @ (d_in,) -> (r,)
+    w_tok = module.token_proj.weight if token_weight is None else token_weight
+    token = w_tok.detach().to(x_bar.device).double() @ x_bar  # (r, d_in) @ (d_in,) -> (r,)
     experts = module.lora_A.detach().double() @ x_bar  # (n, r, d_in) @ (d_in,) -> (n, r)
     return ModuleStats(
         token=token.float().cpu(),

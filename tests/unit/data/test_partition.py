@@ -119,3 +119,30 @@ def test_partition_checks_min_size_for_every_kind():
     labels = np.array([0] * 50 + [1] * 3)
     with pytest.raises(DataError, match=r"task partition gave client 1 3 examples"):
         partition(labels, PartitionConfig(kind="task"), 2, np.random.default_rng(0))
+
+
+def test_task_shared_by_clients_splits_each_group_disjointly():
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 3])
+    parts = partition_task(
+        labels, num_clients=4, tasks_per_client=1, clients_per_task=2, rng=np.random.default_rng(0)
+    )
+    assert [sorted(set(labels[p].tolist())) for p in parts] == [[0], [0], [1], [1]]
+    for a, b in (parts[0:2], parts[2:4]):
+        assert not set(a) & set(b) and len(a) == len(b) == 2  # disjoint halves
+        assert sorted([*a, *b]) == np.flatnonzero(labels == labels[a[0]]).tolist()
+    with pytest.raises(DataError, match="clients_per_task` \\(3\\) must divide"):
+        partition_task(labels, num_clients=4, clients_per_task=3, rng=np.random.default_rng(0))
+    with pytest.raises(DataError, match=r"\(10/2\*1=5\) categories but the data has 4"):
+        partition_task(labels, num_clients=10, clients_per_task=2, rng=np.random.default_rng(0))
+
+
+def test_paired_scenario_gives_four_related_pairs(repo):
+    from fedamole.config import load
+    from fedamole.data import load_federated_data
+
+    cfg = load(repo / "configs" / "scenarios" / "synthetic_paired.toml", ["data.num_examples=400"])
+    data = load_federated_data(cfg)
+    cats = data.client_categories()
+    assert len(cats) == 8 and all(len(c) == 1 for c in cats)
+    assert [cats[i] == cats[i + 1] for i in range(0, 8, 2)] == [True] * 4
+    assert len(set(cats)) == 4

@@ -41,7 +41,14 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedamole.algorithms.runtime import build_runtime
 from fedamole.config import Config, load
-from fedamole.engines.common import Outcome, RoundCallback, open_run, run_federation
+from fedamole.data import DataError, load_federated_data
+from fedamole.engines.common import (
+    Outcome,
+    RoundCallback,
+    observe_partition,
+    open_run,
+    run_federation,
+)
 from fedamole.engines.flower.client_app import NODE_KEY, RUNTIME_KEY, SETUP_KEY
 from fedamole.engines.flower.records import message_from_record, message_to_record
 from fedamole.engines.summary import RunResult
@@ -125,6 +132,7 @@ def serve(grid: Grid, settings: ServerSettings) -> RunResult:
     try:
         runtime = build_runtime(cfg)
         algo = runtime.algo
+        _observe_partition(cfg, algo)
         algo.setup(runtime.model)
         del runtime  # the server keeps only the algorithm's state
         setup: dict[str, Any] = {"config": tomli_w.dumps(cfg.to_dict())}
@@ -289,3 +297,16 @@ def wire_size(message: Message) -> int:
 
 def _mapping(node_of: Mapping[int, int]) -> str:
     return ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items()))
+
+
+def _observe_partition(cfg: Config, algo: Any) -> None:
+    """The partition's categories per client, where this server can load the data (simulation,
+    or a deployment whose server has a copy): FedAMoLE's group purity and ``oracle`` need them."""
+    if getattr(algo, "observe_partition", None) is None:
+        return
+    try:
+        data = load_federated_data(cfg)
+    except DataError as exc:
+        log.info("the server cannot load the data (%s): no group-purity diagnostics", exc)
+        return
+    observe_partition(algo, data)

@@ -1,0 +1,101 @@
+"""RSEA in runs: diagnostics logged every round, the received-projection statistic, the oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedamole.algorithms.base import ClientContext
+from fedamole.algorithms.runtime import build_runtime
+from fedamole.data import load_federated_data
+from fedamole.engines.embedded import run_embedded
+from fedamole.federated.messages import unpack_stats
+from fedamole.mole import embedding_stats, mole_modules
+from fedamole.training import model_inputs
+from tests.conftest import result_records
+
+PAIRED = {
+    "federation.num_clients": 4,
+    "partition.tasks_per_client": 1,
+    "partition.clients_per_task": 2,
+    "federation.rounds": 3,
+}
+
+
+def _server(path):
+    return {
+        (r["round"], r["metric"]): r["value"]
+        for r in result_records(path)
+        if r["split"] == "server" and r["metric"].startswith("rsea/")
+    }
+
+
+def test_fedamole_logs_rsea_diagnostics_every_round(smoke, tmp_path):
+    cfg = smoke.replace(**PAIRED)
+    run_embedded(cfg, tmp_path / "run", progress=False)
+    found = _server(tmp_path / "run")
+    keys = {"rsea/group_purity", "rsea/group_purity_chance"}
+    assert {m for (rnd, m) in found if rnd == 0} == keys  # the initial assignment
+    for rnd in (1, 2):  # each RSEA solve
+        assert {m for (r, m) in found if r == rnd} == keys | {
+            "rsea/affinity_spread",
+            "rsea/retention",
+        }
+    assert found[(0, "rsea/group_purity_chance")] == pytest.approx(2 / 6)  # 2 related of 6 pairs
+    assert all(0 <= v <= 1 for v in found.values())
+    assert (tmp_path / "run" / "log.txt").read_text().count("rsea/retention") == 2
+
+
+def test_oracle_keeps_every_expert_within_a_related_pair(smoke, tmp_path):
+    cfg = smoke.replace(**PAIRED, **{"federation.assignment": "oracle"})
+    run_embedded(cfg, tmp_path / "run", progress=False)
+    found = _server(tmp_path / "run")
+    assert found[(0, "rsea/group_purity")] == 1.0
+    assert found[(1, "rsea/retention")] == 1.0 and found[(2, "rsea/group_purity")] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["local", "received"])
+def test_uploaded_token_embedding_uses_the_chosen_projection(smoke, mode):
+    """``received``: the statistic equals the one computed with the message's token projection,
+    not with the one local training produced (which differs); ``local``: the reverse."""
+    cfg = smoke.replace(**{"mole.rsea_token_proj": mode, "federation.rounds": 3, "train.lr": 1e-2})
+    runtime = build_runtime(cfg)
+    algo, model = runtime.algo, runtime.model
+    data = load_federated_data(cfg)
+    algo.setup(model)
+    msg = algo.configure_round(1)[0]
+    ctx = ClientContext(0, data.clients[0], model, runtime.tokenizer)
+    reply = algo.local_update(1, msg, ctx)
+    uploaded = {name: token for name, (token, _) in unpack_stats(reply.tensors).items()}
+    received = {
+        name: st.token_proj for name, st in algo._client_modules(0).items()
+    }  # the message's projections (the server state has not changed yet)
+    trained = {
+        name: m.token_proj.weight.detach().clone() for name, m in mole_modules(model).items()
+    }
+    assert any(not torch.equal(received[n], trained[n]) for n in received)  # training moved it
+    batches = [
+        model_inputs(
+            {k: torch.tensor([v]) for k, v in enc.items() if k != "labels"}
+            | {"attention_mask": torch.ones(1, len(enc["input_ids"]), dtype=torch.long)},
+            ctx.device,
+        )
+        for enc in _embedding_rows(ctx, cfg)
+    ]
+    with_received = embedding_stats(model, batches, token_weights=received)
+    with_trained = embedding_stats(model, batches)
+    expect, other = (
+        (with_received, with_trained) if mode == "received" else (with_trained, with_received)
+    )
+    for name, token in uploaded.items():
+        torch.testing.assert_close(token, expect[name].token, rtol=1e-4, atol=1e-5)
+    assert any(
+        not torch.allclose(uploaded[n], other[n].token, rtol=1e-4, atol=1e-5) for n in uploaded
+    )
+
+
+def _embedding_rows(ctx, cfg):
+    from fedamole.data.collate import encode_train
+
+    rows = [encode_train(x, ctx.tokenizer, cfg.model.max_length) for x in ctx.data.embedding]
+    return [r for r in rows if r is not None]
