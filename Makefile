@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLOWER_STAMP := $(VENV)/.installed-flower
 
-.PHONY: install install-flower lock demo test lint format bench bench-quality bench-quality-rounds clean
+.PHONY: install install-flower lock demo test lint format bench bench-round bench-quality bench-quality-rounds bench-rsea clean
 
 install: $(STAMP)
 
@@ -61,6 +61,12 @@ format: install
 bench: install
 	$(BIN)/fedamole bench all --out bench-results
 
+# One demo client-round timed by phase, this checkout against AGAINST (a git revision), side by
+# side in one run (docs/results/performance.md).
+AGAINST ?= HEAD
+bench-round: install
+	$(BIN)/fedamole bench round configs/demo.toml --against $(AGAINST) --repeats 2 --out bench-results
+
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
 
@@ -84,3 +90,12 @@ bench-quality-rounds: install
 	mkdir -p $(QUALITY)/rounds5
 	$(BIN)/fedamole report runs/sweeps/cpu_quality_rounds --round best > $(QUALITY)/rounds5/table.md
 	$(BIN)/fedamole plot rounds runs/sweeps/cpu_quality_rounds --out $(QUALITY)/rounds5
+
+# The RSEA benchmark (issue 17): related clients (8 clients in 4 pairs), 9 arms x 3 seeds on the
+# embedded model. Writes the tables and the figure that docs/results/rsea.md discusses.
+RSEA := docs/results/rsea
+bench-rsea: install
+	$(BIN)/fedamole sweep configs/sweeps/rsea.toml --jobs 2
+	mkdir -p $(RSEA)
+	$(BIN)/fedamole report runs/sweeps/rsea --rsea > $(RSEA)/tables.md
+	$(BIN)/fedamole plot rsea runs/sweeps/rsea --out $(RSEA)

@@ -320,6 +320,13 @@ def report(
     round_mode: RoundOpt = RoundMode.best,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output.")] = ReportFormat.md,
     ours: Annotated[str, typer.Option(help="Method whose relative gain is reported.")] = "FedAMoLE",
+    rsea: Annotated[
+        bool,
+        typer.Option(
+            help="The RSEA benchmark's tables instead: assignment diagnostics per round, "
+            "last-round quality, paired-by-seed verdicts against --ours (markdown)."
+        ),
+    ] = False,
 ) -> None:
     """Tables from run directories: mean ± std over seeds, gain, per client, comm and time.
 
@@ -327,6 +334,15 @@ def report(
     """
     from fedamole.analysis.report import build_report, format_csv, format_markdown
 
+    if rsea:
+        from fedamole.analysis.rsea_report import rsea_tables
+
+        try:
+            typer.echo(rsea_tables(runs, reference=ours), nl=False)
+        except (ValueError, FileNotFoundError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        return
     try:
         result = build_report(runs, round_mode=round_mode.value, ours=ours)
     except (ValueError, FileNotFoundError) as exc:
@@ -340,8 +356,8 @@ def plot(
     figure: Annotated[
         str,
         typer.Argument(
-            help="rounds, clients, alpha, sensitivity, heatmap, ablation, privacy, experts or "
-            "routing."
+            help="rounds, clients, alpha, sensitivity, heatmap, ablation, privacy, experts, "
+            "routing or rsea."
         ),
     ],
     runs: RunsArg,

@@ -37,7 +37,8 @@ def test_run_writes_every_file(full_run, smoke):
         assert record
     metrics = _metrics(path)
     assert {m[0] for m in metrics} == set(range(rounds + 1))
-    assert {m[1] for m in metrics} == set(range(smoke.federation.num_clients))
+    assert {m[1] for m in metrics if m[2] != "server"} == set(range(smoke.federation.num_clients))
+    assert {m[3] for m in metrics if m[2] == "server"} >= {"rsea/retention", "rsea/group_purity"}
     assert any(m[2] == "test" and m[3] == "score" for m in metrics)
     assert any(m[2] == "train" and m[3] == "loss" and m[0] == 1 for m in metrics)
     assert result.failures == 0 and result.last

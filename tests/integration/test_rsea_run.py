@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -99,3 +101,27 @@ def _embedding_rows(ctx, cfg):
 
     rows = [encode_train(x, ctx.tokenizer, cfg.model.max_length) for x in ctx.data.embedding]
     return [r for r in rows if r is not None]
+
+
+def test_rsea_report_and_figure_from_runs(smoke, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedamole.analysis.plots import plot
+    from fedamole.cli import app
+
+    for seed in (1, 2):
+        for name, extra in (("paper", {}), ("static", {"federation.assignment": "static"})):
+            cfg = smoke.replace(**PAIRED, **extra, **{"run.seed": seed})
+            run_embedded(cfg, tmp_path / "sweep" / f"{name}{seed}", progress=False)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "sweep"), "--rsea"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "| FedAMoLE | " in text and "| FedAMoLE-R | " in text
+    assert "Chance level of group purity" in text and "r1 0.333" in text
+    # static: retention 1 in both RSEA rounds (none logged for the initial assignment)
+    assert re.search(r"\| FedAMoLE-R \|.*\| - \| 1\.000 ± 0\.000 \| 1\.000 ± 0\.000 \|", text)
+    assert "Paired by seed against FedAMoLE" in text and "/2 |" in text
+    paths = plot("rsea", [tmp_path / "sweep"], tmp_path / "fig")
+    assert {p.suffix for p in paths} == {".png", ".svg"}
+    empty = CliRunner().invoke(app, ["report", str(tmp_path / "nothing"), "--rsea"])
+    assert empty.exit_code == 2 and "error:" in empty.output

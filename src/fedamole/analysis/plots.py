@@ -16,6 +16,7 @@ global backend state). Values are the client-mean score × 100 per seed (best or
 | ``privacy`` | metric vs noise rate η, no-noise line dashed (Fig. 11) | FedAMoLE(-DP) |
 | ``experts`` | experts held per client per round, one figure per run (Fig. 8 bars) | FedAMoLE |
 | ``routing`` | per-batch routing vectors in 2-D, colour = client (Fig. 8 left) | FedAMoLE |
+| ``rsea`` | group purity (and chance), retention, affinity spread per round | FedAMoLE |
 
 ``routing`` loads the model and each client's final state and reads client data
 (:mod:`fedamole.analysis.routing`); it is the only figure that computes, so it takes seconds per run
@@ -235,6 +236,59 @@ def plot_experts(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
     return paths
 
 
+RSEA_PANELS = (
+    ("rsea/group_purity", "group purity", "share of co-holding pairs with related data"),
+    ("rsea/retention", "retention", "share of expert-holder pairs kept"),
+    ("rsea/affinity_spread", "affinity spread", "mean (max - min) affinity over clients"),
+)
+
+
+def plot_rsea(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
+    """RSEA's diagnostics per round (``server/rsea/...``), one line per method (mean over seeds,
+    ± std band): group purity with its chance level (grey, dashed), retention, affinity spread.
+    Each panel's y-axis spans the metric's range, 0 to 1."""
+    items = [e for e in entries(runs) if e.run.server_metric("rsea/retention")]
+    _need(items, "RSEA diagnostics (server/rsea/... records: FedAMoLE runs)")
+    fig, axes = _panels(len(RSEA_PANELS))
+    color = _palette(items)
+    for ax, (metric, title, ylabel) in zip(axes, RSEA_PANELS, strict=True):
+        for method, seeds in _by_method(items):
+            series = [e.run.server_metric(metric) for e in seeds]
+            rounds = sorted({r for s in series for r in s})
+            if not rounds:
+                continue
+            stats = [mean_std([s[r] for s in series if r in s]) for r in rounds]
+            y = np.array([m for m, _, _ in stats])
+            sd = np.array([d or 0.0 for _, d, _ in stats])
+            ax.plot(rounds, y, marker="o", ms=3, label=method, color=color[method])
+            ax.fill_between(
+                rounds,
+                np.clip(y - sd, 0, 1),
+                np.clip(y + sd, 0, 1),
+                alpha=0.15,
+                color=color[method],
+            )
+        if metric == "rsea/group_purity":
+            chance = {
+                r: v
+                for e in items
+                for r, v in e.run.server_metric("rsea/group_purity_chance").items()
+            }
+            if chance:
+                x = sorted(chance)
+                ax.plot(
+                    x,
+                    [chance[r] for r in x],
+                    ls="--",
+                    color="grey",
+                    label="chance (random assignment)",
+                )
+        _style(ax, title, "round (assignment chosen after it)", ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, axes, out, "rsea")
+
+
 def plot_routing(
     runs: list[Run], out: Path, mode: RoundMode, *, projection: str = "pca"
 ) -> list[Path]:
@@ -297,6 +351,7 @@ FIGURES: dict[str, Callable[[list[Run], Path, RoundMode], list[Path]]] = {
     "privacy": plot_privacy,
     "rounds": plot_rounds,
     "routing": plot_routing,
+    "rsea": plot_rsea,
     "sensitivity": plot_sensitivity,
 }
 

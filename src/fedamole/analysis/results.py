@@ -109,6 +109,14 @@ class Run:
     def metrics(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.path / "metrics.jsonl"))
 
+    def server_metric(self, metric: str) -> dict[int, float]:
+        """round -> value of a server metric (e.g. ``rsea/group_purity``)."""
+        return {
+            int(rec["round"]): float(rec["value"])
+            for rec in self.metrics
+            if rec["split"] == "server" and rec["metric"] == metric
+        }
+
     def scores(self, split: str, metric: str = "score") -> dict[int, dict[int, float]]:
         """round -> client -> value of ``split/metric``."""
         out: dict[int, dict[int, float]] = {}
@@ -214,6 +222,9 @@ def method_labels(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         flags = [
             ("-R", fed.get("assignment") == "static"),
             ("-Rand", fed.get("assignment") == "random"),
+            ("-Oracle", fed.get("assignment") == "oracle"),
+            ("+received", mole.get("rsea_token_proj") == "received"),
+            ("+retention", float(mole.get("rsea_retention", 0.0)) > 0),
             ("-H", mole.get("router") == "linear"),
             ("-S", mole.get("shared_expert") is False),
             ("-Homo", fed.get("homogeneous") is True),
