@@ -195,7 +195,8 @@ def format_table(result: dict) -> str:
     head = "phase                  this (s)" + ("   other (s)   speed-up" if two else "")
     lines = [head, "-" * len(head)]
     this = medians["this"]
-    phases = [p for p in this if p not in ("evaluation", "client-round")]
+    named = {p for side in medians.values() for p in side} - {"evaluation", "client-round"}
+    phases = sorted(named)
     for phase in [*phases, "evaluation", "client-round"]:
         row = f"{phase:<20} {this.get(phase, 0.0):>10.2f}"
         if two:
