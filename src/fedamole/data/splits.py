@@ -68,10 +68,21 @@ def split_sizes(n: int, ratios: np.ndarray, caps: Sequence[int | None]) -> tuple
     Returns:
         (train, embedding, eval, test) sizes after capping; they may sum to less than ``n``.
     """
-    cuts = (np.cumsum(ratios)[:-1] * n).astype(int)  # (3,)
-    bounds = np.concatenate([[0], cuts, [n]])  # (5,)
-    sizes = np.diff(bounds)  # (4,)
+    sizes = np.diff(np.concatenate([[0], _cuts(n, ratios), [n]]))  # (4,)
     return tuple(int(s) if c is None else int(min(s, c)) for s, c in zip(sizes, caps, strict=True))
+
+
+def _cuts(n: int, ratios: np.ndarray) -> np.ndarray:
+    """(3,) where a client's shuffled examples are cut into train, embedding, eval and test.
+
+    ``data.test_ratio = 0`` gives no test example: the cumulative sum of the ratios can round to
+    just below 1 (0.9999999 * n truncates to n - 1), which handed that empty piece one example.
+    A zero embedding or eval ratio adds exactly 0 to the sum, so its cut already coincides.
+    """
+    cuts = (np.cumsum(ratios)[:-1] * n).astype(int)  # (3,)
+    if ratios[3] == 0:
+        cuts[2] = n
+    return cuts
 
 
 def resolve_test_cap(data: DataConfig, examples: Sequence[Example]) -> int:
@@ -106,8 +117,7 @@ def split_client(
         DataError: the train split would be empty.
     """
     order = rng.permutation(np.asarray(indices))
-    cuts = (np.cumsum(ratios)[:-1] * len(order)).astype(int)  # (3,)
-    pieces = np.split(order, cuts)
+    pieces = np.split(order, _cuts(len(order), ratios))
     sizes = split_sizes(len(order), ratios, caps)
     if sizes[0] == 0:
         raise DataError(

@@ -113,3 +113,18 @@ def test_pipeline_task_partition_sizes_caps_and_meta():
         )
     assert data.meta["unassigned"] == 100  # the two families past 4 clients * 2
     assert [sum(c) for c in data.meta["partition_counts"]] == [100] * 4
+
+
+@pytest.mark.parametrize("n", [7, 10, 33, 100, 997])
+def test_a_zero_test_ratio_gives_no_test_example(n):
+    ratios = split_ratios(0.05, 0.1, 0.0)
+    assert split_sizes(n, ratios, (None, None, None, None))[3] == 0
+    client = split_client(
+        [Example(f"p{i}", "r", "c") for i in range(n)],
+        np.arange(n),
+        ratios,
+        (None, None, None, None),
+        np.random.default_rng(0),
+    )
+    assert client.test == () or len(client.test) == 0
+    assert sum(map(len, (client.train, client.embedding, client.eval))) == n
