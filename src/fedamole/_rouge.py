@@ -1,4 +1,5 @@
-"""ROUGE-L F of one hypothesis against one reference, two implementations (SPEC.md 5.7).
+"""ROUGE-L F of one hypothesis against one reference, two implementations
+(docs/algorithm.md#generation-and-rouge-l).
 
 ``pltrdy`` re-implements, in plain Python and without importing it, the 'rouge-l' 'f' value of
 the ``rouge==1.0.1`` package that the reference scores Dolly and NI with. Its semantics, reproduced

@@ -6,7 +6,7 @@ crash between them leaves ``last.old/``, which :func:`load_checkpoint` falls bac
 is therefore always either the previous round's or this round's, never a mixture.
 
 Tensors and numpy arrays anywhere in the nested state are stored in the safetensors file under their
-path (``server/bank/layers.0.q_proj/A``); everything else must be JSON-serialisable. ``state.json``
+path (``/server/bank/layers.0.q_proj/A``); everything else must be JSON-serialisable. ``state.json``
 records the sha256 of the tensors file, checked on load: a changed file is an error, never a resume
 from corrupt weights.
 """

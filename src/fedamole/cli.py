@@ -5,13 +5,18 @@ Run ``fedamole --help`` or ``fedamole COMMAND --help`` for usage and examples.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
+import click
 import typer
+from typer.core import TyperCommand
+from typer.models import ArgumentInfo
 
 from fedamole.config import Config, ConfigError, differing_fields, load
 
@@ -33,6 +38,59 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+class _Command(TyperCommand):
+    """A typer command whose plain help (``rich_markup_mode=None``) reads as written.
+
+    Three fixes, each a no-op where the libraries do not need it:
+
+    - typer escapes the ``[default: ...]`` and ``[required]`` notes for rich's markup whenever rich
+      is installed, even with rich markup off, so plain help showed ``\\[default: ...]``; the
+      escape is undone here.
+    - click 8.5 resets the help text typer gives an argument (``Parameter.__init__`` now takes
+      ``help`` itself and typer does not pass it on), so arguments had no description; it is
+      restored from the command function's ``typer.Argument(help=...)``.
+    - click 8.5 also lists the arguments itself ("Positional arguments"), which typer already
+      does ("Arguments"); they are listed once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        helps = _argument_help(self.callback)
+        for param in self.params:
+            if isinstance(param, click.Argument) and not param.help:
+                param.help = helps.get(param.name or "")
+
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Nothing: click 8.5 lists the arguments here too; :meth:`format_options` lists them."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: dict[str, list[tuple[str, str]]] = {"argument": [], "option": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and param.param_type_name in rows:
+                name, text = record
+                rows[param.param_type_name].append((name, text.replace("\\[", "[")))
+        for title, kind in (("Arguments", "argument"), ("Options", "option")):
+            if rows[kind]:
+                with formatter.section(title):
+                    formatter.write_dl(rows[kind])
+
+
+def _argument_help(callback: Callable[..., Any] | None) -> dict[str, str]:
+    """``{parameter: help}`` of the ``typer.Argument`` parameters of a command function."""
+    if callback is None:
+        return {}
+    hints = get_type_hints(inspect.unwrap(callback), include_extras=True)
+    return {
+        name: info.help
+        for name, hint in hints.items()
+        if get_origin(hint) is Annotated
+        for info in get_args(hint)[1:]
+        if isinstance(info, ArgumentInfo) and info.help
+    }
+
+
 ConfigArg = Annotated[
     Path, typer.Argument(help="Experiment TOML (a diff over configs/defaults.toml).")
 ]
@@ -53,6 +111,27 @@ class RoundMode(StrEnum):
 class ReportFormat(StrEnum):
     md = "md"
     csv = "csv"
+
+
+class Projection(StrEnum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+# The figures of ``fedamole plot``: fedamole.analysis.plots.FIGURES (a test keeps them equal),
+# named here so that the command line does not import matplotlib to print its help.
+FIGURES = (
+    "ablation",
+    "alpha",
+    "clients",
+    "experts",
+    "heatmap",
+    "privacy",
+    "rounds",
+    "routing",
+    "rsea",
+    "sensitivity",
+)
 
 
 OverridesArg = Annotated[
@@ -90,7 +169,7 @@ def _load(config: Path, overrides: list[str] | None) -> Config:
         raise typer.Exit(2) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
     """Print the resolved config, or every configuration and feasibility error at once.
 
@@ -103,7 +182,7 @@ def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
     typer.echo(f"# {config}: valid", err=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     config: ConfigArg,
     overrides: OverridesArg = None,
@@ -159,7 +238,7 @@ def run(
         raise typer.Exit(1) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def partition(
     config: ConfigArg,
     overrides: OverridesArg = None,
@@ -180,7 +259,7 @@ def partition(
         raise typer.Exit(2) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
     which: Annotated[
         str, typer.Argument(help="layer, assign, round, or all (layer and assign).")
@@ -251,19 +330,14 @@ def bench(
         typer.echo(f"# {name}: wrote {out / (name + '.json')} ({len(json.dumps(result))} bytes)")
 
 
-RoundOpt = Annotated[
-    RoundMode,
-    typer.Option(
-        "--round",
-        help="Per seed: the best round (the maximum client-mean score over rounds) or the last.",
-    ),
-]
+ROUND_HELP = "Per seed: the best round (the maximum client-mean score over rounds) or the last."
+RoundOpt = Annotated[RoundMode, typer.Option("--round", help=ROUND_HELP)]
 RunsArg = Annotated[
     list[Path], typer.Argument(help="Run directories, or folders searched for them (a sweep).")
 ]
 
 
-@app.command()
+@app.command(cls=_Command)
 def sweep(
     grid: Annotated[Path, typer.Argument(help="Grid TOML, e.g. configs/sweeps/main.toml.")],
     dry_run: Annotated[
@@ -314,7 +388,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     runs: RunsArg,
     round_mode: RoundOpt = RoundMode.best,
@@ -351,21 +425,23 @@ def report(
     typer.echo(format_markdown(result) if fmt is ReportFormat.md else format_csv(result), nl=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
-    figure: Annotated[
-        str,
-        typer.Argument(
-            help="rounds, clients, alpha, sensitivity, heatmap, ablation, privacy, experts, "
-            "routing or rsea."
-        ),
-    ],
+    figure: Annotated[str, typer.Argument(metavar="FIGURE", help=f"One of: {', '.join(FIGURES)}.")],
     runs: RunsArg,
     out: Annotated[Path, typer.Option(help="Folder for the PNG and SVG files.")] = Path("figures"),
-    round_mode: RoundOpt = RoundMode.last,
+    round_mode: Annotated[
+        RoundMode,
+        typer.Option(
+            "--round",
+            help=ROUND_HELP[:-1] + ", as in `report`. Used by ablation, alpha, clients, heatmap, "
+            "privacy and sensitivity; rounds, experts and rsea show every round, routing the last "
+            "checkpoint.",
+        ),
+    ] = RoundMode.best,
     projection: Annotated[
-        str, typer.Option(help="routing only: pca, or tsne (needs scikit-learn).")
-    ] = "pca",
+        Projection, typer.Option(help="routing only: tsne needs scikit-learn.")
+    ] = Projection.pca,
 ) -> None:
     """Draw one of the paper's figures from run directories (PNG and SVG).
 
@@ -375,7 +451,7 @@ def plot(
     from fedamole.checkpoint import CheckpointError
 
     try:
-        paths = draw(figure, runs, out, round_mode=round_mode.value, projection=projection)
+        paths = draw(figure, runs, out, round_mode=round_mode.value, projection=projection.value)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -383,7 +459,7 @@ def plot(
         typer.echo(f"wrote {path}")
 
 
-@app.command("deploy-local")
+@app.command("deploy-local", cls=_Command)
 def deploy_local(
     config: ConfigArg,
     overrides: OverridesArg = None,
@@ -431,7 +507,7 @@ def deploy_local(
         shutil.rmtree(folder)
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     run: Annotated[Path, typer.Argument(help="A run directory (config.toml + checkpoints/).")],
     client: Annotated[int, typer.Option(help="0-based client id.")],
@@ -453,7 +529,7 @@ def export(
     typer.echo(f"exported client {client} of {run} to {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def generate(
     model_dir: Annotated[Path, typer.Argument(help="A folder written by `fedamole export`.")],
     prompt: Annotated[str, typer.Argument(help="The instruction (put in the Alpaca template).")],

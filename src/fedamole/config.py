@@ -2,7 +2,7 @@
 
 A run is configured by ``configs/defaults.toml`` (every field, documented) overlaid with an
 experiment's TOML diff and dotted ``key=value`` overrides from the command line. :func:`load` merges
-the three, validates types *and* cross-field feasibility (SPEC.md section 10 item 11), and reports
+the three, validates types *and* cross-field feasibility (docs/config.md#validation), and reports
 every error at once as a :class:`ConfigError`, each line naming the field, the value and the fix.
 
 One baseline's own settings are a table of their own (``[baselines.fdlora]``); the flat keys they
@@ -96,7 +96,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """The backbone (SPEC.md 5.1)."""
+    """The backbone (docs/algorithm.md#backbone)."""
 
     name: str = "embedded:smollm2-135m-instruct"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -112,7 +112,7 @@ class ModelConfig(_Section):
 
 
 class MoLEConfig(_Section):
-    """The HMoLE layer and its expert pool (SPEC.md 2 and 3.5)."""
+    """The HMoLE layer and its expert pool (docs/algorithm.md#hmole-layer)."""
 
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     num_experts: int = Field(30, ge=1)
@@ -135,7 +135,7 @@ class MoLEConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Which dataset, where from, and the per-client split ratios and caps (SPEC.md 5.2, 5.6)."""
+    """Which dataset, where from, and the per-client split ratios and caps (docs/data.md)."""
 
     dataset: Literal["synthetic", "snli", "dolly", "natural_instructions", "local"] = "synthetic"
     path: str | None = None
@@ -151,7 +151,7 @@ class DataConfig(_Section):
 
 
 class PartitionConfig(_Section):
-    """How examples are spread over clients (SPEC.md 5.5)."""
+    """How examples are spread over clients (docs/data.md#partitions)."""
 
     kind: Literal["iid", "dirichlet", "task"] = "dirichlet"
     alpha: float = 1.0
@@ -162,13 +162,13 @@ class PartitionConfig(_Section):
 
 
 class PTuningConfig(_Section):
-    """``[baselines.ptuning]``: FedPTuning only (SPEC.md 6.3)."""
+    """``[baselines.ptuning]``: FedPTuning only."""
 
     reference_quirk: bool = False
 
 
 class FDLoRAConfig(_Section):
-    """``[baselines.fdlora]``: FDLoRA only (SPEC.md 6)."""
+    """``[baselines.fdlora]``: FDLoRA only."""
 
     sync_every: int = Field(5, ge=1)
     outer_lr: float = Field(1.0, gt=0)
@@ -180,14 +180,14 @@ class FDLoRAConfig(_Section):
 
 
 class FedDPAConfig(_Section):
-    """``[baselines.feddpa]``: FedDPA only (SPEC.md 6)."""
+    """``[baselines.feddpa]``: FedDPA only."""
 
     local_steps: int | None = Field(None, ge=1)
 
 
 class BaselinesConfig(_Section):
-    """Settings of the baseline algorithms (SPEC.md section 6); FedAMoLE ignores them. Shared
-    LoRA and prompt settings are flat; one algorithm's own settings are its sub-table."""
+    """Settings of the baseline algorithms (docs/algorithm.md#baselines); FedAMoLE ignores them.
+    Shared LoRA and prompt settings are flat; one algorithm's own settings are its sub-table."""
 
     lora_rank: int = Field(8, ge=1)
     lora_alpha: float = Field(16.0, gt=0)
@@ -213,7 +213,7 @@ _MOVED: dict[tuple[str, ...], str] = {
 
 
 class FederationConfig(_Section):
-    """The federated protocol (SPEC.md 1, 3.6, 3.7, 4)."""
+    """The federated protocol (docs/algorithm.md#federated-protocol)."""
 
     # One of AlgorithmName, checked after the types (feasibility_errors) as before: an unknown
     # name then comes last and does not trigger the checks of the default algorithm.
@@ -229,7 +229,7 @@ class FederationConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Local training (SPEC.md 4)."""
+    """Local training (docs/algorithm.md#local-training)."""
 
     steps: int = Field(200, ge=1)
     batch_size: int = Field(1, ge=1)
@@ -243,7 +243,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Evaluation (SPEC.md 5.7)."""
+    """Evaluation (docs/algorithm.md#evaluation)."""
 
     test_init: bool = True
     timing: Literal["personalized", "global", "both"] = "personalized"
@@ -313,7 +313,7 @@ class Config(_Section):
 
 
 def feasibility_errors(cfg: Config) -> list[str]:
-    """Cross-field constraints that the types alone cannot express (SPEC.md 3.5 and 10.11).
+    """Cross-field constraints that the types alone cannot express (docs/config.md#validation).
 
     Args:
         cfg: a config whose fields each passed their own type and range checks.

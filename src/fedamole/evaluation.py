@@ -1,8 +1,9 @@
-"""Evaluation: choice accuracy, greedy generation + ROUGE-L, eval loss, summaries (SPEC.md 5.7).
+"""Evaluation: choice accuracy, greedy generation + ROUGE-L, eval loss, summaries
+(docs/algorithm.md#evaluation).
 
 - **Answer-choice tasks** (SNLI) are scored without generation: each choice is appended to the
-  prompt in the training format (SPEC.md 5.4), its mean token NLL over the choice tokens *and EOS*
-  is computed, and the argmin is the prediction (ties go to the first choice).
+  prompt in the training format (docs/algorithm.md#tokenization), its mean token NLL over the choice
+  tokens *and EOS* is computed, and the argmin is the prediction (ties go to the first choice).
 - **Free-text tasks** (Dolly, NI) are decoded greedily (``num_beams=1``, no sampling,
   ``max_new_tokens`` from the config, stop at EOS per sequence); the prompt is stripped, the new
   tokens are decoded with ``skip_special_tokens=True`` and scored against the example's response
@@ -31,8 +32,8 @@ explicit ids a padded row scores like the same row unpadded (tested to 1e-5 in f
 - *One pass per example.* The test loss of an answer-choice example is its correct choice's NLL,
   which scoring has already computed (the same tokens in the same training format); only free-text
   examples get a teacher-forced pass of their own.
-- *Length-sorted batches.* Examples are batched in order of length (results are put back in
-  order), so little is padded.
+- *Token-sorted batches.* Examples are batched in the order of their tokens (results are put back
+  in order), so rows that share a prefix sit together.
 """
 
 from __future__ import annotations
@@ -313,7 +314,8 @@ def score_choices(
     batch_size: int,
     max_length: int,
 ) -> list[list[float] | None]:
-    """Mean NLL per choice token (EOS included) of every choice of every example (SPEC.md 5.7).
+    """Mean NLL per choice token (EOS included) of every choice of every example
+    (docs/algorithm.md#answer-choice-scoring).
 
     All choices of ``batch_size`` examples (taken in order of length) go into one batch (so a
     batch holds ``batch_size * len(choices)`` sequences), after their shared prefix. Runs in eval
@@ -324,7 +326,7 @@ def score_choices(
         tokenizer: its tokenizer (pad and EOS ids are read from it).
         examples: answer-choice examples (``example.is_choice``).
         batch_size: examples per forward pass.
-        max_length: the truncation length of the training format (SPEC.md 5.4).
+        max_length: the truncation length of the training format.
 
     Returns:
         One list of per-choice mean NLLs per example, in the order of ``example.choices``; ``None``
@@ -388,7 +390,8 @@ def mean_loss(
     batch_size: int,
     max_length: int,
 ) -> float:
-    """Token-weighted mean NLL of the responses (+EOS) in the training format (SPEC.md 5.4).
+    """Token-weighted mean NLL of the responses (+EOS) in the training format
+    (docs/algorithm.md#tokenization).
 
     Examples whose prompt is ``>= max_length`` tokens are skipped, as in training.
 
@@ -460,7 +463,7 @@ def generate_responses(
         examples: the examples whose ``prompt`` is continued.
         batch_size: prompts per batch.
         max_new_tokens: generation budget per prompt.
-        max_length: prompts of ``>= max_length`` tokens are skipped (SPEC.md 5.4).
+        max_length: prompts of ``>= max_length`` tokens are skipped.
 
     Returns:
         The decoded text per example, ``None`` for a skipped one.
@@ -645,7 +648,7 @@ def evaluate_examples(
     *,
     max_length: int,
 ) -> dict[str, float]:
-    """Score one client's evaluation examples (SPEC.md 5.7).
+    """Score one client's evaluation examples (docs/algorithm.md#evaluation).
 
     Args:
         model: the (personalized) causal LM; its train/eval mode is restored afterwards.

@@ -39,7 +39,7 @@ All formats carry ``fedamole_export.json``: ``format`` ("fedamole-export"), ``ve
 (module -> the global ids of the client's experts).
 
 :func:`generate` loads any kind and greedily answers one instruction wrapped in the Alpaca
-template (SPEC.md 5.3), as the evaluation decodes.
+template (docs/algorithm.md#prompt-templates), as the evaluation decodes.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def load_exported(
 
 
 def generate(model_dir: Path, prompt: str, *, max_new_tokens: int, context: str = "") -> str:
-    """Greedy answer of an exported model to one instruction (Alpaca template, SPEC.md 5.3).
+    """Greedy answer of an exported model to one instruction (the Alpaca template).
 
     A FedDPA model mixes its adapters with the instance weight of this prompt.
 

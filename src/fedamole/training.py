@@ -1,4 +1,4 @@
-"""Local training (SPEC.md section 4).
+"""Local training (docs/algorithm.md#local-training).
 
 - ``steps`` optimizer steps per round, each over ``batch_size`` examples, split into micro-batches
   whose gradients are accumulated; the loss is **token-weighted** over the whole batch (the sum of
@@ -11,8 +11,8 @@
 - The training order persists across rounds: :class:`BatchStream` walks a per-epoch permutation
   derived from ``(seed, client, epoch)`` and keeps only ``(epoch, position)`` as state, so a resumed
   run and the Flower engine draw the same batches.
-- The load-balance term (SPEC.md 2.4) is added through the MoLE collector; each micro-batch's term
-  is weighted by its share of the batch's response tokens.
+- The load-balance term (docs/algorithm.md#load-balance-loss) is added through the MoLE collector;
+  each micro-batch's term is weighted by its share of the batch's response tokens.
 """
 
 from __future__ import annotations

@@ -83,8 +83,9 @@ def test_injected_client_failure_does_not_stop_the_run(smoke, tmp_path):
 
 
 def test_comm_matches_the_byte_formula(full_run, smoke):
-    """SPEC.md section 4: down = b*sum_m[(n+1)*r*(d_in+d_out) + r*d_in]; up adds the embeddings,
-    (n+1)*r per module here (we do not send the shared expert's zero placeholder row)."""
+    """docs/algorithm.md#communication: down = b*sum_m[(n+1)*r*(d_in+d_out) + r*d_in]; up adds
+    the embeddings, (n+1)*r per module here (we do not send the shared expert's zero placeholder
+    row)."""
     path, _ = full_run
     r, b = smoke.mole.rank, 4  # fp32 adapters
     d = {"q_proj": (32, 32), "v_proj": (32, 16)}  # tiny llama: hidden 32, 2 KV heads of 8

@@ -70,3 +70,36 @@ def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"fedamole {__version__}"
     assert __version__[0].isdigit()
+
+
+COMMANDS = ["run", "validate", "partition", "bench", "sweep", "report", "plot", "deploy-local"]
+COMMANDS += ["export", "generate"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_is_plain_text_with_every_argument_described(command):
+    """No rich-markup escape (``\\[default: ...]``) and a description for every argument."""
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "\\[" not in result.output
+    assert "Positional arguments" not in result.output  # listed once, under "Arguments"
+    arguments = result.output.split("Arguments:\n")[1].split("Options:")[0]
+    for line in arguments.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):  # a row: NAME then its help
+            assert len(line.split(None, 1)) == 2, line
+
+
+def test_run_help_shows_defaults_and_engine_choices():
+    text = " ".join(runner.invoke(app, ["run", "--help"]).output.split())  # whatever the width
+    assert "[default: embedded]" in text
+    assert "--engine [embedded|flower]" in text
+    assert "CONFIG Experiment TOML" in text  # the argument's own help
+    assert "[required]" in text
+
+
+def test_bench_help_names_every_benchmark():
+    from fedamole.bench import BENCHMARKS
+
+    result = runner.invoke(app, ["bench", "--help"])
+    for name in (*BENCHMARKS, "round", "all"):
+        assert name in result.output, name

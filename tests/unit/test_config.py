@@ -22,7 +22,7 @@ def test_defaults_file_lists_every_field_with_the_code_defaults(repo):
     assert load(repo / "configs" / "defaults.toml") == Config()
 
 
-def test_paper_preset_reproduces_spec_7_1(repo):
+def test_paper_preset_reproduces_the_paper_setting(repo):
     cfg = load(repo / "configs" / "paper" / "base.toml")
     assert cfg.model.name == "meta-llama/Llama-3.2-1B"
     assert (cfg.federation.num_clients, cfg.federation.rounds) == (10, 30)

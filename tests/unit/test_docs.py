@@ -1,10 +1,13 @@
 """The published CPU benchmark quotes what `make bench-quality` wrote: the main table of
 docs/results/cpu-benchmark.md and of the README equals docs/results/cpu-benchmark/table.md's, and
-every figure the page shows exists."""
+every figure the page shows exists. The repository cites only its own docs pages, and every cited
+anchor exists."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,3 +41,121 @@ def test_page_figures_exist():
 def test_page_quotes_the_generated_verdict():
     verdict = [line for line in GENERATED.read_text().splitlines() if line.startswith("- **")]
     assert verdict and all(line in PAGE.read_text() for line in verdict)
+
+
+# --------------------------------------------------------------------------------------------------
+# The repository stands alone: it cites its own docs/ pages, never notes kept outside it.
+
+# Built by concatenation so that this file does not trip its own check.
+_OUTSIDE_NOTES = tuple(stem + ".md" for stem in ("SP" + "EC", "DES" + "IGN", "STY" + "LE"))
+_BARE_NOTE = re.compile(r"\b" + "SP" + r"EC\s+(section\s+)?\d")  # "<notes> 5.4" without ".md"
+_OUTSIDE_DIR = ".." + "/shared/"
+_OFFLINE_DATA = ".." + "/shared/data"
+_CHECKED = ("src", "tests", "configs", "docs", "deploy", "README.md", "Makefile", "pyproject.toml")
+# The only places that may name the offline dataset copies beside the repository: tests (through
+# tests/conftest.py's SHARED_DATA) and the paper's scenario configs and sweeps (`data.path`).
+_OFFLINE_DATA_ALLOWED = {
+    "tests/*": _OFFLINE_DATA,
+    "configs/paper/*.toml": _OFFLINE_DATA + "/",
+    "configs/sweeps/*.toml": _OFFLINE_DATA + "/",
+}
+_DOC_LINK = re.compile(r"docs/([\w./-]+?\.md)#([\w-]+)")
+_MD_LINK = re.compile(r"\]\(([\w./-]*?\.md)?#([\w-]+)\)")
+
+
+def _checked_files() -> list[Path]:
+    """Text files under ``_CHECKED`` that git tracks or would track (untracked, not ignored); where
+    there is no git checkout, every file there except caches and build output."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *_CHECKED],
+        cwd=ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode == 0:
+        paths = [ROOT / p for p in listed.stdout.decode().split("\0") if p]
+    else:
+        skip = ("__pycache__", ".egg-info", ".pytest_cache", ".ruff_cache")
+        paths = [
+            p
+            for name in _CHECKED
+            for p in ([ROOT / name] if (ROOT / name).is_file() else (ROOT / name).rglob("*"))
+            if not any(part.endswith(skip) for part in p.parts)
+        ]
+    return sorted(p for p in paths if p.is_file() and _is_text(p))
+
+
+def _is_text(path: Path) -> bool:
+    data = path.read_bytes()
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _allowed_data_mention(rel: str) -> str | None:
+    return next((s for pattern, s in _OFFLINE_DATA_ALLOWED.items() if fnmatch(rel, pattern)), None)
+
+
+def test_no_citation_of_files_outside_the_repository():
+    forbidden = [re.escape(name) for name in (*_OUTSIDE_NOTES, _OUTSIDE_DIR)]
+    pattern = re.compile("|".join([*forbidden, _BARE_NOTE.pattern]))
+    problems = []
+    for path in _checked_files():
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text(encoding="utf-8")
+        allowed = _allowed_data_mention(rel)
+        if allowed:  # blank the allowed mentions out, keeping every offset
+            text = text.replace(allowed, " " * len(allowed))
+        for match in pattern.finditer(text):
+            lineno = text.count("\n", 0, match.start()) + 1
+            problems.append(f"{rel}:{lineno}: {' '.join(match.group(0).split())}")
+    assert not problems, (
+        "cite the docs/ pages (docs/algorithm.md#..., docs/data.md, docs/config.md, "
+        "docs/run-directory.md) instead of files outside the repository:\n" + "\n".join(problems)
+    )
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation other than '-' and '_' dropped,
+    spaces turned into '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    anchors, seen, fenced = set(), {}, False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        match = re.match(r"#{1,6} (.+)", line)
+        if match and not fenced:
+            slug = _slug(match.group(1))
+            count = seen.get(slug, 0)
+            seen[slug] = count + 1
+            anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_cited_docs_anchors_exist():
+    """Every ``docs/<page>.md#<anchor>`` in the checked files, and every ``(page.md#anchor)`` or
+    ``(#anchor)`` link of a docs page, names a heading of that page."""
+    problems = []
+    for path in _checked_files():
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text(encoding="utf-8")
+        cited = [(ROOT / "docs" / page, anchor) for page, anchor in _DOC_LINK.findall(text)]
+        if rel.startswith("docs/") and rel.endswith(".md"):
+            cited += [
+                (path.parent / page if page else path, anchor)
+                for page, anchor in _MD_LINK.findall(text)
+            ]
+        for page, anchor in cited:
+            if not page.is_file():
+                problems.append(f"{rel}: {page.relative_to(ROOT)} does not exist")
+            elif anchor not in _anchors(page):
+                problems.append(f"{rel}: {page.relative_to(ROOT)} has no heading #{anchor}")
+    assert not problems, "\n".join(sorted(set(problems)))

@@ -1,4 +1,4 @@
-"""Federated algorithms behind one protocol (DESIGN.md section 4).
+"""Federated algorithms behind one protocol (:mod:`fedamole.algorithms.base`).
 
 ``ALGORITHMS`` maps the config's ``federation.algorithm`` to ``"module:Class"``; classes are
 imported only when a run needs them, so config validation stays cheap.

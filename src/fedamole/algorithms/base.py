@@ -1,4 +1,4 @@
-"""The protocol every federated algorithm implements (DESIGN.md section 4).
+"""The protocol every federated algorithm implements (docs/algorithm.md#engines).
 
 The server side (``setup``, ``configure_round``, ``aggregate``, ``state_dict``) keeps only server
 state. ``local_update`` runs where the data is: it may use only the message, that client's

@@ -1,4 +1,4 @@
-"""FDLoRA (SPEC.md section 6 item 4): dual LoRA with a DiLoCo-style outer optimizer and fusion.
+"""FDLoRA (docs/algorithm.md#baselines): dual LoRA with a DiLoCo-style outer optimizer and fusion.
 
 Qi et al. 2024, "FDLoRA: Personalized Federated Learning of Large Language Model via Dual LoRA
 Tuning" (arXiv 2406.07925), as the FedAMoLE reference re-implements it (``baselines/fdlora.py``,
@@ -111,7 +111,7 @@ def outer_step(
     momentum: float,
     weights: Sequence[float] | None = None,
 ) -> tuple[State, State]:
-    """One server OuterOpt step: Nesterov SGD on the pseudo-gradient (SPEC.md 6.4).
+    """One server OuterOpt step: Nesterov SGD on the pseudo-gradient (module docstring, item 3).
 
     ``g = mean_c (global - client_c)`` (weighted when ``weights`` are given), then
     ``torch.optim.SGD(nesterov=True, dampening=0)``: ``buf = g`` on the first step (empty

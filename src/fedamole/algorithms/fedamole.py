@@ -1,4 +1,4 @@
-"""FedAMoLE (SPEC.md sections 1, 3 and 4): heterogeneous mixtures of LoRA experts with RSEA.
+"""FedAMoLE (docs/algorithm.md): heterogeneous mixtures of LoRA experts with RSEA.
 
 Server state, per MoLE module: the expert bank (all E domain experts, the shared expert, the global
 token projection, and gate vectors for the linear-router ablation), the current assignment, and the
@@ -8,11 +8,12 @@ last known RSEA embeddings. Each round:
    expert and token projection) whenever the bank changed since the last dispatch (round 0 and after
    every aggregation); otherwise it continues with what it holds.
 2. ``local_update`` (on the client): load, train (rounds >= 1), evaluate on the test split right
-   after training (the personalized metric, SPEC.md 1), compute mean embeddings on the embedding
-   split (rounds 1..R-1, RSEA only), optionally add privacy noise, upload.
+   after training (the personalized metric, docs/algorithm.md#evaluation-timing), compute mean
+   embeddings on the embedding split (rounds 1..R-1, RSEA only), optionally add privacy noise,
+   upload.
 3. ``aggregate`` (rounds 1..R-1 only: nothing after the last round): per expert id, the mean over
-   its holders; shared expert and token projection over all clients (SPEC.md 3.3); then RSEA (or the
-   ablation policy) computes next round's assignment.
+   its holders; shared expert and token projection over all clients (docs/algorithm.md#aggregation);
+   then RSEA (or the ablation policy) computes next round's assignment.
 
 Faults: an update that fails validation (missing module, wrong shape, non-finite value) is rejected
 with a logged reason; a failed or rejected client is simply absent from the means. An expert whose

@@ -30,7 +30,7 @@ Deviations:
   also decode one instance at a time); ``test/mix_weight`` reports the mean ``a(x)``.
 - Averaging is unweighted unless ``federation.weighting = "examples"`` (the authors weight by data
   size); the paper's test sets with distribution shift (other clients' tasks) are not built: every
-  method is evaluated on each client's own test split (SPEC.md 5.7).
+  method is evaluated on each client's own test split (docs/algorithm.md#evaluation).
 """
 
 from __future__ import annotations

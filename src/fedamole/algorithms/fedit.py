@@ -1,4 +1,4 @@
-"""FedIT: federated instruction tuning, FedAvg on one LoRA adapter (SPEC.md section 6.1).
+"""FedIT: federated instruction tuning, FedAvg on one LoRA adapter (docs/algorithm.md#baselines).
 
 Follows Zhang et al., "Towards Building the Federated GPT: Federated Instruction Tuning"
 (ICASSP 2024, arXiv 2305.05644) as run by the FedAMoLE reference (``fed_avg``): every client trains

@@ -1,4 +1,5 @@
-"""LoRA adapters on the shared frozen backbone, through peft's public API (SPEC.md section 6).
+"""LoRA adapters on the shared frozen backbone, through peft's public API
+(docs/algorithm.md#baselines).
 
 Every LoRA baseline (local-only, FedIT, FFA-LoRA, FedSA-LoRA, FedDPA) installs plain LoRA adapters
 (``r``, ``alpha``, dropout and target modules from ``cfg.baselines``; defaults r 8, alpha 16,
@@ -18,7 +19,8 @@ FedAMoLE unchanged.
   is always overwritten, so the server's broadcast init is a function of ``run.seed`` alone.
 - **Precision.** Adapters are float32 whatever the backbone dtype (``cast_adapter_dtype``), like
   FedAMoLE's ``mole.adapter_dtype = "float32"`` default; peft casts each LoRA input to float32 and
-  the sum back to the base dtype. The reference trains bf16 adapters (SPEC.md 9.1.1, 10.12).
+  the sum back to the base dtype. The reference trains bf16 adapters
+  (docs/algorithm.md#deviations-from-the-reference-implementation).
 - **Mixing.** With several adapters installed all of them are active; :func:`adapter_scales`
   multiplies each one's ``alpha/r`` by a factor for the duration (peft's ``LoraLayer.set_scale``),
   which is how FedDPA mixes its global and local adapters.

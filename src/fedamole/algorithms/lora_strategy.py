@@ -5,7 +5,7 @@ federated LoRA adapter, some halves shared": an algorithm names which halves (``
 ``lora_B``) travel and are averaged (``shared_parts``) and which are trained
 (``trained_parts``); FedDPA adds a second, private adapter and overrides training and evaluation.
 
-**Protocol** (SPEC.md section 6):
+**Protocol** (docs/algorithm.md#baselines):
 
 - *Init.* The server draws one adapter from ``run.seed`` (:func:`~.lora_common.initial_lora_state`)
   and broadcasts all of it (A and B) in the first round it configures, so every client starts from

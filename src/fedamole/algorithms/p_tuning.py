@@ -1,4 +1,4 @@
-"""FedPTuning (SPEC.md section 6 item 3): federated P-tuning via peft, optionally with the
+"""FedPTuning (docs/algorithm.md#baselines): federated P-tuning via peft, optionally with the
 reference's aggregation quirk.
 
 peft P-tuning (``PromptEncoderConfig``): ``baselines.prompt_tokens`` virtual tokens whose input
@@ -11,13 +11,13 @@ round plan, evaluation timing, aggregation, rejection) is FedPrompt's
 client and averaged by the server (message keys ``prompt:embedding.weight``,
 ``prompt:mlp_head.<i>.weight``/``bias``).
 
-**Reference quirk** (``baselines.ptuning.reference_quirk = true``, SPEC.md 6.3 and 9.1.9): peft's
-state-dict helpers save the prompt encoder's *output* ``MLP(E)`` (V, d); that is what clients
-upload (``prompt:embeddings``) and the server averages, and each client writes the received
-average into the *input* table ``E`` (so the MLP is applied again on top every round; the initial
-global prompt is likewise ``MLP0(E0)``). The MLP is never averaged: in the reference it lives on the
-one model object shared by all clients, and each client continues training it where the previous
-client left it. Here:
+**Reference quirk** (``baselines.ptuning.reference_quirk = true``;
+docs/algorithm.md#deviations-from-the-reference-implementation): peft's state-dict helpers save the
+prompt encoder's *output* ``MLP(E)`` (V, d); that is what clients upload (``prompt:embeddings``) and
+the server averages, and each client writes the received average into the *input* table ``E`` (so
+the MLP is applied again on top every round; the initial global prompt is likewise ``MLP0(E0)``).
+The MLP is never averaged: in the reference it lives on the one model object shared by all clients,
+and each client continues training it where the previous client left it. Here:
 
 - On the embedded engine clients run in id order on one shared model, so the MLP is likewise
   carried from client to client by the model object, exactly as in the reference.
@@ -88,7 +88,7 @@ class FedPTuning(FedPrompt):
         self.relay: dict[str, torch.Tensor] = {}  # quirk only: "prompt_mlp:<name>" -> tensor
 
     def peft_config(self, tokenizer: PreTrainedTokenizerBase, tokenizer_dir: str) -> PeftConfig:
-        """P-tuning with an MLP prompt encoder (SPEC.md 6.3)."""
+        """P-tuning with an MLP prompt encoder."""
         b = self.cfg.baselines
         return PromptEncoderConfig(
             task_type=TaskType.CAUSAL_LM,

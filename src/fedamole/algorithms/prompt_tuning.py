@@ -1,10 +1,10 @@
-"""FedPrompt (SPEC.md section 6 item 2): federated prompt tuning via peft; the soft-prompt plumbing
-FedPTuning (:mod:`fedamole.algorithms.p_tuning`) shares.
+"""FedPrompt (docs/algorithm.md#baselines): federated prompt tuning via peft; the soft-prompt
+plumbing FedPTuning (:mod:`fedamole.algorithms.p_tuning`) shares.
 
 Both algorithms are FedAvg over the trainable parameters of a peft prompt-learning adapter:
 
 - **FedPrompt** ("fedprompt"): peft prompt tuning (``PromptTuningConfig``), initialised from the
-  dataset's soft-prompt text (SPEC.md 5.3, :func:`~fedamole.data.prompts.soft_prompt_init_text`);
+  dataset's soft-prompt text (:func:`~fedamole.data.prompts.soft_prompt_init_text`);
   the number of virtual tokens is that text's token length, BOS included where the tokenizer adds
   one. The prompt embedding table is the only trainable tensor and is averaged.
 - **FedPTuning** ("fedptuning"): peft P-tuning (``PromptEncoderConfig``) with
@@ -89,7 +89,7 @@ class FedPrompt(RoundTemplate):
     # ---------------------------------------------------------------------------------- server side
 
     def peft_config(self, tokenizer: PreTrainedTokenizerBase, tokenizer_dir: str) -> PeftConfig:
-        """Prompt tuning initialised from the dataset's soft-prompt text (SPEC.md 5.3, 6.2)."""
+        """Prompt tuning initialised from the dataset's soft-prompt text."""
         text = soft_prompt_init_text(self.cfg.data.dataset)
         return PromptTuningConfig(
             task_type=TaskType.CAUSAL_LM,

@@ -1,9 +1,11 @@
-"""The paper's figures from run directories (SPEC.md 8; v3 figure numbers), PNG and SVG.
+"""The paper's figures from run directories (docs/algorithm.md#experiments; v3 figure numbers),
+PNG and SVG.
 
 One function per figure; each takes loaded runs, writes ``<out>/<figure>.png`` and ``.svg`` and
 returns the paths. Figures are drawn on :class:`matplotlib.figure.Figure` objects (no pyplot, no
-global backend state). Values are the client-mean score × 100 per seed (best or last round, SPEC
-5.7; the reference's plots use the last round), then mean ± sample std over seeds.
+global backend state). Values are the client-mean score × 100 per seed (best or last round,
+docs/algorithm.md#reported-metrics; the reference's plots use the last round), then mean ± sample
+std over seeds.
 
 | figure | shows | runs it needs |
 |---|---|---|
@@ -18,6 +20,14 @@ global backend state). Values are the client-mean score × 100 per seed (best or
 | ``routing`` | per-batch routing vectors in 2-D, colour = client (Fig. 8 left) | FedAMoLE |
 | ``rsea`` | group purity (and chance), retention, affinity spread per round | FedAMoLE |
 
+**Shared style.** Every score axis is labelled :data:`~fedamole.analysis.results.SCORE_LABEL`
+and each score figure has a caption that defines the score (``score_definition``) and says what it
+is per scenario (``metric_name``); bars start at 0; spreads over seeds (bands, error bars,
+whiskers: ± 1 sample std) are clipped to the metric's range, 0-100 for scores × 100, and said so
+in the legend or caption; colour scales start at 0 (0-100 for scores, 0 to the most experts a
+client can hold for counts). A figure whose swept setting does not vary over the given runs is
+still drawn, with a :class:`UserWarning` that names the setting.
+
 ``routing`` loads the model and each client's final state and reads client data
 (:mod:`fedamole.analysis.routing`); it is the only figure that computes, so it takes seconds per run
 on the embedded model. Its projection is PCA unless ``projection="tsne"`` (needs scikit-learn).
@@ -26,17 +36,22 @@ on the embedded model. Its projection is PCA unless ``projection="tsne"`` (needs
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import textwrap
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from fedamole.analysis.results import (
     METHOD_ORDER,
+    SCORE_LABEL,
     Entry,
     RoundMode,
     Run,
@@ -46,11 +61,14 @@ from fedamole.analysis.results import (
     method_sort_key,
     metric_name,
     scenario_sort_key,
+    score_definition,
 )
 
 __all__ = ["FIGURES", "plot"]
 
 FORMATS = ("png", "svg")
+SCORE_RANGE = (0.0, 100.0)  # a score × 100
+SPREAD = "± 1 std over seeds (sample std), clipped to 0-100"
 
 
 def plot(
@@ -80,11 +98,14 @@ def plot(
 
 
 def plot_rounds(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
-    """Fig. 6: client-mean score per round, mean over seeds with a ± std band."""
+    """Fig. 6: client-mean score per round, mean over seeds with a ± 1 std band clipped to 0-100
+    (the legend says so); one y-label for every panel, the caption defines the score."""
     items = _need(entries(runs), "test scores")
     fig, axes = _panels(_scenarios(items))
     color = _palette(items)
+    units = {}
     for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        units[scenario] = metric_name(group)
         for method, seeds in _by_method(group):
             per_round: dict[int, list[float]] = {}
             for e in seeds:
@@ -95,10 +116,13 @@ def plot_rounds(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
             y = np.array([s[0] for s in stats])
             sd = np.array([s[1] or 0.0 for s in stats])
             ax.plot(x, y, marker="o", ms=3, label=method, color=color[method])
-            ax.fill_between(x, y - sd, y + sd, alpha=0.15, color=color[method])
-        _style(ax, scenario, "round", metric_name(group))
+            low, high = _clip_band(y, sd)
+            ax.fill_between(x, low, high, alpha=0.15, color=color[method])
+        _style(ax, scenario, "round", SCORE_LABEL)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, axes, out, "rounds")
+    band = Patch(facecolor="grey", alpha=0.3, label=f"band: {SPREAD}")
+    caption = f"Lines: mean over seeds per round. {score_definition(units)}"
+    return _save(fig, axes, out, "rounds", extra=[band], caption=caption)
 
 
 def plot_clients(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
@@ -126,8 +150,15 @@ def plot_sensitivity(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
 def plot_heatmap(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
     """Fig. 9b: FedAMoLE's score over experts per module E × max experts per client M_max."""
     items = _fedamole(runs, ("mole.num_experts", "mole.max_experts_per_client"))
+    for key, what in (
+        ("mole.num_experts", "experts per module E"),
+        ("mole.max_experts_per_client", "max experts per client M_max"),
+    ):
+        _warn_constant(items, key, what, "heatmap")
     fig, axes = _panels(_scenarios(items), width=4.6)
+    units = {}
     for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        units[scenario] = metric_name(group)
         cells: dict[tuple[int, int], list[float]] = {}
         for e in group:
             if (v := e.value(mode)) is not None:
@@ -137,7 +168,14 @@ def plot_heatmap(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
         grid = np.full((len(rows), len(cols)), np.nan)
         for (e_, m_), values in cells.items():
             grid[rows.index(e_), cols.index(m_)] = mean_std(values)[0]
-        image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        image = ax.imshow(
+            grid,
+            origin="lower",
+            cmap="viridis",
+            aspect="auto",
+            vmin=SCORE_RANGE[0],
+            vmax=SCORE_RANGE[1],
+        )
         for (i, j), value in np.ndenumerate(grid):
             if not math.isnan(value):
                 shade = "k" if image.norm(value) > 0.6 else "w"
@@ -147,33 +185,46 @@ def plot_heatmap(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
         ax.set_xlabel("max experts per client M_max")
         ax.set_ylabel("experts per module E")
         ax.set_title(scenario)
-        fig.colorbar(image, ax=ax, label=metric_name(group))
-    return _save(fig, axes, out, "heatmap", legend=False)
+        fig.colorbar(image, ax=ax, label=f"{SCORE_LABEL}, colour scale 0-100")
+    caption = f"Cells: mean over seeds, per seed the {mode} round. {score_definition(units)}"
+    return _save(fig, axes, out, "heatmap", legend=False, caption=caption)
 
 
 def plot_ablation(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
-    """Ablation bars (Fig. 2 of v3): one bar per method, mean ± std over seeds."""
+    """Ablation bars (Fig. 2 of v3): one bar per method, mean ± std over seeds. Bars start at 0,
+    whiskers are clipped to 0-100 and each bar is labelled with its mean."""
     items = _need(entries(runs), "test scores")
     fig, axes = _panels(_scenarios(items))
     color = _palette(items)
+    units = {}
     for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        units[scenario] = metric_name(group)
         names, means, stds = [], [], []
         for method, seeds in _by_method(group):
             values = [v[1] * 100 for e in seeds if (v := e.value(mode)) is not None]
+            if not values:
+                continue
             mean, std, _ = mean_std(values)
             names.append(method)
             means.append(mean)
             stds.append(std or 0.0)
         x = np.arange(len(names))
-        ax.bar(x, means, yerr=stds, capsize=3, color=[color[m] for m in names])
+        yerr = _clip_yerr(np.array(means), np.array(stds))
+        ax.bar(x, means, yerr=yerr, capsize=3, color=[color[m] for m in names])
         ax.set_xticks(x, names, rotation=30, ha="right")
-        low = min(m - s for m, s in zip(means, stds, strict=True))
-        high = max(m + s for m, s in zip(means, stds, strict=True))
-        ax.set_ylim(max(0.0, low - 0.25 * (high - low or 1.0)), high + 0.1 * (high - low or 1.0))
+        high = max((m + e for m, e in zip(means, yerr[1], strict=True)), default=0.0)
+        top = min(SCORE_RANGE[1], 1.1 * high) if high > 0 else 1.0
+        ax.set_ylim(0.0, top)
+        for i, mean in enumerate(means):  # at the bar's foot, below the whisker
+            ax.text(i, 0.02 * top, f"{mean:.1f}", ha="center", va="bottom", fontsize=7)
         ax.set_title(scenario)
-        ax.set_ylabel(metric_name(group))
+        ax.set_ylabel(SCORE_LABEL)
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, axes, out, "ablation", legend=False)
+    caption = (
+        f"Bars: mean over seeds (labelled), per seed the {mode} round; whiskers: {SPREAD}. "
+        f"{score_definition(units)}"
+    )
+    return _save(fig, axes, out, "ablation", legend=False, caption=caption)
 
 
 def plot_privacy(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
@@ -206,9 +257,11 @@ def plot_experts(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
         rounds = sorted(by_round)
         clients = sorted({c for per in by_round.values() for c in per})
         grid = np.array([[np.mean(by_round[r].get(c, [np.nan])) for r in rounds] for c in clients])
+        observed = max(n for per in by_round.values() for ids in per.values() for n in ids)
+        vmax, scale = _most_experts(run, observed)
         fig = Figure(figsize=(10, 3.6))
         left, right = fig.subplots(1, 2)
-        image = left.imshow(grid, aspect="auto", cmap="magma", origin="lower")
+        image = left.imshow(grid, aspect="auto", cmap="magma", origin="lower", vmin=0, vmax=vmax)
         left.set_xticks(range(len(rounds))[:: max(1, len(rounds) // 15)])
         left.set_xticklabels([str(r) for r in rounds][:: max(1, len(rounds) // 15)])
         left.set_yticks(range(len(clients))[:: max(1, len(clients) // 15)])
@@ -216,7 +269,7 @@ def plot_experts(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
         left.set_xlabel("round")
         left.set_ylabel("client")
         left.set_title("experts held (mean over modules)")
-        fig.colorbar(image, ax=left, label="domain experts")
+        fig.colorbar(image, ax=left, label=f"domain experts per module\n(scale 0 to {scale})")
         last = by_round[rounds[-1]]
         counts = [last.get(c, [0]) for c in clients]
         mean = np.array([np.mean(c) for c in counts])
@@ -228,6 +281,8 @@ def plot_experts(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
         )
         right.bar(clients, mean, yerr=err, capsize=3, color="tab:purple")
         right.xaxis.set_major_locator(MaxNLocator(integer=True))
+        right.yaxis.set_major_locator(MaxNLocator(integer=True))
+        right.set_ylim(0, vmax * 1.05)
         right.set_xlabel("client")
         right.set_ylabel("domain experts per module")
         right.set_title(f"round {rounds[-1]} (bars: mean, whiskers: min-max)")
@@ -293,13 +348,21 @@ def plot_routing(
     runs: list[Run], out: Path, mode: RoundMode, *, projection: str = "pca"
 ) -> list[Path]:
     """Per-batch routing vectors of each client's training data at the end of the run, projected
-    to 2-D, one panel per FedAMoLE run with a checkpoint; the title gives the leave-one-out
-    1-NN client accuracy in the full routing space (chance = 1 / clients)."""
+    to 2-D, one panel per FedAMoLE run with a checkpoint.
+
+    What it shows: how each client's batches route, in the common space of the E global experts.
+    What it does not: a vector is 0 on the experts its client does not hold, so clients with
+    different experts separate in the projection *by construction* (a FedAMoLE-R run with static
+    random experts separates as well); the picture is no evidence about RSEA. The panel title
+    gives instead :func:`~fedamole.analysis.routing.shared_expert_separability`: per client pair,
+    the leave-one-out 1-NN accuracy of the pair's batches on the experts both hold (renormalised),
+    averaged over pairs, with its chance level; the caption says all this.
+    """
     from fedamole.analysis.routing import (
-        client_separability,
         explained_variance,
         project,
         routing_points,
+        shared_expert_separability,
     )
 
     if projection not in ("pca", "tsne"):
@@ -318,13 +381,21 @@ def plot_routing(
         for client in np.unique(found.clients):
             at = found.clients == client
             ax.scatter(*xy[at].T, s=14, color=cmap(int(client) % cmap.N), label=f"client {client}")
-        nn_acc = client_separability(found.points, found.clients)
-        chance = 1 / len(np.unique(found.clients))
+        shared = shared_expert_separability(
+            found.points, found.clients, found.num_experts, found.held or None
+        )
+        if shared.pairs:
+            measure = (
+                f"shared-expert 1-NN {shared.accuracy:.2f} (chance {shared.chance:.2f}, "
+                f"{shared.pairs} client pairs)"
+            )
+        else:
+            measure = "shared-expert 1-NN: no client pair shares 2 experts in a module"
         axis = "PC" if projection == "pca" else "t-SNE "
         extra = f", PC1+2 hold {explained_variance(found.points):.0%} of variance"
         _style(
             ax,
-            f"{run.name}\nround {found.round}: 1-NN client acc {nn_acc:.2f} (chance {chance:.2f})",
+            f"{run.name}\nround {found.round}: {measure}",
             f"{axis}1" + (extra if projection == "pca" else ""),
             f"{axis}2",
         )
@@ -335,7 +406,29 @@ def plot_routing(
         f"E = {found.num_experts})",
         fontsize=9,
     )
-    return _save(fig, axes, out, "routing")
+    caption = (
+        "Points: one batch each, its routing probabilities (mean over tokens) over the E global "
+        "experts, 0 where the client holds no expert, concatenated over the sampled modules. "
+        "Clients holding different experts separate here by construction (a FedAMoLE-R run with "
+        "static random experts separates too): this projection is not evidence about RSEA. "
+        "Shared-expert 1-NN: per client pair, leave-one-out 1-NN accuracy of the pair's batches "
+        "on the experts both hold (renormalised per module; modules sharing < 2 experts left "
+        "out), mean over pairs; chance = its expectation under random labels. It shows whether "
+        "clients mix the same experts differently, not whether RSEA chose them well."
+    )
+    return _save(fig, axes, out, "routing", caption=caption)
+
+
+def _most_experts(run: Run, observed: int) -> tuple[int, str]:
+    """The top of the experts colour scale and how it was chosen: the most domain experts a client
+    can hold per module, ``min(M_max, E)`` from the run's config, or the observed maximum when
+    that is larger or the config lacks them."""
+    most, what = observed, f"{observed} = the most held"
+    m_max, e = run.get("mole.max_experts_per_client"), run.get("mole.num_experts")
+    if m_max is not None and e is not None and min(int(m_max), int(e)) >= observed:
+        most = min(int(m_max), int(e))
+        what = f"{most} = M_max" if int(m_max) <= int(e) else f"{most} = E"
+    return max(most, 1), what
 
 
 def _max_clients(runs: list[Run]) -> int:
@@ -370,9 +463,12 @@ def _versus(
     """A panel per scenario; per method the score vs config value ``key`` with std error bars;
     ``reference`` entries are drawn as a dashed horizontal line."""
     _need(items, f"runs with test scores and `{key}`")
+    _warn_constant(items, key, xlabel, stem)
     fig, axes = _panels(_scenarios(items))
     color = _palette(items)
+    units = {}
     for ax, (scenario, group) in zip(axes, _by_scenario(items), strict=False):
+        units[scenario] = metric_name(group)
         for method, seeds in _by_method(group):
             points: dict[float, list[float]] = {}
             for e in seeds:
@@ -380,10 +476,11 @@ def _versus(
                     points.setdefault(float(e.run.get(key)), []).append(v[1] * 100)
             x = sorted(points)
             stats = [mean_std(points[p]) for p in x]
+            y = np.array([s[0] for s in stats])
             ax.errorbar(
                 x,
-                [s[0] for s in stats],
-                yerr=[s[1] or 0.0 for s in stats],
+                y,
+                yerr=_clip_yerr(y, np.array([s[1] or 0.0 for s in stats])),
                 marker="o",
                 ms=4,
                 capsize=3,
@@ -399,14 +496,58 @@ def _versus(
             ax.axhline(mean_std(ref)[0], ls="--", color="gray", label="FedAMoLE (no noise)")
         if log:
             ax.set_xscale("log")
-        _style(ax, scenario, xlabel, metric_name(group))
-    return _save(fig, axes, out, stem)
+        _style(ax, scenario, xlabel, SCORE_LABEL)
+    caption = (
+        f"Points: mean over seeds, per seed the {mode} round; error bars: {SPREAD}. "
+        f"{score_definition(units)}"
+    )
+    return _save(fig, axes, out, stem, caption=caption)
 
 
 def _fedamole(runs: list[Run], ignore: tuple[str, ...], dp: bool = False) -> list[Entry]:
     wanted = ("FedAMoLE", "FedAMoLE-DP") if dp else ("FedAMoLE",)
     items = [e for e in entries(runs, ignore=ignore) if e.base_method in wanted]
     return _need(items, "FedAMoLE runs (federation.algorithm = 'fedamole', no ablation flags)")
+
+
+def _clip_band(
+    y: np.ndarray, sd: np.ndarray, bounds: tuple[float, float] = SCORE_RANGE
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)`` of a ``y ± sd`` band, clipped to the metric's range."""
+    return np.clip(y - sd, *bounds), np.clip(y + sd, *bounds)
+
+
+def _clip_yerr(
+    y: np.ndarray, sd: np.ndarray, bounds: tuple[float, float] = SCORE_RANGE
+) -> np.ndarray:
+    """``(2, n)`` asymmetric error bars of ``y ± sd`` that stay inside the metric's range."""
+    low, high = _clip_band(y, sd, bounds)
+    return np.stack([y - low, high - y]).reshape(2, -1)
+
+
+def _warn_constant(items: list[Entry], key: str, what: str, stem: str) -> None:
+    """Warn when config value ``key`` (the figure's swept setting) takes one value only, over all
+    runs or within some panel: the figure is drawn anyway, with one point per line there."""
+    values: dict[str, set] = {}
+    for e in items:
+        values.setdefault(e.scenario, set()).add(repr(e.run.get(key)))
+    flat = [v for s in sorted(values) for v in values[s]]
+    if len(set(flat)) < 2:
+        warnings.warn(
+            f"the {stem} figure sweeps `{key}` ({what}), but it does not vary over the given "
+            f"runs (all {', '.join(sorted(set(flat)))}): drawn with a single point per line",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    flat_panels = [s for s in sorted(values) if len(values[s]) < 2]
+    if flat_panels:
+        warnings.warn(
+            f"the {stem} figure sweeps `{key}` ({what}), but it does not vary within "
+            f"{', '.join(flat_panels)}: drawn there with a single point per line",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _need(items: list, what: str) -> list:
@@ -469,7 +610,18 @@ def _palette(items: list[Entry]) -> dict[str, tuple]:
     return {m: cycle(i % 10) for i, m in enumerate(methods)}
 
 
-def _save(fig: Figure, axes: list[Axes], out: Path, stem: str, legend: bool = True) -> list[Path]:
+def _save(
+    fig: Figure,
+    axes: list[Axes],
+    out: Path,
+    stem: str,
+    legend: bool = True,
+    *,
+    extra: Sequence[Artist] = (),
+    caption: str | None = None,
+) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``.svg``: the panels' legend entries (once each) and
+    ``extra`` entries (e.g. what a band means) right of the panels, ``caption`` below them."""
     if legend and axes:
         handles, labels = axes[0].get_legend_handles_labels()
         for ax in axes[1:]:
@@ -477,8 +629,14 @@ def _save(fig: Figure, axes: list[Axes], out: Path, stem: str, legend: bool = Tr
                 if label not in labels:
                     handles.append(h)
                     labels.append(label)
+        handles += list(extra)
+        labels += [h.get_label() for h in extra]
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
+    if caption:
+        width = max(60, int(fig.get_figwidth() * 15))
+        text = textwrap.fill(caption, width, break_on_hyphens=False)
+        fig.text(0.01, 0.0, text, ha="left", va="top", fontsize=8)
     paths = [out / f"{stem}.{fmt}" for fmt in FORMATS]
     # Reproducible files: no creation date, and SVG element ids from a fixed salt, so the same runs
     # give byte-identical figures (committed results diff cleanly).

@@ -1,17 +1,18 @@
-"""Result tables from run directories, in the layout of the paper's Table 1 (SPEC.md 5.7 and 8).
+"""Result tables from run directories, in the layout of the paper's Table 1
+(docs/algorithm.md#reported-metrics).
 
 - **Main table**: one column per scenario plus ``avg``, one row per method; a cell is the mean ±
   sample standard deviation (ddof=1; omitted for a single seed) over seeds of the per-seed value
   (best or last round of the client-mean score), × 100. The best mean of each column is bold.
   ``avg`` is the mean of a row's scenario means (only for rows with every scenario).
-- **Gain** (SPEC 5.7, the reference's ``evaluation.summary``): ``(ours − best baseline) / best
-  baseline × 100`` per scenario and on ``avg``, a relative %. Baselines are every row except ours
-  and its ablations (labels starting with ``ours-``).
+- **Gain** (docs/algorithm.md#reported-metrics; the reference's ``evaluation.summary``): ``(ours −
+  best baseline) / best baseline × 100`` per scenario and on ``avg``, a relative %. Baselines are
+  every row except ours and its ablations (labels starting with ``ours-``).
 - **Per-client table** per scenario: each client's score at the selected round, mean ± std over
   seeds.
 - **Overhead**: bytes up and down per client per training round (MB, 10^6 bytes) and wall seconds
   per round, averaged over seeds.
-- **Eval loss**: the client-mean ``eval/loss`` (mean token NLL on the eval split, SPEC 5.7) at the
+- **Eval loss**: the client-mean ``eval/loss`` (mean token NLL on the eval split) at the
   last round, mean ± std over seeds, for the personalized rows (a global-timing evaluation records
   no eval loss). On small test sets it is a steadier signal than the score.
 - **Verdict**: per scenario, ours against the best baseline of that column: the difference of the

@@ -1,6 +1,7 @@
-"""Read run directories into comparable results (SPEC.md 5.7): who ran what, and how well.
+"""Read run directories into comparable results: who ran what, and how well
+(docs/algorithm.md#reported-metrics).
 
-Everything is read from the run directory (DESIGN.md 6): the method and the scenario from
+Everything is read from the run directory (docs/run-directory.md): the method and the scenario from
 ``config.toml``, scores from ``metrics.jsonl``, bytes from ``comm.jsonl``, experts from
 ``assignments/``, the wall time per round from the ``server/round_seconds`` records (runs written
 before that metric existed have no time per round).
@@ -14,9 +15,9 @@ before that metric existed have no time per round).
 - **Scenario label** from ``data.dataset`` and ``partition``: ``SNLI α=0.1``, ``NI task``.
 - When runs with one label differ in other settings (a sensitivity sweep), the label gets the
   differing fields appended, e.g. ``FedAMoLE [lr=0.0001]``, so different configs never pool.
-- **Per-seed value** (SPEC 5.7): per round, the unweighted mean over clients of ``score``; then
-  the maximum over rounds (``best``; round 0, the untrained model, is included when
-  ``eval.test_init`` evaluated it, as in the reference) or the last round.
+- **Per-seed value** (docs/algorithm.md#reported-metrics): per round, the unweighted mean over
+  clients of ``score``; then the maximum over rounds (``best``; round 0, the untrained model, is
+  included when ``eval.test_init`` evaluated it, as in the reference) or the last round.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fedamole.analysis.summaries import summarize_rounds
 from fedamole.tracking import RunDir, read_jsonl
 
 __all__ = [
+    "SCORE_LABEL",
     "Entry",
     "Run",
     "entries",
@@ -43,6 +45,7 @@ __all__ = [
     "metric_name",
     "scenario_label",
     "scenario_sort_key",
+    "score_definition",
 ]
 
 RoundMode = Literal["best", "last"]
@@ -75,11 +78,13 @@ _DATASETS = {
     "synthetic": "Synthetic",
     "local": "Local",
 }
-_METRICS = {
-    "snli": "accuracy (%)",
-    "dolly": "ROUGE-L (×100)",
-    "natural_instructions": "ROUGE-L (×100)",
-}
+# What a client's test score is on each dataset (fedamole.evaluation.evaluate_examples): the mean
+# over its scored examples of 1/0 (answer-choice: is the lowest-NLL choice the answer?) or of the
+# ROUGE-L F of the greedy generation (free text); so accuracy on SNLI, ROUGE-L F on Dolly and NI.
+_ACCURACY, _ROUGE, _MIXED = "accuracy", "ROUGE-L F", "per-example accuracy or ROUGE-L F"
+_METRICS = {"snli": _ACCURACY, "dolly": _ROUGE, "natural_instructions": _ROUGE}
+# The one axis label of the client-mean test score in every figure (see score_definition).
+SCORE_LABEL = "test score (×100)"
 # Never part of a method's identity: the seed and bookkeeping, the scenario, the split choice.
 _NOT_METHOD = ("run", "data", "partition", "eval.timing", "model.device", "flower")
 
@@ -126,7 +131,7 @@ class Run:
         return out
 
     def mean_by_round(self, split: str, metric: str = "score") -> dict[int, float]:
-        """round -> unweighted mean over the clients that reported (SPEC 5.7)."""
+        """round -> unweighted mean over the clients that reported."""
         return {r: sum(v.values()) / len(v) for r, v in self.scores(split, metric).items() if v}
 
     def comm_per_client_round(self) -> tuple[float, float] | None:
@@ -279,10 +284,30 @@ def method_sort_key(method: str) -> tuple:
 
 
 def metric_name(entries_of_scenario: Iterable[Entry]) -> str:
-    """The y-axis / column unit of a scenario: accuracy (%) for SNLI, ROUGE-L for Dolly and NI."""
+    """What the client-mean test score measures in these entries' scenarios: ``accuracy`` (SNLI,
+    answer-choice tasks only), ``ROUGE-L F`` (Dolly, NI: free text only), or
+    ``per-example accuracy or ROUGE-L F`` (the synthetic suite mixes both kinds; any other or mixed
+    datasets). Every figure labels the score's axis :data:`SCORE_LABEL`; this names what it is."""
     datasets = {e.run.get("data.dataset") for e in entries_of_scenario}
-    names = {_METRICS.get(d, "score (×100)") for d in datasets}
-    return names.pop() if len(names) == 1 else "score (×100)"
+    names = {_METRICS.get(d, _MIXED) for d in datasets}
+    return names.pop() if len(names) == 1 else _MIXED
+
+
+def score_definition(units: Mapping[str, str] | None = None) -> str:
+    """One sentence that defines the score (for figure captions), then, given ``units``
+    (scenario -> :func:`metric_name`), what it is in each scenario."""
+    text = (
+        "Score: the client-mean test score × 100 (unweighted mean over clients); a client's score "
+        "is the mean over its scored test examples of 1/0 on answer-choice tasks (the choice with "
+        "the lowest NLL is right or not) and of the ROUGE-L F of the greedy answer on free-text "
+        "tasks, i.e. its accuracy on answer-choice tasks and its ROUGE-L F on free-text tasks."
+    )
+    if units:
+        by_unit: dict[str, list[str]] = {}
+        for scenario, unit in units.items():
+            by_unit.setdefault(unit, []).append(scenario)
+        text += " Here: " + "; ".join(f"{u} for {', '.join(s)}" for u, s in by_unit.items()) + "."
+    return text
 
 
 def entries(runs: Iterable[Run], *, ignore: Collection[str] = ()) -> list[Entry]:

@@ -3,9 +3,9 @@
 For every client of a FedAMoLE run, the client's model at the end of the run (its MoLE state in
 the run's last checkpoint) reads batches of that client's own data without gradients. Per batch
 and per sampled MoLE module, the routing probabilities (softmax over the experts the client holds,
-SPEC.md 2.3) are averaged over the batch's real tokens and written at the experts' global ids, 0
-for the experts the client does not hold. The concatenation over the sampled modules is the batch's
-**routing vector** (length ``modules × E``); every probability block sums to 1.
+docs/algorithm.md#routing) are averaged over the batch's real tokens and written at the experts'
+global ids, 0 for the experts the client does not hold. The concatenation over the sampled modules
+is the batch's **routing vector** (length ``modules × E``); every probability block sums to 1.
 
 Modules are sampled by layer, every ``every``-th decoder layer (the paper samples every third):
 the first integer in a module's qualified name is its layer index; a model without one keeps every
@@ -13,13 +13,18 @@ module.
 
 :func:`project` maps the vectors to 2-D: PCA (SVD of the centred points, no extra dependency) or
 t-SNE (scikit-learn, when installed). :func:`client_separability` is the leave-one-out 1-nearest-
-neighbour accuracy of the client label in the full routing space (chance: ``1 / clients``): how
-well a batch's routing alone tells which client it came from.
+neighbour accuracy of the client label in the full routing space (chance: ``1 / clients``).
 
 Reading it: a client's vector is zero outside the experts it holds, so clients with different
-expert sets separate even if their routing inside those sets were alike. Separation shows that the
-clients' mixtures differ (architecture and routing together), not that routing alone is
-data-driven; compare with a FedAMoLE-R run (static random assignment) for that.
+expert sets separate **by construction**, in the projection and in :func:`client_separability`,
+even if their routing inside those sets were alike (FedAMoLE-R, static random experts, also scores
+1.00). Neither is evidence about RSEA or about data-driven routing.
+:func:`shared_expert_separability` compares clients on what they have in common only: for each pair
+of clients, the routing probabilities over the experts both hold (per module, renormalised to sum
+to 1; modules where they share fewer than 2 experts are left out), then the leave-one-out 1-NN
+accuracy of the pair's label against its chance level. High values say that two clients mix the
+*same* experts differently on their own data; they still say nothing about whether RSEA chose the
+experts well (see the ``rsea`` figure's group purity for that).
 
 Deviations from the paper's figure: it plots routing *logits*, which exist only for the experts a
 client holds (different per client), so we plot probabilities placed in the common space of the E
@@ -30,7 +35,8 @@ so this shows the end of the run.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +58,12 @@ from fedamole.training import model_inputs
 __all__ = [
     "PROJECTIONS",
     "RoutingPoints",
+    "SharedSeparability",
     "client_separability",
     "explained_variance",
     "project",
     "routing_points",
+    "shared_expert_separability",
 ]
 
 PROJECTIONS = ("pca", "tsne")
@@ -71,6 +79,8 @@ class RoutingPoints:
     modules: tuple[str, ...]  # the sampled modules, in vector order
     num_experts: int  # E
     round: int  # the checkpoint's round
+    # client -> per sampled module (vector order), the global ids of the experts it holds
+    held: dict[int, tuple[tuple[int, ...], ...]] = field(default_factory=dict)
 
 
 def routing_points(
@@ -118,9 +128,12 @@ def routing_points(
     size = batch_size or cfg.train.batch_size
     device = next(model.parameters()).device
     num_experts = cfg.mole.num_experts
-    points, owners = [], []
+    points, owners, held = [], [], {}
     for client in sorted(state["clients"]):
         set_mole_state(model, client_mole_state(state["clients"][client]))
+        held[int(client)] = tuple(
+            tuple(int(i) for i in m.expert_ids.tolist()) for m in modules.values()
+        )
         encoded = [
             enc
             for example in getattr(data.clients[client], split)[: max_batches * size]
@@ -134,7 +147,7 @@ def routing_points(
             points.append(_batch_vector(model, modules, inputs, num_experts))
             owners.append(client)
     return RoutingPoints(
-        np.stack(points), np.array(owners), tuple(modules), num_experts, int(state["round"])
+        np.stack(points), np.array(owners), tuple(modules), num_experts, int(state["round"]), held
     )
 
 
@@ -182,6 +195,97 @@ def client_separability(points: np.ndarray, clients: np.ndarray) -> float:
     dist = sq[:, None] + sq[None, :] - 2 * x @ x.T  # (P, P)
     np.fill_diagonal(dist, np.inf)
     return float(np.mean(clients[dist.argmin(axis=1)] == clients))
+
+
+@dataclass(frozen=True)
+class SharedSeparability:
+    """Result of :func:`shared_expert_separability` (``nan`` accuracy and chance with no pair)."""
+
+    accuracy: float  # mean over compared pairs of the leave-one-out 1-NN accuracy
+    chance: float  # mean over compared pairs of that accuracy's expectation under random labels
+    pairs: int  # client pairs compared (sharing >= 2 experts in at least one sampled module)
+    skipped: int  # client pairs sharing fewer than 2 experts in every sampled module
+
+
+def shared_expert_separability(
+    points: np.ndarray,
+    clients: np.ndarray,
+    num_experts: int,
+    held: dict[int, Sequence[Sequence[int]]] | None = None,
+) -> SharedSeparability:
+    """How well routing on the experts two clients share tells the two clients apart.
+
+    For each pair of clients ``(a, b)`` and each module block of the routing vectors (``E`` wide),
+    take the experts both hold; modules where they share fewer than 2 are dropped (one expert's
+    renormalised probability is always 1). Each point of ``a`` and ``b`` keeps its probabilities on
+    the shared experts, renormalised to sum to 1 per module, concatenated over the kept modules.
+    The pair's score is the leave-one-out 1-NN accuracy of the label ``a``/``b`` (Euclidean; a tie
+    between nearest neighbours gives the share of them with the right label); its chance level,
+    the expectation under random labels, is ``(n_a (n_a - 1) + n_b (n_b - 1)) / (n (n - 1))``,
+    0.5 for large balanced pairs. Differences in which experts clients hold do not enter.
+
+    Args:
+        points: ``(P, modules × E)`` routing vectors (:class:`RoutingPoints`).
+        clients: ``(P,)`` client of each point.
+        num_experts: ``E``, the width of one module block.
+        held: client -> per module the expert ids it holds; by default an expert is held by a
+            client when some point of the client routes a positive probability to it.
+
+    Raises:
+        ValueError: ``points`` whose width is not a multiple of ``num_experts``, or mismatched
+            lengths.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    clients = np.asarray(clients)
+    if x.ndim != 2 or x.shape[1] % num_experts or len(x) != len(clients):
+        raise ValueError(
+            f"points must be (P, modules × {num_experts}) with one client each, got {x.shape} "
+            f"and {clients.shape}"
+        )
+    blocks = x.reshape(len(x), -1, num_experts)  # (P, M, E)
+    masks = {}
+    for c in np.unique(clients):
+        if held is not None and int(c) in held:
+            mask = np.zeros(blocks.shape[1:], dtype=bool)  # (M, E)
+            for m, ids in enumerate(held[int(c)]):
+                mask[m, list(ids)] = True
+        else:
+            mask = (blocks[clients == c] > 0).any(axis=0)  # (M, E)
+        masks[c] = mask
+    accuracies, chances, skipped = [], [], 0
+    ordered = list(masks)
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1 :]:
+            shared = masks[a] & masks[b]  # (M, E)
+            kept = np.flatnonzero(shared.sum(axis=1) >= 2)
+            if not len(kept):
+                skipped += 1
+                continue
+            at = (clients == a) | (clients == b)
+            parts = []
+            for m in kept:
+                probs = blocks[at][:, m, shared[m]]  # (n, S)
+                parts.append(probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-300))
+            accuracies.append(_loo_1nn(np.concatenate(parts, axis=1), clients[at]))
+            n, n_a = int(at.sum()), int((clients == a).sum())
+            n_b = n - n_a
+            chances.append((n_a * (n_a - 1) + n_b * (n_b - 1)) / (n * (n - 1)))
+    if not accuracies:
+        return SharedSeparability(float("nan"), float("nan"), 0, skipped)
+    return SharedSeparability(
+        float(np.mean(accuracies)), float(np.mean(chances)), len(accuracies), skipped
+    )
+
+
+def _loo_1nn(x: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out 1-NN accuracy; ties between nearest neighbours share the credit."""
+    sq = (x**2).sum(axis=1)
+    dist = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)  # (n, n)
+    np.fill_diagonal(dist, np.inf)
+    nearest = dist.min(axis=1, keepdims=True)  # (n, 1)
+    ties = dist <= nearest + 1e-12 * (1.0 + nearest)  # (n, n)
+    same = labels[:, None] == labels[None, :]  # (n, n)
+    return float(np.mean((ties & same).sum(axis=1) / ties.sum(axis=1)))
 
 
 def _sampled(model: nn.Module, every: int) -> dict[str, MoLELinear]:

@@ -1,4 +1,4 @@
-"""Benchmark of the RSEA assignment solver (SPEC.md 3.5; DESIGN.md section 4).
+"""Benchmark of the RSEA assignment solver (docs/algorithm.md#solver).
 
 Two measurements, each against ``scipy.optimize.milp`` (HiGHS branch-and-bound on the same binary
 program, ``mip_rel_gap=0``) on the same instances:

@@ -1,4 +1,5 @@
-"""Benchmark of the HMoLE layer (SPEC.md 2.3): module level and one whole training step.
+"""Benchmark of the HMoLE layer: module level and one whole training step
+(docs/algorithm.md#routing).
 
 Module level: forward+backward (train mode, dropout 0.05, gradient w.r.t. the input too, as inside
 a model) of :class:`~fedamole.mole.MoLELinear` (n=6 held experts, top-2, r=8) against a peft LoRA

@@ -1,4 +1,4 @@
-"""Data: load a dataset, partition it over clients, split each client (SPEC.md 5).
+"""Data: load a dataset, partition it over clients, split each client (docs/data.md).
 
 :func:`load_federated_data` is the one entry point for runs: load (``datasets.py``) -> partition
 (``partition.py``) -> per-client splits (``splits.py``), seeded by ``partition.seed`` or, when that

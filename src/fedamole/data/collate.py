@@ -1,4 +1,4 @@
-"""Tokenization and collation (SPEC.md 5.4).
+"""Tokenization and collation (docs/algorithm.md#tokenization).
 
 Training format: ``tok(prompt)`` (with the tokenizer's own special tokens, e.g. BOS) followed by
 ``tok(response)`` without special tokens and then EOS; labels are -100 over the prompt. Sequences
@@ -67,7 +67,8 @@ def encode_choices(
 ) -> list[Encoded] | None:
     """One training-format sequence per choice (prompt + choice + EOS, labels on the choice only).
 
-    Returns ``None`` if the prompt is too long. Used by answer-choice accuracy (SPEC.md 5.7).
+    Returns ``None`` if the prompt is too long. Used by answer-choice accuracy
+    (docs/algorithm.md#answer-choice-scoring).
     """
     prompt_ids = encode_prompt(example.prompt, tokenizer)
     out = []

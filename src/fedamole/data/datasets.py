@@ -1,4 +1,5 @@
-"""Dataset registry: every source becomes a list of rendered :class:`Example` (SPEC.md 5.2, 5.3).
+"""Dataset registry: every source becomes a list of rendered :class:`Example`
+(docs/data.md#datasets).
 
 =======================  ===============================  =========================================
 ``data.dataset``         ``data.path``                    without ``data.path``
@@ -23,10 +24,10 @@ have ``context`` and ``choices`` (a list of strings containing the response).
 Reference behaviour reproduced or fixed:
 
 - SNLI rows without a gold label (-1) are dropped under every partition. The reference drops them
-  only through the Dirichlet partition and keeps them, answered "No", under ``iid`` (SPEC.md 9.1.7).
+  only through the Dirichlet partition and keeps them, answered "No", under ``iid``.
 - NI keeps the ``num_tasks`` largest tasks of the training split; the reference's unstable argsort
-  breaks ties arbitrarily (SPEC.md 9.1.6), we break them by task name. Split names without a task
-  file are skipped (logged), so a partial copy works. The category is the ``taskNNN`` id.
+  breaks ties arbitrarily, we break them by task name. Split names without a task file are skipped
+  (logged), so a partial copy works. The category is the ``taskNNN`` id.
 - The synthetic pool is generated with a fixed seed (:data:`SYNTHETIC_SEED`), so, as with a real
   dataset, run seeds change only the partition and training, not the data.
 """

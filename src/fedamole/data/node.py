@@ -1,4 +1,4 @@
-"""One data owner's splits from its own local file (Flower deployment, SPEC.md 5.6).
+"""One data owner's splits from its own local file (Flower deployment, docs/data.md#deployment).
 
 In a real deployment there is no global dataset to partition: each SuperNode reads the file its
 owner points ``--node-config data-file=...`` at. The file has the ``local`` dataset's format (JSON

@@ -1,4 +1,4 @@
-"""Partitioners: spread example indices over clients (SPEC.md 5.5).
+"""Partitioners: spread example indices over clients (docs/data.md#partitions).
 
 All are pure functions of integer class labels (category codes in sorted category order) and, where
 random, an explicit :class:`numpy.random.Generator`. Each returns one index array per client.
@@ -97,7 +97,7 @@ def partition_dirichlet(
 def _dirichlet_draw(
     labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
 ) -> list[list[int]]:
-    """One pass over the classes (steps 1-3 of SPEC.md 5.5)."""
+    """One pass over the classes: shuffle, draw, cap, cut (the module docstring)."""
     parts: list[list[int]] = [[] for _ in range(num_clients)]
     fair_share = len(labels) / num_clients
     for k in np.unique(labels):

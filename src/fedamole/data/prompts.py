@@ -1,4 +1,4 @@
-"""Prompt templates, as exact strings (SPEC.md 5.3).
+"""Prompt templates, as exact strings (docs/algorithm.md#prompt-templates).
 
 - Dolly-15K, Natural Instructions, local files and the synthetic suite use the Alpaca template: one
   variant with an ``### Input:`` block when the context is non-empty, one without.

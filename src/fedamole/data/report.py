@@ -1,19 +1,24 @@
 """Partition report: per-client split sizes and category histograms, as text and as a plot.
 
-Backs the CLI command ``fedamole partition CONFIG [--plot FILE]`` (DESIGN.md section 5). The plot is
-a stacked bar per client of its category shares (all four splits together), drawn on a bare
-:class:`matplotlib.figure.Figure` (Agg canvas), so no pyplot state or display is involved.
+Backs the CLI command ``fedamole partition CONFIG [--plot FILE]`` (docs/data.md#partitions). The
+plot is a stacked bar per client of its category shares (all four splits together), with each
+client's example count under its bar, drawn on a bare :class:`matplotlib.figure.Figure` (Agg
+canvas), so no pyplot state or display is involved.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedamole.config import Config
 from fedamole.data import load_federated_data
 from fedamole.data.types import ClientData, FederatedData
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["category_counts", "describe_partition", "partition_table", "plot_partition"]
 
@@ -71,18 +76,22 @@ def partition_table(data: FederatedData) -> str:
     return "\n".join(lines)
 
 
-def plot_partition(data: FederatedData, path: Path, *, title: str | None = None) -> None:
-    """Write a stacked-bar PNG of each client's category shares (:func:`category_counts`).
+def plot_partition(data: FederatedData, path: Path, *, title: str | None = None) -> Figure:
+    """Write a stacked-bar PNG of each client's category shares (:func:`category_counts`); returns
+    the figure.
 
-    Categories that no client holds (e.g. tasks past ``num_clients * tasks_per_client``) are left
-    out of the bars and the legend.
+    Shares hide how much data a client has, so each tick label gives the client's example count
+    (``n=...``, the partition's, as the ``total`` column of :func:`partition_table`) under its
+    client id. Bars start at 0, the share axis spans 0-1. Categories that no client holds (e.g.
+    tasks past ``num_clients * tasks_per_client``) are left out of the bars and the legend.
     """
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     counts = category_counts(data)  # (N, C)
+    totals = counts.sum(axis=1)  # (N,)
     used = np.flatnonzero(counts.sum(axis=0))  # (C',) categories some client holds
-    shares = counts[:, used] / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # (N, C')
+    shares = counts[:, used] / np.maximum(totals[:, None], 1)  # (N, C')
     num_cats = len(used)
     cmap = colormaps["tab10" if num_cats <= 10 else "tab20" if num_cats <= 20 else "turbo"]
     colors = cmap(np.linspace(0, 1, num_cats)) if num_cats > 20 else cmap.colors[:num_cats]
@@ -93,8 +102,8 @@ def plot_partition(data: FederatedData, path: Path, *, title: str | None = None)
     for j, cat in enumerate(used):
         ax.bar(x, shares[:, j], bottom=bottom, color=colors[j], label=data.categories[cat])
         bottom += shares[:, j]
-    ax.set_xticks(x, [str(i) for i in x])
-    ax.set_xlabel("client")
+    ax.set_xticks(x, [f"{i}\nn={n}" for i, n in zip(x, totals, strict=True)], fontsize="small")
+    ax.set_xlabel("client (n: its examples in the partition)")
     ax.set_ylabel("share of the client's examples")
     ax.set_ylim(0, 1)
     ax.set_title(title or f"{data.dataset}: category shares per client")
@@ -107,6 +116,7 @@ def plot_partition(data: FederatedData, path: Path, *, title: str | None = None)
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def describe_partition(cfg: Config, plot: Path | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Per-client splits: train, embedding ("aux"), eval and test (SPEC.md 5.6).
+"""Per-client splits: train, embedding ("aux"), eval and test (docs/data.md#client-splits).
 
 Each client's indices are shuffled, then cut in order by the normalized ratios
 ``[1 - x, x, e / (1 - e - t), t / (1 - e - t)]`` where x is the embedding ratio (0.05 in the paper,

@@ -1,10 +1,12 @@
-"""The embedded default dataset: a procedurally generated instruction suite (DESIGN.md section 2).
+"""The embedded default dataset: a procedurally generated instruction suite
+(docs/data.md#synthetic-suite).
 
 Ten task families, each one category, in the Dolly record shape (instruction, context, response,
-category) and rendered with the Alpaca template (SPEC.md 5.3). Seven are free text, scored by
-generation and ROUGE-L; three are answer-choice (``Example.choices`` set), scored by per-choice NLL
-(SPEC.md 5.7). Six families put their data in the context (the ``### Input:`` template); four put it
-in the instruction (the shorter template without input) to keep every prompt short:
+category) and rendered with the Alpaca template (docs/algorithm.md#prompt-templates). Seven are free
+text, scored by generation and ROUGE-L; three are answer-choice (``Example.choices`` set), scored by
+per-choice NLL (docs/algorithm.md#evaluation). Six families put their data in the context (the
+``### Input:`` template); four put it in the instruction (the shorter template without input) to
+keep every prompt short:
 
 ===============  =====================================================  =====================
 family           instruction / context (example)                        response

@@ -9,7 +9,7 @@ __all__ = ["ClientData", "Example", "FederatedData"]
 
 @dataclass(frozen=True)
 class Example:
-    """One instruction example, already rendered to its prompt (SPEC.md 5.3).
+    """One instruction example, already rendered to its prompt (docs/algorithm.md#data-format).
 
     Attributes:
         prompt: the full source text fed to the model (template applied).
@@ -34,7 +34,7 @@ class Example:
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's splits (SPEC.md 5.6): train, embedding ("aux"), eval and test."""
+    """One client's splits (docs/data.md#client-splits): train, embedding ("aux"), eval and test."""
 
     train: tuple[Example, ...]
     embedding: tuple[Example, ...]

@@ -1,4 +1,4 @@
-"""Engines run an experiment; the algorithms never know which one (DESIGN.md principle 1)."""
+"""Engines run an experiment; the algorithms never know which one (docs/algorithm.md#engines)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The round loop both engines share (DESIGN.md principle 1): one loop, two ways to reach clients.
+"""The round loop both engines share: one loop, two ways to reach clients
+(docs/algorithm.md#engines).
 
 An engine differs only in how a round's messages reach the clients and the replies come back: a
 :class:`Clients` object. The embedded engine calls ``local_update`` in this process; the Flower

@@ -1,6 +1,6 @@
 """Sweep grid files: a base experiment, fixed overrides and axes, expanded into named runs.
 
-A grid is a TOML file (``configs/sweeps/*.toml``; STYLE.md 13, "sweeps are grid files")::
+A grid is a TOML file (``configs/sweeps/*.toml``)::
 
     extends = "main.toml"              # optional: another grid this one modifies
     [sweep]

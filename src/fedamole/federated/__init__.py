@@ -1,4 +1,4 @@
-"""The server side of FedAMoLE, as pure functions and small records (SPEC.md 3, 4).
+"""The server side of FedAMoLE, as pure functions and small records (docs/algorithm.md#rsea).
 
 * :mod:`~fedamole.federated.assignment`: RSEA affinity, the exact assignment problem, the round
   policies (rsea, static, random; homogeneous bounds) and the :class:`Assignment` record.

@@ -1,4 +1,4 @@
-"""Server aggregation of client uploads (SPEC.md 3.3, 9.1.3, 10.6).
+"""Server aggregation of client uploads (docs/algorithm.md#aggregation).
 
 * Each domain expert is averaged **only among the clients that uploaded it** (its holders);
   the shared expert and the token projection are averaged over all (accepted) clients.
@@ -79,7 +79,7 @@ def aggregate_experts(
     uploads: Mapping[ClientId, Mapping[int, tuple[torch.Tensor, ...]]],
     weights: Mapping[ClientId, float] | None = None,
 ) -> dict[int, tuple[torch.Tensor, ...]]:
-    """Average each expert id among the clients that uploaded it (SPEC.md 3.3).
+    """Average each expert id among the clients that uploaded it (its holders).
 
     Args:
         uploads: client -> {expert id -> tensors of that expert, e.g. ``(A, B)``}.

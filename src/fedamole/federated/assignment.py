@@ -1,13 +1,13 @@
 """Expert assignment: RSEA affinity, the exact assignment problem, and the round policies.
 
-SPEC.md 3.4 (affinity), 3.5 (the assignment problem), 3.6 (schedule and variants), 10.2-10.3.
+See docs/algorithm.md#rsea: the affinity, the assignment problem, the schedule and its variants.
 
 * :func:`affinity`: ``P = softmax_clients(H Q^T / sqrt(r))``, one row per expert ("reverse
   selection": experts choose clients).
-* :func:`solve_assignment`: an exact, deterministic optimum of SPEC.md 3.5 (each expert exactly
-  ``k`` clients, each client ``[min, max]`` experts); the solver and its tie-break are documented in
-  :mod:`fedamole.federated.bmatching`. The reference solves a boolean program with SCIP; any exact
-  solver gives the same optimum value (the constraint matrix is totally unimodular).
+* :func:`solve_assignment`: an exact, deterministic optimum of the assignment problem (each expert
+  exactly ``k`` clients, each client ``[min, max]`` experts); the solver and its tie-break are
+  documented in :mod:`fedamole.federated.bmatching`. The reference solves a boolean program with
+  SCIP; any exact solver gives the same optimum value (the constraint matrix is totally unimodular).
 * :func:`random_assignment`: round 0 (U(0,1) scores, softmax over clients, then the same solve).
 * :class:`AssignmentPolicy`: ``"rsea"`` (solve on affinities every round, optionally with a
   retention bonus for the current holders), ``"static"`` (round 0 kept: FedAMoLE-R), ``"random"``
@@ -19,7 +19,8 @@ SPEC.md 3.4 (affinity), 3.5 (the assignment problem), 3.6 (schedule and variants
 * :class:`Assignment`: one ``(E, N)`` bool matrix per module, with the JSON form of
   ``assignments/round_NNN.json``.
 
-The shared expert is not part of an assignment: every client always holds it (SPEC.md 2.5).
+The shared expert is not part of an assignment: every client always holds it
+(docs/algorithm.md#what-is-shared).
 
 **Homogeneous bounds (a fix).** The reference's ``--homo_arch`` sets every client's count to
 ``floor(E k / N)``; when ``N`` does not divide ``E k`` that contradicts "each expert exactly ``k``
@@ -56,7 +57,7 @@ PolicyName = Literal["rsea", "static", "random", "oracle"]
 
 
 def affinity(expert_emb: np.ndarray, client_emb: np.ndarray) -> np.ndarray:
-    """RSEA affinity: each expert's softmax distribution over clients (SPEC.md 3.4).
+    """RSEA affinity: each expert's softmax distribution over clients (docs/algorithm.md#affinity).
 
     Args:
         expert_emb: ``(E, r)`` aggregated expert embeddings ``H``.
@@ -82,7 +83,8 @@ def affinity(expert_emb: np.ndarray, client_emb: np.ndarray) -> np.ndarray:
 
 
 def homogeneous_bounds(num_experts: int, num_clients: int, per_expert: int) -> tuple[int, int]:
-    """Per-client bounds for equal expert counts (SPEC.md 3.6 ``--homo_arch``; see module doc).
+    """Per-client bounds for equal expert counts (the reference's ``--homo_arch``, fixed; see the
+    module docstring).
 
     Returns:
         ``(floor(E k / N), ceil(E k / N))``.
@@ -107,7 +109,7 @@ def solve_assignment(
     max_per_client: int,
     backend: Backend = "auto",
 ) -> np.ndarray:
-    """An exact optimum of the assignment problem (SPEC.md 3.5).
+    """An exact optimum of the assignment problem (docs/algorithm.md#assignment-problem).
 
     Maximizes ``sum(affinity * X)`` with each expert (row) taking exactly ``per_expert`` clients
     and each client (column) holding between ``min_per_client`` and ``max_per_client`` experts.
@@ -175,7 +177,7 @@ def random_assignment(
     max_per_client: int,
     backend: Backend = "auto",
 ) -> np.ndarray:
-    """A random feasible assignment, as in round 0 (SPEC.md 3.6).
+    """A random feasible assignment, as in round 0 (docs/algorithm.md#assignment-schedule).
 
     Scores ``U(0, 1)^{E x N}`` from ``rng``, softmax over clients, then :func:`solve_assignment`.
 
@@ -231,7 +233,7 @@ class Assignment:
         return np.stack([m.sum(axis=0) for m in self.modules.values()], axis=1)
 
     def violations(self, *, per_expert: int, min_per_client: int, max_per_client: int) -> list[str]:
-        """Constraint violations of SPEC.md 3.5 (empty when feasible)."""
+        """Constraint violations of the assignment problem (empty when feasible)."""
         out = []
         for name, m in self.modules.items():
             rows, cols = m.sum(axis=1), m.sum(axis=0)
@@ -289,7 +291,7 @@ class Assignment:
 
 @dataclass(frozen=True)
 class AssignmentPolicy:
-    """How the assignment evolves over rounds (SPEC.md 3.6).
+    """How the assignment evolves over rounds (docs/algorithm.md#assignment-schedule).
 
     Attributes:
         kind: ``"rsea"``, ``"static"`` or ``"random"`` (see :data:`POLICIES`).

@@ -1,4 +1,5 @@
-"""Exact, deterministic solver for the degree-bounded bipartite b-matching of RSEA (SPEC.md 3.5).
+"""Exact, deterministic solver for the degree-bounded bipartite b-matching of RSEA
+(docs/algorithm.md#solver).
 
 The problem: choose ``X in {0,1}^{E x N}`` maximizing ``sum P * X`` with every row summing to
 ``k`` and every column sum in ``[lo, hi]``. Its constraint matrix is a bipartite incidence matrix,

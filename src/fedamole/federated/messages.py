@@ -1,4 +1,5 @@
-"""Typed messages between server and clients, with exact byte counts (DESIGN.md principle 2).
+"""Typed messages between server and clients, with exact byte counts
+(docs/algorithm.md#communication).
 
 A message is a flat ``{key: Tensor}`` map plus small scalar ``config`` and ``metrics`` maps; that
 shape converts losslessly to any transport (Flower's
@@ -13,7 +14,7 @@ shared      the shared expert's A (r, d_in) and B (d_out, r)
 token_proj  the token projection (r, d_in)
 gate        per-expert gate vectors (n, d_in) (linear-router ablation only)
 embeddings  mean token (r,) and mean expert (n, r) embeddings for RSEA
-ids         global expert ids (n,) int64 (metadata, not in SPEC.md's formula)
+ids         global expert ids (n,) int64 (metadata, outside the paper's byte formula)
 ========== ===============================================================
 
 Only tensor bytes are counted (``numel * element_size``); scalars in ``config``/``metrics`` are a

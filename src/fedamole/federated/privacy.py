@@ -1,4 +1,4 @@
-"""Optional noise on the uploaded RSEA embeddings (SPEC.md 3.7, 9.1.8).
+"""Optional noise on the uploaded RSEA embeddings (docs/algorithm.md#privacy-noise).
 
 Each uploaded mean embedding ``v`` in ``R^r`` (the mean token embedding and every mean expert
 embedding) gets independent per-coordinate noise ``n_i = l_i * u_i`` with
@@ -69,7 +69,7 @@ def privatize(
     rng: np.random.Generator,
     clip_norm: float | np.ndarray | None = None,
 ) -> np.ndarray:
-    """Add the SPEC.md 3.7 noise to embedding vectors, then optionally clip.
+    """Add the module docstring's noise to embedding vectors, then optionally clip.
 
     Args:
         v: ``(..., r)`` clean vectors; every vector gets independent noise.
@@ -89,7 +89,7 @@ def privatize(
 
 
 class NormClipper:
-    """Running maximum of clean L2 norms, one scalar per key (SPEC.md 3.7, bug fixed).
+    """Running maximum of clean L2 norms, one scalar per key (the reference's bug fixed).
 
     Example::
 

@@ -1,4 +1,5 @@
-"""The heterogeneous mixture of LoRA experts (HMoLE) layer and its helpers (SPEC.md 2, 3.1).
+"""The heterogeneous mixture of LoRA experts (HMoLE) layer and its helpers
+(docs/algorithm.md#hmole-layer).
 
 - :mod:`.layer`: :class:`MoLELinear`, the wrapper of a frozen linear, and :func:`mole_forward`, its
   math.

@@ -1,4 +1,5 @@
-"""Collect the load-balance loss of every MoLE layer during a forward pass (SPEC.md 2.4, 10.8).
+"""Collect the load-balance loss of every MoLE layer during a forward pass
+(docs/algorithm.md#load-balance-loss).
 
 The loss is ``coef * sum over modules of n * <P_mean, f>`` (summed, not averaged, over modules; the
 reference's ``coef`` is 0.001). Layers do not store it: :func:`balance_loss` installs routing hooks

@@ -1,13 +1,13 @@
-"""Wrap a causal LM's target linears in :class:`MoLELinear` layers (SPEC.md 2.1-2.2).
+"""Wrap a causal LM's target linears in :class:`MoLELinear` layers (docs/algorithm.md#injection).
 
 Injection swaps the parent's attribute for a wrapper that holds the original linear as
 ``base_layer`` (as peft's ``_replace_module`` does); no ``forward`` is patched. Every other
 parameter is frozen.
 
 Target patterns (``MoLEConfig.target_modules``, default ``q_proj`` and ``v_proj``, peft's default
-for llama/qwen2, SPEC.md 2.1) match a module when the pattern equals the last component of its
-qualified name (``q_proj`` matches ``model.layers.3.self_attn.q_proj``) or, as a regular expression,
-fully matches the whole name (``model\\.layers\\.[0-3]\\..*_proj``).
+for llama/qwen2) match a module when the pattern equals the last component of its qualified name
+(``q_proj`` matches ``model.layers.3.self_attn.q_proj``) or, as a regular expression, fully matches
+the whole name (``model\\.layers\\.[0-3]\\..*_proj``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The HMoLE layer: a frozen ``nn.Linear``, a shared and ``n`` routed LoRA experts (SPEC.md 2.3).
+"""The HMoLE layer: a frozen ``nn.Linear``, a shared and ``n`` routed LoRA experts
+(docs/algorithm.md#routing).
 
 ``y = W_0 x + s B_S A_S drop(x) + sum_{e in topk(x)} w_e(x) s B_e A_e drop(x)`` with
 ``s = alpha / r``, gate logits ``<A_e x, W_tok x> / sqrt(r)`` over the held experts only, computed
@@ -32,7 +33,7 @@ reference draws an independent mask for every expert call; each expert's input h
 distribution either way (only the correlation between experts differs), and a shared mask keeps
 all experts in one GEMM instead of materializing ``(T, n + 1, d_in)`` dropped copies.
 
-**Dtype policy** (SPEC.md 2.2, 10.12). ``adapter_dtype=torch.float32`` (config
+**Dtype policy** (docs/algorithm.md#dtype-policy). ``adapter_dtype=torch.float32`` (config
 ``adapter_dtype = "float32"``, the default): adapters, ``token_proj`` and ``gate`` are fp32 over a
 bf16 or fp32 frozen base; the adapter path runs in fp32 on ``x`` cast to fp32, the base output is
 added in fp32 and the sum is cast back to the input dtype once, as peft does for LoRA.
@@ -73,7 +74,7 @@ def mole_forward(
     dropout: float = 0.0,
     training: bool = False,
 ) -> tuple[Tensor, Routing]:
-    """Adapter path of one HMoLE layer, added to the base output (SPEC.md 2.3 steps 2-4).
+    """Adapter path of one HMoLE layer, added to the base output (docs/algorithm.md#routing).
 
     Exactly one of ``token_weight`` (HMoLE router) and ``gate`` (linear router) must be given.
 
@@ -134,7 +135,7 @@ def mole_forward(
 
 
 class MoLELinear(nn.Module):
-    """A frozen ``nn.Linear`` with a shared LoRA expert and ``n`` routed LoRA experts (SPEC.md 2.3).
+    """A frozen ``nn.Linear`` with a shared LoRA expert and ``n`` routed LoRA experts.
 
     The layer holds a client's experts of one module; :meth:`set_experts` swaps in another subset
     (of any size) without re-injecting. Parameters start at zero (``token_proj`` uninitialized): use
@@ -262,7 +263,7 @@ class MoLELinear(nn.Module):
         return handle
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(..., d_in) -> (..., d_out)``, in the dtype of ``x`` (SPEC.md 2.3)."""
+        """``(..., d_in) -> (..., d_out)``, in the dtype of ``x``."""
         if self.top_k > self.num_experts:
             raise ValueError(
                 f"`top_k` ({self.top_k}) must be <= the number of experts held "

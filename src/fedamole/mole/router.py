@@ -3,20 +3,21 @@
 Pure functions over stacked tensors (tokens flattened to ``T``), called by
 :mod:`fedamole.mole.layer`.
 
-- :func:`expert_embedding_logits` is the HMoLE router of SPEC.md 2.3 step 3: no gate matrix, the
-  logit of expert ``e`` is ``<A_e x, W_tok x> / sqrt(r)``, so the gate travels with the expert's
+- :func:`expert_embedding_logits` is the HMoLE router (docs/algorithm.md#routing): no gate matrix,
+  the logit of expert ``e`` is ``<A_e x, W_tok x> / sqrt(r)``, so the gate travels with the expert's
   own LoRA-A.
-- The linear router of the "FedAMoLE-H" ablation (SPEC.md 3.6; absent from the reference code, so
-  the definition is ours): each expert carries its own learned gate vector ``g_e`` (a row of the
-  layer's ``gate`` parameter, shape ``(n, d_in)``) and the logit is ``g_e . x`` on the un-dropped
-  input (computed inside :func:`fedamole.mole.layer.mole_forward`'s fused input projection). Like
-  the HMoLE router it needs no resizing when a client holds a different subset of experts: the
-  gate row is stored, aggregated and dispatched with the expert. ``token_proj`` stays in the layer
-  (RSEA statistics use it) but gets no gradient from this router.
-- :func:`route` is softmax over the **held** experts only, top-k, renormalization (SPEC.md 2.3 step
-  3, 10.1), computed as a softmax over the top-k logits (the same numbers, fewer operations). It
-  runs in float32 or wider whatever the adapter dtype (the reference runs it in bf16).
-- :func:`load_balance_loss` is the Switch-style term ``n <P_mean, f>`` of SPEC.md 2.4.
+- The linear router of the "FedAMoLE-H" ablation (docs/algorithm.md#ablations-of-the-layer; absent
+  from the reference code, so the definition is ours): each expert carries its own learned gate
+  vector ``g_e`` (a row of the layer's ``gate`` parameter, shape ``(n, d_in)``) and the logit is
+  ``g_e . x`` on the un-dropped input (computed inside :func:`fedamole.mole.layer.mole_forward`'s
+  fused input projection). Like the HMoLE router it needs no resizing when a client holds a
+  different subset of experts: the gate row is stored, aggregated and dispatched with the expert.
+  ``token_proj`` stays in the layer (RSEA statistics use it) but gets no gradient from this router.
+- :func:`route` is softmax over the **held** experts only, top-k, renormalization, computed as a
+  softmax over the top-k logits (the same numbers, fewer operations). It runs in float32 or wider
+  whatever the adapter dtype (the reference runs it in bf16).
+- :func:`load_balance_loss` is the Switch-style term ``n <P_mean, f>``
+  (docs/algorithm.md#load-balance-loss).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Routing:
 
 
 def expert_embedding_logits(expert_emb: Tensor, token_emb: Tensor) -> Tensor:
-    """HMoLE gate logits ``z[t, e] = <h[t, e], q[t]> / sqrt(r)`` (SPEC.md 2.3 step 3).
+    """HMoLE gate logits ``z[t, e] = <h[t, e], q[t]> / sqrt(r)``.
 
     Args:
         expert_emb: ``(T, n, r)`` expert embeddings ``h[t, e] = A_e x_t`` of the un-dropped input.
@@ -79,7 +80,7 @@ def expert_embedding_logits(expert_emb: Tensor, token_emb: Tensor) -> Tensor:
 
 
 def route(logits: Tensor, top_k: int) -> Routing:
-    """Softmax over the held experts, top-k, renormalize (SPEC.md 2.3 step 3).
+    """Softmax over the held experts, top-k, renormalize.
 
     Args:
         logits: ``(T, n)`` gate logits over the ``n`` experts this layer holds.
@@ -104,7 +105,7 @@ def route(logits: Tensor, top_k: int) -> Routing:
 
 
 def load_balance_loss(probs: Tensor, indices: Tensor, token_mask: Tensor | None = None) -> Tensor:
-    """Switch-Transformer balance term of one layer call: ``n * <P_mean, f>`` (SPEC.md 2.4).
+    """Switch-Transformer balance term of one layer call: ``n * <P_mean, f>``.
 
     ``P_mean`` is the mean routing distribution over tokens and ``f_e`` the fraction of the
     ``T * k`` top-k slots that went to expert ``e`` (a count: no gradient flows through ``f``). The

@@ -1,14 +1,15 @@
-"""Per-module adapter state: the weights a client holds for one MoLE module (SPEC.md 2.2, 2.5, 3.2).
+"""Per-module adapter state: the weights a client holds for one MoLE module
+(docs/algorithm.md#what-is-shared).
 
 A :class:`ModuleState` is what travels between server and client for one module: the held experts
 (ids and stacked LoRA weights, plus gate vectors with the linear router), the shared expert and the
 token projection. The server's store of all ``E`` experts of a module is a ``ModuleState`` too (ids
 ``0..E-1``); :meth:`ModuleState.select` cuts a client's subset out of it.
 
-Initialization (SPEC.md 2.2) draws from an explicit ``torch.Generator`` in a fixed order: the routed
-experts' A ``(E, r, d_in)``, the shared expert's A, ``token_proj``, then the gate vectors. Every A,
-``token_proj`` and gate row is Kaiming-uniform with ``a = sqrt(5)`` (peft's and ``nn.Linear``'s
-default: uniform on ``±1/sqrt(d_in)``); every B is zero.
+Initialization (docs/algorithm.md#initialization) draws from an explicit ``torch.Generator`` in a
+fixed order: the routed experts' A ``(E, r, d_in)``, the shared expert's A, ``token_proj``, then the
+gate vectors. Every A, ``token_proj`` and gate row is Kaiming-uniform with ``a = sqrt(5)`` (peft's
+and ``nn.Linear``'s default: uniform on ``±1/sqrt(d_in)``); every B is zero.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def init_module_state(
     """Initial weights of one module: experts ``0..num_experts-1``, shared expert, token projection.
 
     With the default ``num_experts = cfg.num_experts`` this is the server's initial store of the
-    ``E + 1`` experts of a module (SPEC.md 2.2: one init per expert id, copied to every holder).
+    ``E + 1`` experts of a module (one init per expert id, copied to every holder).
 
     Args:
         d_in: input features of the wrapped linear.

@@ -1,4 +1,5 @@
-"""Client-side RSEA statistics: mean token and expert embeddings per MoLE module (SPEC.md 3.1).
+"""Client-side RSEA statistics: mean token and expert embeddings per MoLE module
+(docs/algorithm.md#client-statistics).
 
 Over a client's embedding set, in eval mode (no dropout) and without gradients, each module keeps
 the running token-weighted mean of its input ``x_bar`` (padding excluded through the attention mask;
@@ -8,8 +9,8 @@ the reference uses batch size 1, so it has none). Because the embeddings are lin
     mean expert embeddings  h_bar_e = A_e x_bar        (n, r), one row per held expert
 
 The inputs are read by forward pre-hooks on our own :class:`MoLELinear` modules, installed and
-removed by a context manager. The shared expert's zero placeholder row (SPEC.md 3.1) belongs to the
-upload message, not here.
+removed by a context manager. The reference's zero placeholder row for the shared expert is neither
+computed here nor uploaded.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def embedding_stats(
     *,
     token_weights: Mapping[str, Tensor] | None = None,
 ) -> dict[str, ModuleStats]:
-    """One no-grad eval forward per batch; mean embeddings per MoLE module (SPEC.md 3.1).
+    """One no-grad eval forward per batch; mean embeddings per MoLE module.
 
     Args:
         model: a model with MoLE layers; its train/eval mode is restored afterwards.

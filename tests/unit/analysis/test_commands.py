@@ -37,3 +37,20 @@ def test_dry_run_of_the_main_grid_from_the_command_line(repo, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "21 runs" in result.output and "ni_task__FedIT__seed82" in result.output
+
+
+def test_plot_help_lists_every_figure():
+    from fedamole.analysis.plots import FIGURES
+    from fedamole.cli import FIGURES as listed
+
+    assert list(listed) == sorted(FIGURES)
+    result = runner.invoke(app, ["plot", "--help"])
+    assert "One of: " + ", ".join(sorted(FIGURES)) + "." in " ".join(result.output.split())
+    assert "--projection [pca|tsne]" in result.output
+
+
+def test_plot_and_report_default_to_the_best_round():
+    for command in ("plot", "report"):
+        result = runner.invoke(app, [command, "--help"])
+        text = " ".join(result.output.split())
+        assert "--round [best|last]" in text and "[default: best]" in text, command

@@ -1,4 +1,4 @@
-"""Tokenization and collation (SPEC.md 5.4) with the byte-level tiny tokenizer."""
+"""Tokenization and collation (docs/algorithm.md#tokenization), byte-level tiny tokenizer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Partitioners (SPEC.md 5.5): sizes, skew statistics, seeds, task order, infeasible inputs."""
+"""Partitioners: sizes, skew statistics, seeds, task order, infeasible inputs
+(docs/data.md#partitions)."""
 
 from __future__ import annotations
 

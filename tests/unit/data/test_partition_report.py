@@ -1,11 +1,17 @@
-"""The partition report: table rows per client, statistics, the stacked-bar PNG."""
+"""The partition report: table rows per client, statistics, the stacked-bar PNG with each
+client's example count."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from fedamole.data import load_federated_data
-from fedamole.data.report import category_counts, describe_partition, partition_table
+from fedamole.data.report import (
+    category_counts,
+    describe_partition,
+    partition_table,
+    plot_partition,
+)
 
 from ._util import config
 
@@ -42,3 +48,15 @@ def test_describe_without_plot_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     describe_partition(_cfg(kind="iid"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_shows_each_client_size(tmp_path):
+    data = load_federated_data(_cfg(kind="dirichlet", alpha=0.5))
+    totals = category_counts(data).sum(axis=1)
+    assert len(set(totals.tolist())) > 1  # the shares alone would hide these differences
+    fig = plot_partition(data, tmp_path / "p.png")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == [f"{i}\nn={n}" for i, n in enumerate(totals)]
+    assert "n: its examples" in ax.get_xlabel()
+    assert ax.get_ylim() == (0.0, 1.0) and all(bar.get_y() >= 0.0 for bar in ax.patches)

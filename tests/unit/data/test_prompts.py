@@ -1,4 +1,4 @@
-"""Prompt templates are the exact strings of SPEC.md 5.3."""
+"""Prompt templates are the exact strings of docs/algorithm.md#prompt-templates."""
 
 from __future__ import annotations
 

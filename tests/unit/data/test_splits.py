@@ -1,4 +1,4 @@
-"""Per-client splits (SPEC.md 5.6) and the load -> partition -> split pipeline."""
+"""Per-client splits (docs/data.md#client-splits) and the load -> partition -> split pipeline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hand-computed aggregation cases (SPEC.md 3.3) and upload checks."""
+"""Hand-computed aggregation cases (docs/algorithm.md#aggregation) and upload checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Affinity, the Assignment record and the round policies (SPEC.md 3.4, 3.6)."""
+"""Affinity, the Assignment record and the round policies (docs/algorithm.md#rsea)."""
 
 from __future__ import annotations
 

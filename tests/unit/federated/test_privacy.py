@@ -1,4 +1,5 @@
-"""Embedding noise statistics, clipping by the running max of clean norms (SPEC.md 3.7)."""
+"""Embedding noise statistics, clipping by the running max of clean norms
+(docs/algorithm.md#privacy-noise)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The load-balance loss (SPEC.md 2.4): hand-computed cases and the collector context manager."""
+"""The load-balance loss: hand-computed cases and the collector context manager
+(docs/algorithm.md#load-balance-loss)."""
 
 from __future__ import annotations
 

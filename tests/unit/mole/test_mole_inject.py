@@ -127,7 +127,7 @@ def test_module_state_select_and_validation(cfg):
 
 
 @pytest.mark.parametrize("router", ["expert_embedding", "linear"])
-def test_init_module_state_follows_spec_2_2(cfg, router):
+def test_init_module_state_follows_the_documented_init(cfg, router):
     cfg = cfg.model_copy(update={"router": router, "rank": 8})
     d_in, d_out = 64, 48
     state = init_module_state(d_in, d_out, cfg, generator=torch.Generator().manual_seed(0))

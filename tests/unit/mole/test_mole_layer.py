@@ -1,4 +1,5 @@
-"""MoLELinear against a naive per-token loop written from SPEC.md 2.3, dropout, dtypes, errors."""
+"""MoLELinear against a naive per-token loop written from
+docs/algorithm.md#routing, dropout, dtypes, errors."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def make_layer(
 
 
 def naive_forward(layer: MoLELinear, x: torch.Tensor) -> torch.Tensor:
-    """SPEC.md 2.3, one token at a time, one expert at a time (no dropout)."""
+    """docs/algorithm.md#routing, one token at a time, one expert at a time (no dropout)."""
     s, r, k = layer.scaling, layer.rank, layer.top_k
     outputs = []
     for x_t in x:

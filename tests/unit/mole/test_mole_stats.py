@@ -1,4 +1,5 @@
-"""RSEA statistics (SPEC.md 3.1) against a direct computation from separately captured inputs."""
+"""RSEA statistics against a direct computation from separately captured inputs
+(docs/algorithm.md#client-statistics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Flower engine (``fedamole[flower]``): the same algorithm objects on Flower (DESIGN.md 1).
+"""The Flower engine (``fedamole[flower]``): the same algorithm objects on Flower
+(docs/algorithm.md#engines).
 
 =====================  =============================================================================
 module                  what

@@ -1,4 +1,5 @@
-"""Our typed messages and client state as Flower records, losslessly (DESIGN.md principle 2).
+"""Our typed messages and client state as Flower records, losslessly
+(docs/algorithm.md#communication).
 
 A :class:`~fedamole.federated.messages.ServerMessage` or ``ClientMessage`` becomes one
 ``RecordDict`` of four records:
