@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +40,7 @@ __all__ = [
     "load_backbone",
     "load_model_and_tokenizer",
     "load_tokenizer",
+    "quiet_transformers",
     "resolve_device",
     "resolve_dtype",
     "tiny_causal_lm",
@@ -125,12 +128,31 @@ def load_backbone(
         return tiny_causal_lm(_tiny_arch(name), seed=seed).to(dtype)
     if name.startswith("embedded:"):
         path = _embedded_cache(name)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     _check_local(name)
     try:
-        return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except OSError as exc:
         raise ValueError(_unloadable(name, exc)) from None
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info/warning chatter and its weight-loading progress bar for the
+    duration (a run's console and ``log.txt`` show ours only); errors still surface."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -210,8 +232,11 @@ def _embedded_cache(name: str) -> Path:
         return target
     gguf_dir = _package_dir(package)
     log.info("converting %s to a safetensors cache at %s (once, about 15 s)", filename, target)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=filename, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
     # transformers 5 refuses to serialize a GGUF-quantized model until the quantizer is detached
     # (only then does save_pretrained accept it); the weights are already dequantized to float32.
     quantizer = getattr(model, "hf_quantizer", None)

@@ -81,3 +81,18 @@ def test_a_missing_model_folder_names_model_name(tmp_path):
 
     with pytest.raises(ValueError, match=r"`model.name` = '.*no-model': no such folder"):
         load_backbone(str(tmp_path / "no-model"))
+
+
+@pytest.mark.embedded
+@requires_embedded
+def test_loading_prints_no_third_party_noise(capfd, caplog):
+    """No transformers chatter ("layers were not sharded") or weight-loading bar in a run's
+    console or log.txt; transformers' own settings are restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    load_model_and_tokenizer("embedded:smollm2-135m-instruct", dtype="float32")
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "sharded" not in err
+    assert "sharded" not in caplog.text
+    assert hf_logging.get_verbosity() == before
