@@ -1,0 +1,96 @@
+"""Fault injection with real processes: ``fedamole run`` SIGKILLed at random moments (mid-step,
+mid-evaluation, mid-checkpoint: wherever the draw falls), then ``--resume``d, must end with exactly
+the logs and assignments of an uninterrupted run.
+
+Each case draws its kill time (seeded) uniformly over the first 80 % of the uninterrupted run's duration. A kill that
+lands before the first checkpoint must make ``--resume`` refuse with a clear message (nothing to
+resume from); the run is then started again with ``--overwrite``. ``FEDAMOLE_KILL_CASES`` (default
+1 per configuration) sets how many kills each configuration gets; ``make fuzz`` runs more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import result_records
+
+CASES = int(os.environ.get("FEDAMOLE_KILL_CASES", "1"))
+CONFIGS = {
+    "fedamole": ["federation.rounds=3"],
+    "fedit-both": ["federation.algorithm=fedit", "eval.timing=both", "federation.rounds=3"],
+    "fedprompt-both": ["federation.algorithm=fedprompt", "eval.timing=both"],
+}
+
+
+def _run(repo, overrides, run_dir, *extra, timeout=300):
+    cmd = [sys.executable, "-m", "fedamole", "run", str(repo / "configs" / "smoke.toml")]
+    cmd += [*overrides, "--run-dir", str(run_dir), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every process
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc, timeout=300) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def _outcome(run_dir) -> tuple[list, dict]:
+    assignments = {
+        p.name: p.read_text() for p in sorted((run_dir / "assignments").glob("round_*.json"))
+    }
+    return result_records(run_dir), assignments
+
+
+@pytest.fixture(scope="module")
+def references(repo, tmp_path_factory):
+    """Each configuration run uninterrupted once: (seconds it took, its outcome)."""
+    out = {}
+    for name, overrides in CONFIGS.items():
+        run_dir = tmp_path_factory.mktemp("ref") / name
+        start = time.monotonic()
+        code, text = _finish(_run(repo, overrides, run_dir))
+        assert code == 0, text
+        out[name] = (time.monotonic() - start, _outcome(run_dir))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
+    repo, tmp_path, references, name
+):
+    seconds, expected = references[name]
+    rng = np.random.default_rng([7, len(name)])
+    kills = 0
+    for case in range(CASES):
+        run_dir = tmp_path / f"case{case}"
+        when = float(rng.uniform(0.05, 0.8)) * seconds
+        proc = _run(repo, CONFIGS[name], run_dir)
+        try:
+            proc.wait(timeout=when)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        code, text = _finish(proc)
+        killed = code == -signal.SIGKILL
+        kills += killed
+        assert killed or code == 0, text
+        assert "Traceback" not in text
+        if killed:
+            assert not (run_dir / "done.json").exists()
+            code, text = _finish(_run(repo, CONFIGS[name], run_dir, "--resume"))
+            if code != 0:  # killed before the first checkpoint: a clear refusal, then a restart
+                assert "Traceback" not in text and "checkpoint" in text.lower(), text
+                code, text = _finish(_run(repo, CONFIGS[name], run_dir, "--overwrite"))
+            assert code == 0, text
+        assert json.loads((run_dir / "done.json").read_text())["last_round"] >= 2
+        got = _outcome(run_dir)
+        assert got[0] == expected[0], f"case {case}: killed after {when:.1f} s"
+        assert got[1] == expected[1]
+    assert kills, "no case killed the run before it ended: the test tested nothing"
