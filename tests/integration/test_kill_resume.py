@@ -2,10 +2,11 @@
 mid-evaluation, mid-checkpoint: wherever the draw falls), then ``--resume``d, must end with exactly
 the logs and assignments of an uninterrupted run.
 
-Each case draws its kill time (seeded) uniformly over the first 80 % of the uninterrupted run's duration. A kill that
-lands before the first checkpoint must make ``--resume`` refuse with a clear message (nothing to
-resume from); the run is then started again with ``--overwrite``. ``FEDAMOLE_KILL_CASES`` (default
-1 per configuration) sets how many kills each configuration gets; ``make fuzz`` runs more.
+Each case draws its kill time (seeded) uniformly over the first 80 % of the uninterrupted run's
+duration. A kill that lands before the first checkpoint must make ``--resume`` refuse with a clear
+message (nothing to resume from); the run is then started again with ``--overwrite``.
+``FEDAMOLE_KILL_CASES`` (default 1 per configuration) sets how many kills each configuration gets;
+``make fuzz`` runs more.
 """
 
 from __future__ import annotations
