@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLOWER_STAMP := $(VENV)/.installed-flower
 
-.PHONY: install install-flower lock demo test lint format bench bench-round bench-quality bench-quality-rounds bench-rsea clean
+.PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-quality bench-quality-rounds bench-rsea clean
 
 install: $(STAMP)
 
@@ -49,6 +49,13 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Property-based fuzzing (tests/fuzz): FUZZ_EXAMPLES generated cases per property instead of the 50
+# that `make test` runs, new ones every time; prints how many cases each property ran.
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	FEDAMOLE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz -m fuzz -q \
+		--hypothesis-show-statistics
 
 lint: install
 	$(BIN)/ruff check .

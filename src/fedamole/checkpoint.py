@@ -1,20 +1,24 @@
 """Checkpoints: nested state (tensors, arrays, plain values) as safetensors + a JSON manifest.
 
-Layout: ``checkpoints/last/{tensors.safetensors, state.json}``. A save writes ``last.tmp/``
+Layout: ``checkpoints/<name>/{tensors.safetensors, state.json}``; the engine keeps ``last`` (after
+every round) and ``best`` (the round ``fedamole report --round best`` names, see
+:func:`promote_checkpoint` and docs/run-directory.md#checkpoints). A save writes ``<name>.tmp/``
 completely (``state.json`` last, with ``"complete": true``), then swaps it in with two renames; a
-crash between them leaves ``last.old/``, which :func:`load_checkpoint` falls back to. A checkpoint
-is therefore always either the previous round's or this round's, never a mixture.
+crash between them leaves ``<name>.old/``, which :func:`load_checkpoint` falls back to. A
+checkpoint is therefore always either the previous one or the new one, never a mixture.
 
 Tensors and numpy arrays anywhere in the nested state are stored in the safetensors file under their
 path (``/server/bank/layers.0.q_proj/A``); everything else must be JSON-serialisable. ``state.json``
 records the sha256 of the tensors file, checked on load: a changed file is an error, never a resume
-from corrupt weights.
+from corrupt weights. It also records the state's ``round`` at its top level (read without loading
+the tensors by :func:`checkpoint_info`) and, for ``best``, the ``selection`` that chose it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,28 +28,150 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_info",
+    "checkpoint_rounds",
+    "load_checkpoint",
+    "promote_checkpoint",
+    "save_checkpoint",
+]
 
 _FORMAT = 1
+LAST, BEST = "last", "best"
+_TENSORS, _STATE = "tensors.safetensors", "state.json"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt or belongs to another configuration."""
 
 
-def save_checkpoint(folder: Path, state: Mapping[str, Any]) -> Path:
-    """Atomically replace ``folder/last`` with ``state``; returns the final path."""
+def save_checkpoint(folder: Path, state: Mapping[str, Any], name: str = LAST) -> Path:
+    """Atomically replace ``folder/<name>`` (default ``last``) with ``state``; returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    final, tmp, old = folder / "last", folder / "last.tmp", folder / "last.old"
+    tmp = _fresh_tmp(folder, name)
+    tensors: dict[str, torch.Tensor] = {}
+    manifest = _encode(state, "", tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / _TENSORS))
+    digest = _sha256(tmp / _TENSORS)
+    body: dict[str, Any] = {"format": _FORMAT, "state": manifest, "sha256": digest}
+    rnd = state.get("round")
+    if isinstance(rnd, int) and not isinstance(rnd, bool):
+        body["round"] = rnd
+    _write_body(tmp, body)
+    return _swap_in(folder, name)
+
+
+def promote_checkpoint(
+    folder: Path, selection: Mapping[str, Any], *, source: str = LAST, target: str = BEST
+) -> Path:
+    """Atomically make ``folder/<target>`` a copy of the checkpoint ``folder/<source>`` (its
+    tensors hard-linked where the filesystem allows, else copied), with ``selection`` (why it was
+    chosen: round, split, score) recorded in its ``state.json``; returns its path.
+
+    Checkpoint files are never modified in place (a save writes new files and renames folders), so
+    a hard link keeps ``target``'s tensors intact when ``source`` is replaced later.
+
+    Raises:
+        CheckpointError: ``source`` does not exist or is incomplete.
+    """
+    src = _existing(folder, source)
+    if src is None:
+        raise CheckpointError(f"no checkpoint {source!r} in {folder} to copy to {target!r}")
+    body = _read_body(src)
+    tmp = _fresh_tmp(folder, target)
+    try:
+        os.link(src / _TENSORS, tmp / _TENSORS)
+    except OSError:  # no hard links here (another filesystem, FAT, some network mounts)
+        shutil.copyfile(src / _TENSORS, tmp / _TENSORS)
+    body.pop("complete", None)
+    body["selection"] = dict(selection)
+    _write_body(tmp, body)
+    return _swap_in(folder, target)
+
+
+def load_checkpoint(folder: Path, name: str = LAST) -> dict[str, Any]:
+    """Load the checkpoint ``folder/<name>`` (default ``last``), or the ``<name>.old`` a crash in
+    the middle of a save left.
+
+    Raises:
+        CheckpointError: none exists, or it cannot be read; the message names the file and the fix.
+    """
+    path = _existing(folder, name)
+    if path is not None:
+        return _read(path)
+    if name == LAST:
+        raise CheckpointError(
+            f"no checkpoint in {folder}; the run ended before its first round was saved. "
+            "Start it again without --resume (use --overwrite to move the old directory aside)"
+        )
+    kept = ", ".join(f"{n} (round {r})" for n, r in checkpoint_rounds(folder).items())
+    raise CheckpointError(
+        f"no checkpoint {name!r} in {folder}; it holds " + (kept or "no checkpoint")
+    )
+
+
+def checkpoint_info(folder: Path, name: str = LAST) -> dict[str, Any] | None:
+    """``{"round": ..., "selection": ...}`` of the checkpoint ``folder/<name>`` (``selection``
+    only for a promoted one) without loading its tensors, or ``None`` when it does not exist.
+
+    Raises:
+        CheckpointError: its ``state.json`` is unreadable or incomplete.
+    """
+    path = _existing(folder, name)
+    if path is None:
+        return None
+    body = _read_body(path)
+    rnd = body.get("round")
+    if rnd is None:  # written before the round was recorded at the top level
+        rnd = body.get("state", {}).get("__map__", {}).get("s:round")
+    info: dict[str, Any] = {"round": rnd}
+    if "selection" in body:
+        info["selection"] = body["selection"]
+    return info
+
+
+def checkpoint_rounds(folder: Path) -> dict[str, int | None]:
+    """``{name: round}`` of the checkpoints the engine keeps (``last``, ``best``) that exist and
+    can be read."""
+    out: dict[str, int | None] = {}
+    for name in (LAST, BEST):
+        try:
+            info = checkpoint_info(folder, name)
+        except CheckpointError:
+            continue
+        if info is not None:
+            out[name] = info["round"]
+    return out
+
+
+def _existing(folder: Path, name: str) -> Path | None:
+    """``folder/<name>``, or ``<name>.old`` when a crash left only that; ``None`` if neither."""
+    for candidate in (name, f"{name}.old"):
+        path = folder / candidate
+        if (path / _STATE).exists():
+            return path
+    return None
+
+
+def _fresh_tmp(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    tensors: dict[str, torch.Tensor] = {}
-    manifest = _encode(state, "", tensors)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
-    digest = _sha256(tmp / "tensors.safetensors")
-    body = {"format": _FORMAT, "state": manifest, "sha256": digest, "complete": True}
-    (tmp / "state.json").write_text(json.dumps(body))
+    return tmp
+
+
+def _write_body(tmp: Path, body: Mapping[str, Any]) -> None:
+    """``state.json``, written last: its ``"complete": true`` marks a whole checkpoint."""
+    (tmp / _STATE).write_text(json.dumps({**body, "complete": True}))
+
+
+def _swap_in(folder: Path, name: str) -> Path:
+    """Replace ``folder/<name>`` by the complete ``<name>.tmp`` with two renames (a crash between
+    them leaves ``<name>.old``, which loading falls back to)."""
+    final, tmp, old = folder / name, folder / f"{name}.tmp", folder / f"{name}.old"
     if final.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -56,31 +182,20 @@ def save_checkpoint(folder: Path, state: Mapping[str, Any]) -> Path:
     return final
 
 
-def load_checkpoint(folder: Path) -> dict[str, Any]:
-    """Load the newest complete checkpoint under ``folder``.
-
-    Raises:
-        CheckpointError: none exists, or it cannot be read; the message names the file and the fix.
-    """
-    for name in ("last", "last.old"):
-        path = folder / name
-        if (path / "state.json").exists():
-            return _read(path)
-    raise CheckpointError(
-        f"no checkpoint in {folder}; the run ended before its first round was saved. "
-        "Start it again without --resume (use --overwrite to move the old directory aside)"
-    )
-
-
-def _read(path: Path) -> dict[str, Any]:
+def _read_body(path: Path) -> dict[str, Any]:
     try:
-        body = json.loads((path / "state.json").read_text())
+        body = json.loads((path / _STATE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path / 'state.json'} is corrupt ({exc}); cannot resume") from None
+        raise CheckpointError(f"{path / _STATE} is corrupt ({exc}); cannot resume") from None
     if not body.get("complete") or body.get("format") != _FORMAT:
         raise CheckpointError(
             f"{path} is incomplete or of an unknown format {body.get('format')!r}; cannot resume"
         )
+    return body
+
+
+def _read(path: Path) -> dict[str, Any]:
+    body = _read_body(path)
     expected = body.get("sha256")  # checkpoints written before checksums have none
     if expected is not None and _sha256(path / "tensors.safetensors") != expected:
         raise CheckpointError(

@@ -92,7 +92,11 @@ def _argument_help(callback: Callable[..., Any] | None) -> dict[str, str]:
 
 
 ConfigArg = Annotated[
-    Path, typer.Argument(help="Experiment TOML (a diff over configs/defaults.toml).")
+    Path,
+    typer.Argument(
+        help="Experiment TOML (a diff over configs/defaults.toml), or the name of a config "
+        "shipped with fedamole, e.g. paper/snli_dir0.1 (an unknown name lists them)."
+    ),
 ]
 
 
@@ -512,21 +516,29 @@ def export(
     run: Annotated[Path, typer.Argument(help="A run directory (config.toml + checkpoints/).")],
     client: Annotated[int, typer.Option(help="0-based client id.")],
     out: Annotated[Path, typer.Option(help="New folder for the exported model.")],
+    round_: Annotated[
+        str,
+        typer.Option(
+            "--round",
+            help="Which checkpoint: `last` (the end of the run), `best` (the round `fedamole "
+            "report --round best` names), or a round number one of them holds.",
+        ),
+    ] = "last",
 ) -> None:
-    """Export one client's personalized model: a peft adapter folder (LoRA baselines) or a MoLE
-    folder (FedAMoLE).
+    """Export one client's model: a peft adapter folder (LoRA baselines, FDLoRA, the prompt
+    methods) or a MoLE folder (FedAMoLE), with a README on how to load it.
 
-    Example: fedamole export runs/demo --client 0 --out exports/demo-client0
+    Example: fedamole export runs/demo --client 0 --out exports/demo-client0 --round best
     """
     from fedamole.checkpoint import CheckpointError
     from fedamole.export import export_client
 
     try:
-        path = export_client(run, client, out)
+        path = export_client(run, client, out, round=round_)
     except (CheckpointError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"exported client {client} of {run} to {path}")
+    typer.echo(f"exported client {client} of {run} ({round_}) to {path}")
 
 
 @app.command(cls=_Command)

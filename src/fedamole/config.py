@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import tomli_w
 from pydantic import (
@@ -34,7 +34,9 @@ from fedamole.config_files import (
     parse_overrides,
     read_toml_file,
     read_with_extends,
+    resolve_config_path,
     set_dotted,
+    shipped_config_dir,
 )
 
 __all__ = [
@@ -63,7 +65,8 @@ __all__ = [
     "read_toml_file",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The shipped configs (fedamole/configs when installed, the checkout's configs/ otherwise).
+CONFIG_DIR = shipped_config_dir() or Path(__file__).resolve().parents[2] / "configs"
 
 # The registered algorithms (``fedamole.algorithms.ALGORITHMS``, which a test keeps equal): named
 # here so that validation does not import the algorithms package, which imports this module.
@@ -80,6 +83,20 @@ AlgorithmName = Literal[
 ]
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _items(value: Any) -> Iterator[Any]:
+    """``value`` itself or, for an array, every item in it at any depth."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            yield item
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: every float is finite (a NaN alpha would silently give an IID split)
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -87,11 +104,20 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
-        """``true`` is not ``1``: pydantic would coerce it for an int or float field."""
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation is not bool and bool not in get_args(annotation):
-                raise ValueError(f"{value!r} is a boolean; this field takes a number or a name")
+        """``true`` is not ``1``: pydantic would coerce it for an int or float field, and inside
+        an array (``adam_betas``, ``fail_clients``). No integer needs more than 64 bits (numpy and
+        torch take none, and Python does not print one of thousands of digits)."""
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        takes_bool = annotation is bool or bool in get_args(annotation)
+        for item in _items(value):
+            if isinstance(item, bool) and not takes_bool:
+                raise ValueError(f"{item!r} is a boolean; this field takes a number or a name")
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > _INT64_MAX:
+                raise ValueError(
+                    "an integer beyond 64 bits (more than 2**63 - 1); no setting takes one"
+                )
         return value
 
 
@@ -158,7 +184,7 @@ class PartitionConfig(_Section):
     tasks_per_client: int = Field(1, ge=1)
     clients_per_task: int = Field(1, ge=1)
     min_size: int = Field(10, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)  # numpy's SeedSequence takes no negative seed
 
 
 class PTuningConfig(_Section):
@@ -228,6 +254,9 @@ class FederationConfig(_Section):
     fail_clients: tuple[tuple[int, int], ...] = ()
 
 
+_Beta = Annotated[float, Field(ge=0, lt=1)]  # torch's Adam refuses a beta outside [0, 1)
+
+
 class TrainConfig(_Section):
     """Local training (docs/algorithm.md#local-training)."""
 
@@ -237,7 +266,7 @@ class TrainConfig(_Section):
     lr: float = Field(5e-5, gt=0)
     lr_decay: float = Field(0.99, gt=0, le=1)
     adam_eps: float = Field(1e-6, gt=0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[_Beta, _Beta] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(None, gt=0)
 
@@ -257,7 +286,7 @@ class RunConfig(_Section):
 
     name: str = "run"
     out_dir: str = "runs"
-    seed: int = 42
+    seed: int = Field(42, ge=0)  # numpy's SeedSequence takes no negative seed
     checkpoint: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # CPU threads for torch in this process; None: OMP_NUM_THREADS if set (sweeps with --jobs set
@@ -342,17 +371,19 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Confi
     """Load defaults, overlay a TOML file and ``key=value`` overrides, validate everything.
 
     Args:
-        path: an experiment TOML (a diff over the defaults), or ``None`` for the defaults alone.
+        path: an experiment TOML (a diff over the defaults), the name of a shipped one
+            (``paper/snli_dir0.1``, :func:`~fedamole.config_files.resolve_config_path`), or
+            ``None`` for the defaults alone.
         overrides: dotted assignments such as ``"mole.num_experts=3"``; values are parsed as TOML
             (``1e-4``, ``true``, ``["q_proj"]``) and fall back to plain strings.
 
     Raises:
         ConfigError: every type, range and feasibility error at once.
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: the file does not exist (the message lists the shipped names).
     """
     data: dict[str, Any] = {}
     if path is not None:
-        data = read_with_extends(Path(path))
+        data = read_with_extends(resolve_config_path(path))
     for key, value in parse_overrides(overrides).items():
         set_dotted(data, key, value)
     return _validate(data)
@@ -382,13 +413,16 @@ def _validate(data: dict[str, Any]) -> Config:
 
 
 def _pop_dotted(data: dict[str, Any], loc: Sequence[Any]) -> None:
+    """Remove the field at ``loc``; an error inside an array (``fail_clients.0.1``) removes the
+    whole field, so that the feasibility checks still run on the rest."""
     node: Any = data
-    for part in loc[:-1]:
+    for i, part in enumerate(loc):
         if not isinstance(node, dict) or part not in node:
             return
+        if i == len(loc) - 1 or not isinstance(node[part], dict):
+            node.pop(part)
+            return
         node = node[part]
-    if isinstance(node, dict):
-        node.pop(loc[-1], None)
 
 
 def _format_pydantic(err: Mapping[str, Any]) -> str:
@@ -400,8 +434,16 @@ def _format_pydantic(err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         section = ".".join(str(p) for p in err["loc"][:-1]) or "top level"
         return f"`{field}` is not a known field (in {section}); check the spelling in defaults.toml"
-    value = err.get("input")
-    return f"`{field}` = {value!r}: {err['msg']}"
+    return f"`{field}` = {_shown(err.get('input'))}: {err['msg']}"
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, shortened; an integer too long for Python to print is described."""
+    try:
+        text = repr(value)
+    except ValueError:  # more than sys.get_int_max_str_digits() digits
+        return "<an integer too long to print>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def differing_fields(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]) -> list[str]:

@@ -120,14 +120,28 @@ def federation_errors(cfg: Config) -> list[str]:
 
 # In report order; each takes a validated config and returns its messages.
 def model_errors(cfg: Config) -> list[str]:
-    """A ``model.name`` written as a path must name an existing folder."""
+    """A ``model.name`` is not blank, and one written as a path names an existing folder."""
     name = cfg.model.name
-    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+    if not name.strip():
         return [
-            f"`model.name` = {name!r}: no such folder; give a folder holding the model's "
+            f"`model.name` = {name!r} is blank; give a hub id, a model folder, "
+            "'embedded:smollm2-135m-instruct' or 'tiny:llama'"
+        ]
+    if name.startswith(("/", "./", "../", "~")) and not _is_folder(name):
+        return [
+            f"`model.name` = {name!r:.120}: no such folder; give a folder holding the model's "
             "config.json and weights, a hub id, 'embedded:smollm2-135m-instruct' or 'tiny:llama'"
         ]
     return []
+
+
+def _is_folder(name: str) -> bool:
+    """Whether ``name`` (``~`` expanded) is a folder; a path that cannot be one (too long, a NUL
+    byte, an unknown ``~user``) is not."""
+    try:
+        return Path(name).expanduser().is_dir()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 SECTION_CHECKS: tuple[Callable[[Config], list[str]], ...] = (

@@ -5,7 +5,7 @@ A run directory holds::
     config.toml      the resolved config          env.json       versions, device, git sha, start
     metrics.jsonl    one record per (round, client, split, metric)
     comm.jsonl       bytes up/down per client per round, by payload kind
-    assignments/     round_NNN.json                checkpoints/   last/ (written atomically)
+    assignments/     round_NNN.json                checkpoints/   last/, best/ (atomic)
     log.txt          the console log                done.json      written after the last round
     wire.jsonl       Flower only: serialized message sizes
 
@@ -81,6 +81,17 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """The checkpoint of the latest round (replaced atomically after every round)."""
+        return self.checkpoints / "last"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """The checkpoint of the best round by the report's rule
+        (:class:`fedamole.engines.common.BestCheckpoint`)."""
+        return self.checkpoints / "best"
 
     @property
     def client_checkpoints(self) -> Path:

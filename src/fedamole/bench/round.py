@@ -155,9 +155,15 @@ def _run_worker(
     if done.returncode != 0:
         raise BenchError(f"the worker for {src} failed:\n{done.stderr[-4000:]}")
     try:
-        return json.loads(out.read_text(encoding="utf-8"))
+        result = json.loads(out.read_text(encoding="utf-8"))
     finally:
         out.unlink(missing_ok=True)
+    if not Path(result["source"]).resolve().is_relative_to(src.resolve()):
+        raise BenchError(
+            f"the worker meant for {src} imported fedamole from {result['source']}: an install "
+            "shadows PYTHONPATH here, so the revisions cannot be told apart"
+        )
+    return result
 
 
 def _medians(processes: list[dict]) -> dict[str, float]:

@@ -85,13 +85,23 @@ class _Record(NamedTuple):
 
 
 def _data_files(path: Path) -> list[Path]:
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise DataFileNotFoundError(
+            f"`data.path` ({str(path)!r:.120}) cannot be opened ({exc.strerror}); point "
+            "`data.path` at the dataset file or folder"
+        ) from None
+    if not exists:
         raise DataFileNotFoundError(
             f"`data.path` ({path}) does not exist; point `data.path` at the dataset file or folder"
         )
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _SUFFIXES)
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _SUFFIXES)
+    except OSError as exc:
+        raise DataError(f"`data.path` ({path}): cannot list the folder ({exc.strerror})") from None
     if not files:
         raise DataError(f"`data.path` ({path}) is a folder without .jsonl or .json files")
     return files
@@ -104,6 +114,14 @@ def _parse_json(text: str, file: Path, line: int | None = None) -> Any:
     except json.JSONDecodeError as exc:
         where = f"{file}:{line if line is not None else exc.lineno}"
         raise DataError(f"{where}: not valid JSON ({exc.msg}); fix or remove it") from None
+    except (RecursionError, ValueError) as exc:  # valid JSON that Python cannot hold
+        where = file if line is None else f"{file}:{line}"
+        why = (
+            "arrays or objects nested too deeply"
+            if isinstance(exc, RecursionError)
+            else "a number too long to read (over 4300 digits)"
+        )
+        raise DataError(f"{where}: {why}; fix or remove that value") from None
 
 
 def _read_text(file: Path) -> str:
@@ -119,10 +137,15 @@ def _read_text(file: Path) -> str:
         raise DataError(f"{file}: cannot read the data file ({exc.strerror})") from None
 
 
+# JSON Lines ends lines with \n (or \r\n; a lone \r is read as one too). Not str.splitlines():
+# it also breaks at U+2028, U+0085 and others, which JSON strings may hold unescaped.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
 def _file_records(file: Path) -> Iterator[_Record]:
     """Records of a JSON-lines file, or of a .json file holding a list of objects."""
     if file.suffix == ".jsonl":
-        for lineno, line in enumerate(_read_text(file).splitlines(), start=1):
+        for lineno, line in enumerate(_LINE_END.split(_read_text(file)), start=1):
             if line.strip():
                 yield _Record(f"{file}:{lineno}", _parse_json(line, file, lineno))
         return
@@ -182,7 +205,20 @@ def _text(record: _Record, name: str, dataset: str, default: Any = _REQUIRED) ->
     value = _field(record, name, dataset, default)
     if not isinstance(value, str):
         raise DataError(f"{record.where}: field `{name}` must be a string, got {value!r:.60}")
+    _check_unicode(record, name, value)
     return value
+
+
+def _check_unicode(record: _Record, name: str, value: str) -> None:
+    """A lone surrogate (a JSON escape such as ``\\ud800`` without its pair) is no character: a
+    tokenizer or a UTF-8 log cannot take it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"{record.where}: field `{name}` holds a lone surrogate {value[exc.start]!r} (half "
+            "of a UTF-16 pair, written as a \\u escape); fix the text"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,7 +229,13 @@ def _snli_label(record: _Record) -> int:
     if "label" in record.fields:
         label = record.fields["label"]
     else:
-        label = _SNLI_LABEL_NAMES.get(_field(record, "gold_label", "snli"), "?")
+        gold = _field(record, "gold_label", "snli")
+        if not isinstance(gold, str) or gold not in _SNLI_LABEL_NAMES:
+            raise DataError(
+                f"{record.where}: SNLI `gold_label` must be one of {sorted(_SNLI_LABEL_NAMES)} "
+                f"('-': no gold label), got {gold!r:.40}"
+            )
+        label = _SNLI_LABEL_NAMES[gold]
     if label not in (-1, 0, 1, 2) or isinstance(label, bool):
         raise DataError(
             f"{record.where}: SNLI `label` must be 0 (entailment), 1 (neutral), 2 (contradiction) "
@@ -237,11 +279,22 @@ def _alpaca_example(record: _Record, dataset: str, context_required: bool) -> Ex
             f"{record.where}: `choices` has one option ({choices[0]!r:.40}): an answer-choice "
             "example needs at least two; drop `choices` for a free-text example"
         )
-    if not isinstance(category, str | int) or isinstance(category, bool) or not str(category):
+    if len(set(choices)) < len(choices):
+        raise DataError(
+            f"{record.where}: `choices` {choices!r:.80} repeats an option; give each once"
+        )
+    for choice in choices:
+        _check_unicode(record, "choices", choice)
+    if (
+        not isinstance(category, str | int)
+        or isinstance(category, bool)
+        or not str(category).strip()
+    ):
         raise DataError(
             f"{record.where}: `category` = {category!r:.40} must be a non-empty name (a string), "
             'e.g. "open_qa"; the partitions group clients\' data by it'
         )
+    _check_unicode(record, "category", str(category))
     if choices and response not in choices:
         raise DataError(
             f"{record.where}: `response` ({response!r:.40}) must be one of `choices` "
@@ -306,7 +359,7 @@ def _ni_root(data: DataConfig) -> tuple[Path, Path]:
 
 def _ni_task(file: Path) -> tuple[str, list[dict[str, Any]]]:
     """The definition and instances of one task file (v2.8 or draft schema)."""
-    task = _parse_json(file.read_text(encoding="utf-8"), file)
+    task = _parse_json(_read_text(file), file)
     if not isinstance(task, dict) or "Definition" not in task or "Instances" not in task:
         raise DataError(f"{file}: a task file needs the fields `Definition` and `Instances`")
     definition = task["Definition"]
@@ -331,7 +384,12 @@ def _ni_examples(file: Path, definition: str, instances: list[Any]) -> list[Exam
         inst = inst if isinstance(inst, dict) else {}
         output = inst.get("output")
         output = [output] if isinstance(output, str) else output
-        if not isinstance(inst.get("input"), str) or not output or not isinstance(output[0], str):
+        if (
+            not isinstance(inst.get("input"), str)
+            or not isinstance(output, list)
+            or not output
+            or not isinstance(output[0], str)
+        ):
             raise DataError(
                 f"{file} instance {i}: needs a string `input` and a non-empty `output` list"
             )
@@ -349,7 +407,7 @@ def _ni_examples(file: Path, definition: str, instances: list[Any]) -> list[Exam
 
 def _load_natural_instructions(data: DataConfig) -> list[Example]:
     task_dir, split = _ni_root(data)
-    names = [line.strip() for line in split.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in _read_text(split).splitlines()]
     names = [n for n in names if n]
     files = [task_dir / f"{n}.json" for n in names]
     present = [f for f in files if f.is_file()]

@@ -10,7 +10,9 @@ both engines write the same run directory (``metrics.jsonl``, ``comm.jsonl``, ``
 1. :func:`open_run`: create (or reopen) the run directory, set up logging, seed torch.
 2. :func:`run_federation`: restore a checkpoint on resume, then for every round call the
    ``on_round`` callback (progress, or a test's simulated kill), :func:`play_round`, write the
-   assignment and an atomic checkpoint; after the last round mark the run done (``done.json``).
+   assignment and an atomic checkpoint (``checkpoints/last``, and ``checkpoints/best`` when the
+   round is the best so far, :class:`BestCheckpoint`); after the last round mark the run done
+   (``done.json``).
 3. :func:`play_round`: ``configure_round`` -> :meth:`Clients.run_round` -> log bytes and metrics per
    client (in client order) -> ``aggregate`` -> log rejections and ``server/round_seconds``.
 
@@ -32,7 +34,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from fedamole.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedamole.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    checkpoint_info,
+    load_checkpoint,
+    promote_checkpoint,
+    save_checkpoint,
+)
 from fedamole.config import Config, differing_fields
 from fedamole.data.types import FederatedData
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
@@ -43,6 +53,7 @@ if TYPE_CHECKING:
     from fedamole.algorithms.base import Algorithm
 
 __all__ = [
+    "BestCheckpoint",
     "Clients",
     "InjectedFailure",
     "RoundCallback",
@@ -53,6 +64,7 @@ __all__ = [
     "open_run",
     "play_round",
     "run_federation",
+    "selection_split",
 ]
 
 log = logging.getLogger("fedamole")
@@ -169,13 +181,18 @@ def run_federation(
         )
         logs.comm.truncate_after(start - 1)
     failures = 0
+    best = BestCheckpoint(cfg, run) if cfg.run.checkpoint else None
+    if best is not None and resume:
+        best.update(start - 1)  # a kill between saving `last` and promoting it to `best`
     try:
         for rnd in range(start, last_round(cfg) + 1):
             if on_round is not None:
                 on_round(rnd)
             failures += play_round(rnd, cfg, algo, clients, logs)
             _write_assignment(run, rnd, algo.assignment_record())
-            if cfg.run.checkpoint:
+            if best is not None:
+                # `test_global` scores of round rnd-1 just arrived: `last` still holds rnd-1
+                best.update(rnd)
                 state = {
                     "round": rnd,
                     "config": json.dumps(cfg.to_dict(), sort_keys=True),
@@ -183,6 +200,7 @@ def run_federation(
                     "clients": clients.states(),
                 }
                 save_checkpoint(run.checkpoints, state)
+                best.update(rnd)  # `test` scores of round rnd: `last` now holds rnd
     finally:
         logs.close()
     run.mark_done(last_round(cfg))
@@ -190,6 +208,90 @@ def run_federation(
     result.failures = failures
     log.info("%s", format_summary(result))
     return result
+
+
+def selection_split(cfg: Config) -> str:
+    """The evaluation split whose client-mean ``score`` picks ``checkpoints/best``.
+
+    The split of the run's main row in ``fedamole report`` (:func:`fedamole.analysis.results.
+    method_labels`): ``test`` (after local training) with ``eval.timing = "personalized"``,
+    ``test_global`` (the received global model) with ``"global"``; with ``"both"``, ``test_global``
+    for the algorithms whose product is the global model (FedIT, FedPrompt, FedPTuning, FFA-LoRA,
+    FDLoRA: the plain label, the other row is ``-FT``) and ``test`` for the others.
+    """
+    from fedamole.analysis.results import GLOBAL_MODEL_ALGORITHMS, method_labels
+
+    splits = [split for _, split in method_labels(cfg.to_dict())]
+    if len(splits) == 1:
+        return splits[0]
+    return "test_global" if cfg.federation.algorithm in GLOBAL_MODEL_ALGORITHMS else "test"
+
+
+class BestCheckpoint:
+    """Keeps ``checkpoints/best`` = the checkpoint of the round ``fedamole report --round best``
+    names: the maximum over rounds of the unweighted client mean of ``<split>/score``
+    (:func:`selection_split`; the earliest round on ties, as
+    :func:`fedamole.analysis.summaries.summarize_rounds`).
+
+    A round's mean is final once every client reported it: ``test`` scores of round ``r`` arrive
+    in round ``r``, ``test_global`` scores of round ``r`` (the global model after its aggregation)
+    in round ``r + 1``. :meth:`update` is called before and after each save of ``last``; whenever
+    the best complete round is the one ``last`` holds and ``best`` holds another, ``last`` is
+    copied to ``best`` (:func:`~fedamole.checkpoint.promote_checkpoint`, atomic). Everything is
+    derived from ``metrics.jsonl`` and the checkpoints on disk, so a resumed run (whose
+    ``metrics.jsonl`` was cut back to its checkpoint) keeps the same ``best`` as an uninterrupted
+    one; a kill between saving ``last`` and promoting it is repaired on resume.
+    """
+
+    def __init__(self, cfg: Config, run: RunDir):
+        self.split = selection_split(cfg)
+        self.folder = run.checkpoints
+        self.metrics = run.metrics
+        self._offset = 0  # metrics.jsonl is read incrementally: bytes already parsed
+        self._scores: dict[int, dict[int, float]] = {}  # round -> client -> score
+
+    def update(self, played: int) -> None:
+        """Promote ``last`` to ``best`` when it holds the best complete round, given that every
+        round up to ``played`` has run."""
+        complete = played if self.split == "test" else played - 1
+        means = {
+            rnd: sum(v.values()) / len(v)
+            for rnd, v in self._read_scores().items()
+            if rnd <= complete and v
+        }
+        if not means:
+            return
+        from fedamole.analysis.summaries import summarize_rounds
+
+        rnd, value = summarize_rounds(means, "best")
+        last = checkpoint_info(self.folder, LAST)
+        if last is None or last["round"] != rnd:
+            return
+        current = checkpoint_info(self.folder, BEST)
+        if current is not None and current["round"] == rnd:
+            return
+        selection = {"rule": "best", "round": rnd, "split": self.split, "metric": "score"}
+        promote_checkpoint(self.folder, {**selection, "value": value}, source=LAST, target=BEST)
+        log.info("checkpoints/best: round %d (%s/score %.4f)", rnd, self.split, value)
+
+    def _read_scores(self) -> dict[int, dict[int, float]]:
+        """Fold the complete lines appended to ``metrics.jsonl`` since the last call."""
+        if not self.metrics.exists():
+            return self._scores
+        with self.metrics.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1  # a line being written is read next time
+        self._offset += end
+        for line in chunk[:end].splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec.get("split") == self.split and rec.get("metric") == "score":
+                self._scores.setdefault(int(rec["round"]), {})[int(rec["client"])] = float(
+                    rec["value"]
+                )
+        return self._scores
 
 
 def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: RoundLogs) -> int:
