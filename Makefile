@@ -51,11 +51,14 @@ test: install
 	$(BIN)/python -m pytest -q
 
 # Property-based fuzzing (tests/fuzz): FUZZ_EXAMPLES generated cases per property instead of the 50
-# that `make test` runs, new ones every time; prints how many cases each property ran.
+# that `make test` runs, new ones every time; prints how many cases each property ran. Then the
+# real-process kill suite with KILL_CASES SIGKILLs per configuration instead of 1.
 FUZZ_EXAMPLES ?= 2000
+KILL_CASES ?= 5
 fuzz: install
 	FEDAMOLE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz -m fuzz -q \
 		--hypothesis-show-statistics
+	FEDAMOLE_KILL_CASES=$(KILL_CASES) $(BIN)/python -m pytest tests/integration/test_kill_resume.py -q
 
 lint: install
 	$(BIN)/ruff check .
