@@ -240,6 +240,15 @@ def run(
     except RunFailedError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:  # a full disk, a file made unwritable mid-run...
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(
+            f"error: the run stopped: {exc.strerror or exc}{where}. Checkpoints are written "
+            f"atomically, so the last one is intact: fix the cause, then continue with "
+            f"fedamole run {config} --resume --run-dir {target}",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @app.command(cls=_Command)

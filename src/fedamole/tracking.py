@@ -208,7 +208,13 @@ class RunDir:
             backup = _backup_name(path)
             path.rename(backup)
             logging.getLogger(__name__).warning("moved the existing %s to %s", path, backup)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot create the run directory {path}: {exc.strerror or exc}; choose a "
+                "writable place with --run-dir (or run.out_dir)"
+            ) from None
         run.acquire()
         run.assignments.mkdir(exist_ok=True)
         dump(cfg, run.config)

@@ -113,3 +113,53 @@ def test_the_summary_compares_the_same_clients_and_names_who_failed(smoke, tmp_p
     first, last = result.first, result.last
     expected = sum(last[c]["score"] for c in (0, 2)) / 2
     assert f"-> {expected:.4f}" in mean_line and set(first) == {0, 1, 2}
+
+
+def test_an_unwritable_run_directory_is_a_clean_error(repo, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedamole.cli import app
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(
+        app, ["run", str(repo / "configs" / "smoke.toml"), "--run-dir", str(blocker / "run")]
+    )
+    assert result.exit_code == 2
+    assert "cannot create the run directory" in result.output and "--run-dir" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_full_disk_mid_run_stops_cleanly_and_resume_finishes_it(
+    repo, smoke, tmp_path, monkeypatch
+):
+    """ENOSPC while checkpointing round 1: exit 1 with a message naming the cause and the resume
+    command; round 0's checkpoint is intact and --resume gives the uninterrupted run's logs."""
+    import errno
+
+    from typer.testing import CliRunner
+
+    import fedamole.engines.common as common
+    from fedamole.cli import app
+
+    reference = tmp_path / "reference"
+    run_embedded(smoke, reference, progress=False)
+    original = common.save_checkpoint
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # round 1's checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(common, "save_checkpoint", full_disk)
+    config, run_dir = str(repo / "configs" / "smoke.toml"), tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", config, "--run-dir", str(run_dir)])
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.output and "--resume" in result.output
+    assert not (run_dir / "done.json").exists()
+    monkeypatch.setattr(common, "save_checkpoint", original)
+    resumed = CliRunner().invoke(app, ["run", config, "--run-dir", str(run_dir), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert result_records(run_dir) == result_records(reference)
