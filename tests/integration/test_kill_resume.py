@@ -2,7 +2,7 @@
 mid-evaluation, mid-checkpoint: wherever the draw falls), then ``--resume``d, must end with exactly
 the logs and assignments of an uninterrupted run.
 
-Each case draws its kill time (seeded) uniformly over the first 80 % of the uninterrupted run's
+Each case draws its kill time (seeded) uniformly over the first 60 % of the uninterrupted run's
 rounds (counted from the end of start-up, when ``config.toml`` appears). A kill that lands before
 the first checkpoint must make ``--resume`` refuse with a clear message (nothing to resume from);
 the run is then started again with ``--overwrite``. ``FEDAMOLE_KILL_CASES`` (default 1 per
@@ -84,7 +84,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
     kills = 0
     for case in range(CASES):
         run_dir = tmp_path / f"case{case}"
-        when = float(rng.uniform(0.0, 0.8)) * seconds  # after start-up: inside the rounds
+        when = float(rng.uniform(0.0, 0.6)) * seconds  # after start-up: inside the rounds
         proc = _run(repo, CONFIGS[name], run_dir)
         _started(proc, run_dir)
         try:
