@@ -301,7 +301,7 @@ RSEA_PANELS = (
 def plot_rsea(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
     """RSEA's diagnostics per round (``server/rsea/...``), one line per method (mean over seeds,
     ± std band): group purity with its chance level (grey, dashed), retention, affinity spread.
-    Each panel's y-axis spans the metric's range, 0 to 1."""
+    Purity and retention span their range, 0 to 1; the spread's axis starts at 0."""
     items = [e for e in entries(runs) if e.run.server_metric("rsea/retention")]
     _need(items, "RSEA diagnostics (server/rsea/... records: FedAMoLE runs)")
     fig, axes = _panels(len(RSEA_PANELS))
@@ -339,7 +339,10 @@ def plot_rsea(runs: list[Run], out: Path, mode: RoundMode) -> list[Path]:
                     label="chance (random assignment)",
                 )
         _style(ax, title, "round (assignment chosen after it)", ylabel)
-        ax.set_ylim(0, 1.02)
+        if metric == "rsea/affinity_spread":  # probabilities over N clients: spreads are small
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_ylim(0, 1.02)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, axes, out, "rsea")
 
