@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -92,8 +94,8 @@ def test_help_is_plain_text_with_every_argument_described(command):
 def test_run_help_shows_defaults_and_engine_choices():
     text = " ".join(runner.invoke(app, ["run", "--help"]).output.split())  # whatever the width
     assert "[default: embedded]" in text
-    assert "--engine [embedded|flower]" in text
-    assert "CONFIG Experiment TOML" in text  # the argument's own help
+    assert re.search(r"--engine [\[<]embedded\|flower[\]>]", text)  # typer: [..] or <..>
+    assert re.search(r"(?i)config (<path> )?Experiment TOML", text)  # the argument's own help
     assert "[required]" in text
 
 
