@@ -154,22 +154,34 @@ def prefix_groups(
     return group, prefixes
 
 
+def _groups(
+    model: torch.nn.Module, rows: Sequence[Encoded], limits: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """:func:`prefix_groups` of the rows' tokens; one group without a prefix for a model that
+    cannot share prefixes."""
+    if not _shares_prefixes(model):
+        return [0] * len(rows), [0]
+    return prefix_groups([row["input_ids"] for row in rows], limits)
+
+
 def _prefixed_batch(
-    model: torch.nn.Module, rows: Sequence[Encoded], pad_id: int, limits: Sequence[int]
+    model: torch.nn.Module,
+    rows: Sequence[Encoded],
+    pad_id: int,
+    group: Sequence[int],
+    prefixes: Sequence[int],
 ) -> tuple[dict[str, Any], torch.Tensor | None]:
     """Model inputs for encoded ``rows`` after their shared prefixes (see the module docstring),
     and their ``labels`` (B, S) when the rows have labels.
 
-    Each group's prefix (:func:`prefix_groups`, at most ``limits[i]`` tokens of row ``i``) runs
-    once, left-padded to the longest; the cache rows are then picked per row. ``input_ids`` and
-    ``position_ids`` (B, S) hold each row's left-padded remainder, ``attention_mask`` (B, P + S)
-    covers prefix and remainder. A model that cannot share prefixes gets plain left-padded rows.
+    Row ``i`` belongs to group ``group[i]``, whose first ``prefixes[group[i]]`` tokens it shares
+    (:func:`_groups`). Each group's prefix runs once, left-padded to the longest; the cache rows
+    are then picked per row. ``input_ids`` and ``position_ids`` (B, S) hold each row's
+    left-padded remainder, ``attention_mask`` (B, P + S) covers prefix and remainder. Groups with
+    no prefix get plain left-padded rows.
     """
     device = model.device
     ids = [row["input_ids"] for row in rows]
-    group, prefixes = (
-        prefix_groups(ids, limits) if _shares_prefixes(model) else ([0] * len(rows), [0])
-    )
     cut = [prefixes[g] for g in group]  # (B,) tokens of each row in the prefix
     rest = collate(
         [{k: v[c:] for k, v in row.items()} for row, c in zip(rows, cut, strict=True)], pad_id
@@ -219,24 +231,23 @@ def _sequence_nll(
     row.
     """
     limits = [next(i for i, t in enumerate(row["labels"]) if t != IGNORE_INDEX) - 1 for row in rows]
-    ids = [row["input_ids"] for row in rows]
-    group, prefixes = (
-        prefix_groups(ids, limits) if _shares_prefixes(model) else ([0] * len(rows), [0])
-    )
+    group, prefixes = _groups(model, rows, limits)
     parts = [[i for i, g in enumerate(group) if g == k] for k, p in enumerate(prefixes) if p]
     parts.append([i for i, g in enumerate(group) if not prefixes[g]])
     total = torch.zeros(len(rows))
     count = torch.zeros(len(rows), dtype=torch.long)
     for part in (part for part in parts if part):
-        nll, n = _one_pass_nll(model, [rows[i] for i in part], pad_id, [limits[i] for i in part])
+        prefix = prefixes[group[part[0]]]  # one group, or the rows that share nothing
+        nll, n = _one_pass_nll(model, [rows[i] for i in part], pad_id, prefix)
         total[part], count[part] = nll.cpu(), n.cpu()
     return total, count
 
 
 def _one_pass_nll(
-    model: PreTrainedModel, rows: Sequence[Encoded], pad_id: int, limits: Sequence[int]
+    model: PreTrainedModel, rows: Sequence[Encoded], pad_id: int, prefix: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs, labels = _prefixed_batch(model, rows, pad_id, limits)
+    """:func:`_sequence_nll` of rows that all share their first ``prefix`` tokens, in one pass."""
+    inputs, labels = _prefixed_batch(model, rows, pad_id, [0] * len(rows), [prefix])
     width = labels.shape[1]
     first = int((labels != IGNORE_INDEX).int().argmax(dim=-1).min())  # earliest labelled column
     keep = min(width, width - first + 1)
@@ -317,7 +328,7 @@ def score_choices(
     """Mean NLL per choice token (EOS included) of every choice of every example
     (docs/algorithm.md#answer-choice-scoring).
 
-    All choices of ``batch_size`` examples (taken in order of length) go into one batch (so a
+    All choices of ``batch_size`` examples (taken in token order) go into one batch (so a
     batch holds ``batch_size * len(choices)`` sequences), after their shared prefix. Runs in eval
     mode without gradients.
 
@@ -516,7 +527,8 @@ def _free_text(
     with _inference(model):
         for group in _batches(kept, batch_size):
             rows = [{"input_ids": prompts[i]} for i in group]
-            inputs, _ = _prefixed_batch(model, rows, pad, [len(r["input_ids"]) - 1 for r in rows])
+            limits = [len(r["input_ids"]) - 1 for r in rows]
+            inputs, _ = _prefixed_batch(model, rows, pad, *_groups(model, rows, limits))
             out = model(**inputs, use_cache=True, logits_to_keep=1)
             cache, last = getattr(out, _CACHE), out.logits[:, -1]  # last: (B, V)
             mask, position = inputs["attention_mask"], inputs["position_ids"][:, -1]  # (B, T), (B,)
