@@ -11,6 +11,13 @@ PIP := $(VENV)/bin/python -m pip install --quiet
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FLOWER_STAMP := $(VENV)/.installed-flower
+# The data root of the configs' relative data.path (docs/data.md#where-datapath-resolves): a
+# FEDAMOLE_DATA already set wins; else the development setup's offline copies beside the checkout,
+# when they are there (`make bench-quality` reads snli/ from it).
+DEV_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(DEV_DATA)/.),)
+export FEDAMOLE_DATA ?= $(DEV_DATA)
+endif
 
 .PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-quality bench-quality-rounds bench-rsea clean
 
@@ -82,6 +89,7 @@ clean:
 
 # The CPU-scale quality benchmark (issue 8): the embedded model, 3 scenarios x 5 methods x 2 seeds,
 # about 45 minutes on 2 cores. Re-running continues an interrupted sweep and skips finished runs.
+# Its SNLI scenario reads snli/ in the data root (FEDAMOLE_DATA, set above).
 # Writes the report table (markdown, csv) and the figures that docs/results/cpu-benchmark.md shows.
 QUALITY := docs/results/cpu-benchmark
 QRUNS := runs/sweeps/cpu_quality

@@ -53,11 +53,12 @@ _OUTSIDE_DIR = ".." + "/shared/"
 _OFFLINE_DATA = ".." + "/shared/data"
 _CHECKED = ("src", "tests", "configs", "docs", "deploy", "README.md", "Makefile", "pyproject.toml")
 # The only places that may name the offline dataset copies beside the repository: tests (through
-# tests/conftest.py's SHARED_DATA) and the paper's scenario configs and sweeps (`data.path`).
+# tests/conftest.py's SHARED_DATA) and the Makefile, which makes them the data root
+# (FEDAMOLE_DATA) where they exist. Configs name data relative to the data root
+# (docs/data.md#where-datapath-resolves).
 _OFFLINE_DATA_ALLOWED = {
     "tests/*": _OFFLINE_DATA,
-    "configs/paper/*.toml": _OFFLINE_DATA + "/",
-    "configs/sweeps/*.toml": _OFFLINE_DATA + "/",
+    "Makefile": _OFFLINE_DATA,
 }
 _DOC_LINK = re.compile(r"docs/([\w./-]+?\.md)#([\w-]+)")
 _MD_LINK = re.compile(r"\]\(([\w./-]*?\.md)?#([\w-]+)\)")

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedamole.config import Config
-from fedamole.data.datasets import DATASETS, DataError, DataFileNotFoundError, load_examples
+from fedamole.data.datasets import (
+    DATASETS,
+    DataError,
+    DataFileNotFoundError,
+    load_examples,
+    resolve_data_path,
+)
 from fedamole.data.partition import partition
 from fedamole.data.splits import resolve_test_cap, split_client, split_ratios
 from fedamole.data.types import ClientData, Example, FederatedData
@@ -29,6 +35,7 @@ __all__ = [
     "load_examples",
     "load_federated_data",
     "partition_seed",
+    "resolve_data_path",
 ]
 
 

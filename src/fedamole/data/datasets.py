@@ -16,6 +16,12 @@
 
 Hub ids are read through the ``datasets`` package when it is installed (it is not a dependency).
 
+Where ``data.path`` points (docs/data.md#where-datapath-resolves): ``~`` is expanded and a relative
+path is joined to the data root, ``$FEDAMOLE_DATA`` when set, else the current working directory
+(:func:`resolve_data_path`). :func:`load_examples` resolves it once, logs the absolute path and
+hands it to the loaders; a path that does not exist is an error naming the value, the resolved
+path, the data root and the fix.
+
 Records: SNLI needs ``premise``, ``hypothesis``, ``label`` (0/1/2; or the original corpus fields
 ``sentence1``, ``sentence2``, ``gold_label``); Dolly needs ``instruction``, ``context``,
 ``response``, ``category``; local files need ``instruction``, ``response``, ``category`` and may
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,11 +55,14 @@ from fedamole.data.types import Example
 
 __all__ = [
     "DATASETS",
+    "DATA_ROOT_ENV",
     "HUB_IDS",
     "SYNTHETIC_SEED",
     "DataError",
     "DataFileNotFoundError",
+    "data_root",
     "load_examples",
+    "resolve_data_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +75,9 @@ _SNLI_LABEL_NAMES = {"entailment": 0, "neutral": 1, "contradiction": 2, "-": -1}
 _NI_SPLIT = Path("splits/default/train_tasks.txt")
 _NI_TASK_DIRS = ("tasks", "tasks_pre_v2_drafts")
 _REQUIRED = object()  # the default of a field that must be present
+DATA_ROOT_ENV = "FEDAMOLE_DATA"
+"""The environment variable naming the data root, the folder a relative ``data.path`` is in."""
+_RULE_DOC = "docs/data.md#where-datapath-resolves"
 
 
 class DataError(ValueError):
@@ -81,10 +94,55 @@ class _Record(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading records
+# Where data.path points
 
 
-def _data_files(path: Path) -> list[Path]:
+def _env_root() -> str | None:
+    """``$FEDAMOLE_DATA``, or None when it is unset or empty."""
+    return os.environ.get(DATA_ROOT_ENV) or None
+
+
+def data_root() -> Path:
+    """The folder a relative ``data.path`` is in: ``$FEDAMOLE_DATA`` (``~`` expanded, made
+    absolute) when it is set and not empty, else the current working directory."""
+    root = _env_root()
+    return Path(os.path.abspath(os.path.expanduser(root))) if root else Path.cwd()
+
+
+def resolve_data_path(path: str | os.PathLike[str]) -> Path:
+    """The absolute path that ``data.path`` names (docs/data.md#where-datapath-resolves).
+
+    ``~`` is expanded; a relative path is joined to :func:`data_root`; ``..`` is folded (symbolic
+    links are kept). Nothing is read: the path need not exist.
+    """
+    return Path(os.path.abspath(data_root() / os.path.expanduser(os.fspath(path))))
+
+
+def _is_relative(given: str) -> bool:
+    return not os.path.isabs(os.path.expanduser(given))
+
+
+def _root_note(given: str) -> str:
+    """How ``given`` resolved: relative to which data root, and whether FEDAMOLE_DATA is set."""
+    env = _env_root()
+    if not _is_relative(given):
+        kind = "`~` expanded" if given.startswith("~") else "an absolute path"
+        where = f"{DATA_ROOT_ENV}={env} is not used" if env else f"{DATA_ROOT_ENV} is not set"
+        return f"{kind}: {where}"
+    if env:
+        missing = "" if data_root().is_dir() else ", a folder that does not exist"
+        return f"relative to {DATA_ROOT_ENV}={env}{missing}"
+    return f"relative to the working directory, {DATA_ROOT_ENV} is not set"
+
+
+def _located(data: DataConfig, given: str) -> DataConfig:
+    """``data`` with its ``path``, ``given``, resolved (:func:`resolve_data_path`), logged and
+    checked to exist: the one place where ``data.path`` is resolved.
+
+    Raises:
+        DataFileNotFoundError: the path does not exist or cannot be looked at.
+    """
+    path = resolve_data_path(given)
     try:
         exists = path.exists()
     except OSError as exc:  # e.g. a name longer than the file system allows
@@ -93,9 +151,27 @@ def _data_files(path: Path) -> list[Path]:
             "`data.path` at the dataset file or folder"
         ) from None
     if not exists:
-        raise DataFileNotFoundError(
-            f"`data.path` ({path}) does not exist; point `data.path` at the dataset file or folder"
+        layout = "the folder that holds snli/, dolly/ and natural-instructions/"
+        fix = (
+            f"set {DATA_ROOT_ENV} to {layout}, or pass data.path=ABSOLUTE_PATH (the dataset file "
+            "or folder)"
+            if _is_relative(given)
+            else "point data.path at the dataset file or folder, or at one relative to "
+            f"{DATA_ROOT_ENV} ({layout})"
         )
+        raise DataFileNotFoundError(
+            f"`data.path` = {given!r} resolves to {path} ({_root_note(given)}), which does not "
+            f"exist: {fix}; see {_RULE_DOC}"
+        )
+    log.info("data.path %r: reading %s (%s)", given, path, _root_note(given))
+    return data.model_copy(update={"path": str(path)})
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading records
+
+
+def _data_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     try:
@@ -446,7 +522,8 @@ def load_examples(data: DataConfig) -> list[Example]:
 
     Args:
         data: the data section of the config (``dataset``, ``path``, ``num_examples``,
-            ``num_tasks``, ``families``).
+            ``num_tasks``, ``families``); a relative ``path`` is in the data root
+            (:func:`resolve_data_path`).
 
     Returns:
         The examples in source order (synthetic: in generated order).
@@ -460,6 +537,8 @@ def load_examples(data: DataConfig) -> list[Example]:
         raise DataError(
             f"`data.dataset` ({data.dataset!r}) is unknown; choose one of {sorted(DATASETS)}"
         )
+    if data.path is not None and data.dataset != "synthetic":  # the synthetic suite ignores it
+        data = _located(data, data.path)
     examples = DATASETS[data.dataset](data)
     if not examples:
         where = data.path if data.path is not None else HUB_IDS.get(data.dataset, data.dataset)

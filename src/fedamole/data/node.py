@@ -29,7 +29,8 @@ def load_node_data(cfg: Config, path: str | Path, *, client: int) -> ClientData:
 
     Args:
         cfg: the run's config (``data`` ratios and caps, ``partition.seed`` or ``run.seed``).
-        path: the owner's .jsonl/.json file (or a folder of them).
+        path: the owner's .jsonl/.json file (or a folder of them); a relative one is in the
+            data root, as ``data.path`` is (docs/data.md#where-datapath-resolves).
         client: the owner's client index; seeds its shuffle together with the partition seed.
 
     Returns:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from fedamole.config import DataConfig
-from fedamole.data import load_examples, load_federated_data
+from fedamole.config import DataConfig, load
+from fedamole.data import load_examples, load_federated_data, resolve_data_path
+from fedamole.data.datasets import DATA_ROOT_ENV
+from fedamole.experiments.grid import expand, load_grid, resolve_config
 
 from ._util import config
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 pytestmark = pytest.mark.data
 
@@ -55,3 +60,18 @@ def test_ni_all_24_drafts_and_task_partition_in_lexicographic_order(shared_data)
         assert {ex.category for ex in held} == {task_ids[i]}
     # The generation cap (50) binds for the 6,500-instance tasks, not the 390-instance ones.
     assert [len(c.test) for c in data.clients] == [50] * 6 + [39] * 4
+
+
+def test_the_shipped_configs_find_their_data_in_the_data_root(shared_data, monkeypatch, tmp_path):
+    """The offline copies have the documented layout, so FEDAMOLE_DATA=<that folder> is all the
+    paper configs and the CPU benchmark sweep need, from any working directory."""
+    monkeypatch.setenv(DATA_ROOT_ENV, str(shared_data))
+    monkeypatch.chdir(tmp_path)
+    paths = {load(p).data.path for p in (CONFIGS / "paper").glob("*_*.toml")}
+    grid = load_grid(CONFIGS / "sweeps" / "cpu_quality.toml", out_dir=tmp_path / "runs")
+    paths |= {resolve_config(run).data.path for run in expand(grid)} - {None}
+    assert paths == {"snli", "dolly/databricks-dolly-15k.jsonl", "natural-instructions"}
+    for path in paths:
+        assert resolve_data_path(path).exists(), path
+    snli = load(CONFIGS / "paper" / "snli_dir0.1.toml").data
+    assert len(load_examples(snli)) == 9_842 + 9_824

@@ -27,6 +27,29 @@ def test_paper_scenarios_validate(path):
     assert cfg.model.name == load(CONFIGS / "paper" / "base.toml").model.name
 
 
+# docs/data.md#getting-the-papers-datasets: the layout under the data root ($FEDAMOLE_DATA).
+DATA_LAYOUT = {
+    "snli": "snli",
+    "dolly": "dolly/databricks-dolly-15k.jsonl",
+    "natural_instructions": "natural-instructions",
+}
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_scenarios_name_their_data_in_the_documented_layout(path):
+    data = load(path).data
+    assert data.path == DATA_LAYOUT[data.dataset]  # relative: in the data root
+
+
+def test_no_shipped_config_points_outside_the_data_root():
+    """Shipped configs (also installed as fedamole/configs) name data by the documented layout,
+    never by a development workspace's folder beside the checkout."""
+    outside = ".." + "/shared"
+    configs = sorted(CONFIGS.rglob("*.toml"))
+    assert len(configs) > 20
+    assert [p.relative_to(CONFIGS) for p in configs if outside in p.read_text()] == []
+
+
 @pytest.mark.parametrize("path", SYNTHETIC, ids=lambda p: p.stem)
 def test_synthetic_scenarios_partition(path):
     cfg = load(path)
