@@ -14,7 +14,7 @@ as they do there, with the same :class:`~fedamole.config.ConfigError`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,6 +57,7 @@ def run(
     engine: Literal["embedded", "flower"] = "embedded",
     resume: bool = False,
     overwrite: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Run one experiment, write its run directory and return its summary.
@@ -72,6 +73,11 @@ def run(
             simulation engine; needs ``fedamole[flower]``), with the same results.
         resume: continue the run in ``run_dir`` from its last checkpoint (same config).
         overwrite: move an existing ``run_dir`` aside and start again.
+        on_record: called with every record written to ``metrics.jsonl`` as it is written (a
+            dict such as ``{"round": 1, "client": 0, "split": "train", "metric": "step_loss",
+            "step": 3, "value": 2.1}``), e.g. to forward it to W&B or MLflow; after the
+            TensorBoard mirror (``run__tensorboard="tb"``) and the ``run.hooks`` the config
+            names. One that raises is logged and the run goes on.
         **overrides: ``section__field=value``, e.g. ``train__steps=4`` for ``train.steps=4``.
 
     Returns:
@@ -83,10 +89,21 @@ def run(
         result = fedamole.run("configs/smoke.toml", run_dir="runs/try", train__steps=4)
         result.last[0]["score"]  # client 0's test score after the last round
 
+        losses = []  # every optimizer step's training loss, as the run goes
+
+        def keep(record):
+            if record["metric"] == "step_loss":
+                losses.append(record["value"])
+
+        fedamole.run("configs/smoke.toml", run_dir="runs/try", overwrite=True, on_record=keep)
+
     Raises:
         ConfigError: a bad config or override (nothing has started).
         ValueError: an unknown engine, ``resume`` and ``overwrite`` together, or ``resume`` of a
             run started with another configuration.
+        fedamole.tracking.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
+            or ``run.tensorboard`` is set without TensorBoard installed (nothing has started).
+        TypeError: ``on_record`` is not callable.
         fedamole.tracking.RunDirError: ``run_dir`` exists (pass ``resume`` or ``overwrite``), or
             is in use by another process.
         fedamole.engines.common.RunFailedError: a round in which no client succeeded.
@@ -97,6 +114,11 @@ def run(
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if resume and overwrite:
         raise ValueError("resume continues the run and overwrite starts it again: choose one")
+    if on_record is not None and not callable(on_record):
+        raise TypeError(
+            f"on_record must be a callable taking one record (a dict), got "
+            f"{type(on_record).__name__}"
+        )
     cfg = _resolve(config, overrides)
     target = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
     if resume and (target / "config.toml").exists():
@@ -110,7 +132,9 @@ def run(
             )
     from fedamole.engines import run_experiment
 
-    return run_experiment(cfg, target, engine=engine, resume=resume, overwrite=overwrite)
+    return run_experiment(
+        cfg, target, engine=engine, resume=resume, overwrite=overwrite, on_record=on_record
+    )
 
 
 def load_runs(*paths: str | Path) -> list[Run]:

@@ -204,10 +204,25 @@ def run(
     overwrite: Annotated[
         bool, typer.Option(help="Move an existing run directory aside and start again.")
     ] = False,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Also write every metrics.jsonl record as a TensorBoard scalar, to DIR/<run "
+            "directory's name> (sets run.tensorboard; needs `pip install "
+            "'fedamole[tensorboard]'`). View with `tensorboard --logdir DIR`.",
+        ),
+    ] = None,
 ) -> None:
     """Run one experiment and write its run directory.
 
+    Besides metrics.jsonl (per round and client, and the loss and lr of every training step),
+    records can go to TensorBoard (--tensorboard DIR) and to your own functions
+    (run.hooks='["package.module:function"]', each called with every record: W&B, MLflow).
+
     Example: fedamole run configs/smoke.toml train.steps=4 --run-dir runs/try
+
+    Example: fedamole run configs/demo.toml --tensorboard tb
     """
     from fedamole.checkpoint import CheckpointError
     from fedamole.engines import run_experiment
@@ -220,6 +235,11 @@ def run(
             err=True,
         )
         raise typer.Exit(2)
+    if tensorboard is not None:
+        import tomli_w
+
+        literal = tomli_w.dumps({"v": str(tensorboard)}).removeprefix("v = ").strip()
+        overrides = [*(overrides or []), f"run.tensorboard={literal}"]
     cfg = _load(config, overrides)
     target = run_dir or Path(cfg.run.out_dir) / cfg.run.name
     if resume and (target / "config.toml").exists():

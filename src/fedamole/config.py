@@ -41,6 +41,7 @@ from fedamole.config_files import (
 
 __all__ = [
     "CONFIG_DIR",
+    "TRACKING_FIELDS",
     "AlgorithmName",
     "BaselinesConfig",
     "Config",
@@ -157,6 +158,7 @@ class MoLEConfig(_Section):
     # fedamole.algorithms.fedamole): the token projection behind the uploaded token embedding, and
     # a bonus on the affinity of an expert's current holders.
     rsea_token_proj: Literal["local", "received"] = "local"
+    rsea_stats: Literal["trained", "received"] = "trained"
     rsea_retention: float = Field(0.0, ge=0)
 
 
@@ -164,6 +166,9 @@ class DataConfig(_Section):
     """Which dataset, where from, and the per-client split ratios and caps (docs/data.md)."""
 
     dataset: Literal["synthetic", "snli", "dolly", "natural_instructions", "local"] = "synthetic"
+    # Kept as given (so in the run's config.toml); a relative path is in the data root,
+    # $FEDAMOLE_DATA or else the working directory, resolved when the data is loaded
+    # (fedamole.data.resolve_data_path, docs/data.md#where-datapath-resolves).
     path: str | None = None
     num_examples: int = Field(2000, ge=1)
     num_tasks: int = Field(100, ge=1)
@@ -281,8 +286,16 @@ class EvalConfig(_Section):
     rouge_impl: Literal["rouge", "rouge-score"] = "rouge"
 
 
+_HOOK_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+TRACKING_FIELDS = frozenset({"run.tensorboard", "run.hooks"})
+"""Fields that only say where ``metrics.jsonl`` is mirrored: they change no result, so two
+configs that differ only in them are the same run (:func:`differing_fields`), and a run may be
+resumed with or without them."""
+
+
 class RunConfig(_Section):
-    """Run directory, seed, logging."""
+    """Run directory, seed, logging, tracking."""
 
     name: str = "run"
     out_dir: str = "runs"
@@ -293,6 +306,11 @@ class RunConfig(_Section):
     # it to a fair share), else torch's default (the machine's cores). Set 1 to run two
     # experiments side by side on a 2-core machine without their threads fighting.
     threads: int | None = Field(None, ge=1)
+    # Mirrors of metrics.jsonl (TRACKING_FIELDS; docs/run-directory.md#tracking): a folder for
+    # TensorBoard event files (each run in <folder>/<run directory's name>), and callables named
+    # "package.module:function" that receive every record. Neither changes a result.
+    tensorboard: str | None = None
+    hooks: tuple[str, ...] | None = None
 
     @field_validator("name")
     @classmethod
@@ -303,6 +321,26 @@ class RunConfig(_Section):
                 "not '.' or '..'), e.g. run.name=my-run; use run.out_dir or --run-dir for where"
             )
         return value
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _tensorboard_folder(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(
+                "an empty folder; give one, e.g. run.tensorboard=tb (or leave it unset)"
+            )
+        return value
+
+    @field_validator("hooks")
+    @classmethod
+    def _hook_paths(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        bad = [v for v in value or () if not _HOOK_PATH.fullmatch(v)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: each hook is 'package.module:function' (a module "
+                "to import, a colon, the callable in it), e.g. 'mytracking.wandb_hook:log'"
+            )
+        return value or None  # [] is unset: no hook
 
 
 class FlowerConfig(_Section):
@@ -448,14 +486,25 @@ def _shown(value: Any, limit: int = 200) -> str:
 
 def differing_fields(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]) -> list[str]:
     """Dotted names of the fields whose values differ between two configs (or their
-    :meth:`Config.to_dict`), sorted."""
+    :meth:`Config.to_dict`), sorted; :data:`TRACKING_FIELDS` never differ (they change no
+    result: a run resumes with or without them). A field absent from one side (a config
+    written before the field existed) counts as its default: a new field's default keeps the
+    behaviour from before it."""
     left = a.to_dict() if isinstance(a, Config) else a
     right = b.to_dict() if isinstance(b, Config) else b
+    defaults = Config().to_dict()
+    missing = object()
+
+    def value(side: Mapping[str, Any], section: str, key: str) -> Any:
+        found = side.get(section, {}).get(key, missing)
+        return defaults.get(section, {}).get(key) if found is missing else found
+
     return sorted(
         f"{section}.{key}"
         for section in set(left) | set(right)
         for key in set(left.get(section, {})) | set(right.get(section, {}))
-        if left.get(section, {}).get(key) != right.get(section, {}).get(key)
+        if value(left, section, key) != value(right, section, key)
+        and f"{section}.{key}" not in TRACKING_FIELDS
     )
 
 

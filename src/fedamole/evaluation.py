@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with n as n more examples are done
 
 # The key/value cache's keyword (and output field): `past_key_values` until transformers 5.2x
 # renamed it `cache` (the old name still works there, with a FutureWarning).
@@ -292,9 +294,10 @@ def _choice_nll(
     *,
     batch_size: int,
     max_length: int,
+    progress: Progress | None = None,
 ) -> list[ChoiceNLL | None]:
     """:class:`ChoiceNLL` of every example, ``None`` for one whose prompt is too long; see
-    :func:`score_choices`."""
+    :func:`score_choices`. ``progress(n)`` is called as each batch of ``n`` examples is done."""
     for example in examples:
         if not example.is_choice:
             raise ValueError(f"example {example.prompt[:40]!r}... has no `choices`; use generation")
@@ -314,6 +317,8 @@ def _choice_nll(
                     mean[start:stop], total_list[start:stop], count_list[start:stop]
                 )
                 start = stop
+            if progress is not None:
+                progress(len(group))
     return scores
 
 
@@ -380,6 +385,7 @@ def _loss_sums(
     *,
     batch_size: int,
     max_length: int,
+    progress: Progress | None = None,
 ) -> tuple[float, int]:
     encoded = [
         enc for ex in examples if (enc := encode_train(ex, tokenizer, max_length)) is not None
@@ -390,6 +396,8 @@ def _loss_sums(
         for group in _batches(encoded, batch_size):
             nll, n = _sequence_nll(model, group, tokenizer.pad_token_id)
             total, count = total + float(nll.sum()), count + int(n.sum())
+            if progress is not None:
+                progress(len(group))
     return total, count
 
 
@@ -400,17 +408,19 @@ def mean_loss(
     *,
     batch_size: int,
     max_length: int,
+    progress: Progress | None = None,
 ) -> float:
     """Token-weighted mean NLL of the responses (+EOS) in the training format
     (docs/algorithm.md#tokenization).
 
     Examples whose prompt is ``>= max_length`` tokens are skipped, as in training.
+    ``progress(n)``, when given, is called as each batch of ``n`` examples is done.
 
     Raises:
         ValueError: if no example can be encoded.
     """
     total, count = _loss_sums(
-        model, tokenizer, examples, batch_size=batch_size, max_length=max_length
+        model, tokenizer, examples, batch_size=batch_size, max_length=max_length, progress=progress
     )
     if count == 0:
         raise ValueError(f"no example has a prompt shorter than `max_length` ({max_length})")
@@ -500,6 +510,7 @@ def _free_text(
     max_new_tokens: int,
     max_length: int,
     with_loss: bool,
+    progress: Progress | None = None,
 ) -> tuple[list[str | None], float, int]:
     """Greedy texts and, ``with_loss``, the summed teacher-forced NLL (and its token count) of the
     responses in the training format, from one pass over each prompt: its cache serves both the
@@ -519,6 +530,8 @@ def _free_text(
                 )
                 for i, ids in zip(group, new, strict=True):
                     texts[i] = tokenizer.decode(ids, skip_special_tokens=True)
+                if progress is not None:
+                    progress(len(group))
         if with_loss:
             total, count = _loss_sums(
                 model, tokenizer, examples, batch_size=batch_size, max_length=max_length
@@ -544,6 +557,8 @@ def _free_text(
             new = _greedy(model, cache, mask, position, last, max_new_tokens, eos)
             for i, ids in zip(group, new, strict=True):
                 texts[i] = tokenizer.decode(ids, skip_special_tokens=True)
+            if progress is not None:
+                progress(len(group))
     return texts, total, count
 
 
@@ -659,6 +674,7 @@ def evaluate_examples(
     cfg: EvalConfig,
     *,
     max_length: int,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """Score one client's evaluation examples (docs/algorithm.md#evaluation).
 
@@ -668,6 +684,7 @@ def evaluate_examples(
         examples: answer-choice and/or free-text examples.
         cfg: batch size, generation budget and ROUGE implementation.
         max_length: examples whose prompt is ``>= max_length`` tokens are skipped.
+        progress: called with ``n`` as each batch of ``n`` examples is done (a progress bar).
 
     Returns:
         ``accuracy`` (mean over answer-choice examples), ``rouge_l`` (mean F over free-text
@@ -677,7 +694,7 @@ def evaluate_examples(
     """
     choice = [ex for ex in examples if ex.is_choice]
     text = [ex for ex in examples if not ex.is_choice]
-    kw = dict(batch_size=cfg.batch_size, max_length=max_length)
+    kw = dict(batch_size=cfg.batch_size, max_length=max_length, progress=progress)
     correct, total, count = [], 0.0, 0
     for example, nll in zip(choice, _choice_nll(model, tokenizer, choice, **kw), strict=True):
         if nll is not None:  # its test loss is the correct choice's NLL: no pass of its own

@@ -10,11 +10,20 @@ A run directory holds::
     wire.jsonl       Flower only: serialized message sizes
 
 Nothing here ever deletes a run: ``overwrite`` moves the old directory aside to ``NAME.old-<time>``.
+
+**Tracking** (docs/run-directory.md#tracking): ``metrics.jsonl`` is the source of truth; every
+record written to it is also handed, as written, to the run's record hooks (:func:`open_hooks`):
+a TensorBoard mirror (``run.tensorboard``, :class:`TensorBoardHook`), the callables that
+``run.hooks`` names (``"package.module:function"``) and ``fedamole.run(..., on_record=fn)``'s. A
+hook that raises is logged and the run goes on; :func:`check_hooks` finds a hook that cannot be
+imported, or TensorBoard missing, before a run starts.
 """
 
 from __future__ import annotations
 
 import fcntl
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -23,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -33,12 +42,21 @@ from fedamole.config import Config, dump
 from fedamole.lockfile import lock_status
 
 __all__ = [
+    "HookError",
     "JsonlLogger",
+    "RecordHook",
+    "RecordHooks",
     "RunDir",
     "RunDirError",
+    "TensorBoardHook",
+    "check_hooks",
     "environment",
+    "load_hook",
+    "open_hooks",
     "read_jsonl",
     "setup_logging",
+    "tensorboard_step",
+    "tensorboard_tag",
 ]
 
 _PACKAGES = ("fedamole", "torch", "transformers", "peft", "numpy", "scipy", "safetensors", "flwr")
@@ -294,15 +312,25 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None) -> None:
 
 
 class JsonlLogger:
-    """Append one JSON object per line, flushed after each record."""
+    """Append one JSON object per line, flushed after each record.
 
-    def __init__(self, path: Path):
+    Args:
+        path: the file (appended to).
+        on_record: called after each record is written with a copy of it (keys sorted, as in
+            the file), e.g. :class:`RecordHooks`; never for the records that
+            :meth:`truncate_after` keeps.
+    """
+
+    def __init__(self, path: Path, on_record: RecordHook | None = None):
         self.path = path
+        self.on_record = on_record
         self._fh = path.open("a", encoding="utf-8")
 
     def log(self, record: Mapping[str, Any]) -> None:
         self._fh.write(json.dumps(record, sort_keys=True) + "\n")
         self._fh.flush()
+        if self.on_record is not None:
+            self.on_record({key: record[key] for key in sorted(record)})
 
     def close(self) -> None:
         self._fh.close()
@@ -342,3 +370,192 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Record hooks: mirrors of metrics.jsonl (TensorBoard, run.hooks, fedamole.run(on_record=...))
+
+RecordHook = Callable[[dict[str, Any]], None]
+"""Called with every ``metrics.jsonl`` record as it is written (a fresh dict per call). An object
+that also has a ``close()`` method has it called when the run ends."""
+
+TENSORBOARD_INSTALL = "pip install 'fedamole[tensorboard]'"
+
+
+class HookError(ValueError):
+    """A record hook cannot be set up: a ``run.hooks`` entry that does not import or is not
+    callable, or ``run.tensorboard`` without TensorBoard installed."""
+
+
+def load_hook(spec: str) -> RecordHook:
+    """The callable a ``run.hooks`` entry names: ``"package.module:function"`` (after the colon a
+    dotted path inside the module, e.g. ``"package.module:Class.method"``).
+
+    Raises:
+        HookError: the module cannot be imported, has no such attribute, or it is not callable.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise HookError(
+            f"`run.hooks` entry {spec!r}: expected 'package.module:function' (a module, a colon, "
+            "the callable in it)"
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module's own code failing
+        raise HookError(
+            f"`run.hooks` entry {spec!r}: cannot import {module_name!r} "
+            f"({type(exc).__name__}: {exc}). Install the package that provides it or put its "
+            "folder on PYTHONPATH (the `fedamole` command does not search the current folder: "
+            "PYTHONPATH=. fedamole run ...), or remove the entry"
+        ) from exc
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise HookError(
+                f"`run.hooks` entry {spec!r}: {module_name!r} has no attribute {attr!r}"
+            ) from None
+    if not callable(target):
+        raise HookError(
+            f"`run.hooks` entry {spec!r}: {type(target).__name__} is not callable; name a "
+            "function that takes one record (a dict)"
+        )
+    return target
+
+
+def check_hooks(cfg: Config) -> None:
+    """Fail before a run starts where :func:`open_hooks` would: every ``run.hooks`` entry must
+    import (:func:`load_hook`) and ``run.tensorboard`` needs TensorBoard installed.
+
+    Raises:
+        HookError: the first hook that cannot be set up, with the fix.
+    """
+    if cfg.run.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        raise HookError(_no_tensorboard(cfg.run.tensorboard))
+    for spec in cfg.run.hooks or ():
+        load_hook(spec)
+
+
+def _no_tensorboard(folder: str, detail: str = "") -> str:
+    return (
+        f"`run.tensorboard` = {folder!r} needs TensorBoard, which is not installed"
+        f"{detail}: {TENSORBOARD_INSTALL} (or `pip install tensorboard`), or leave "
+        "run.tensorboard unset (no --tensorboard)"
+    )
+
+
+def open_hooks(cfg: Config, run: RunDir, on_record: RecordHook | None = None) -> RecordHooks:
+    """The run's record hooks, in this order: the TensorBoard mirror when ``run.tensorboard`` is
+    set (event files in ``<run.tensorboard>/<run directory's name>``, :class:`TensorBoardHook`),
+    each ``run.hooks`` entry, then ``on_record``.
+
+    Raises:
+        HookError: as :func:`check_hooks`.
+    """
+    check_hooks(cfg)
+    hooks: list[tuple[str, RecordHook]] = []
+    if cfg.run.tensorboard is not None:
+        folder = Path(cfg.run.tensorboard) / run.path.resolve().name
+        hooks.append((f"tensorboard ({folder})", TensorBoardHook(folder, cfg)))
+    hooks += [(spec, load_hook(spec)) for spec in cfg.run.hooks or ()]
+    if on_record is not None:
+        hooks.append((getattr(on_record, "__qualname__", repr(on_record)), on_record))
+    return RecordHooks(hooks)
+
+
+class RecordHooks:
+    """Hands each record to every hook in order. A hook that raises is logged (the first time
+    with its traceback) and the run goes on: ``metrics.jsonl`` keeps every record regardless.
+
+    Args:
+        hooks: ``(name, hook)`` pairs; the name is what the log says.
+    """
+
+    def __init__(self, hooks: Sequence[tuple[str, RecordHook]] = ()):
+        self.hooks = list(hooks)
+        self.failures: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        for name, hook in self.hooks:
+            try:
+                hook(dict(record))
+            except Exception:
+                count = self.failures[name] = self.failures.get(name, 0) + 1
+                if count == 1:
+                    logging.getLogger(__name__).exception(
+                        "record hook %s failed (later failures are counted, not shown; "
+                        "metrics.jsonl has every record)",
+                        name,
+                    )
+
+    def close(self) -> None:
+        """Close every hook that has a ``close()``; report how often each one failed."""
+        for name, hook in self.hooks:
+            close = getattr(hook, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    logging.getLogger(__name__).exception("closing record hook %s failed", name)
+        for name, count in self.failures.items():
+            logging.getLogger(__name__).warning("record hook %s failed on %d records", name, count)
+
+
+def tensorboard_tag(record: Mapping[str, Any]) -> str:
+    """The TensorBoard tag of a ``metrics.jsonl`` record: ``client<C>/<split>/<metric>`` (e.g.
+    ``client3/test/score``, ``client3/train/step_loss``), ``server/<metric>`` for a server record
+    (``server/round_seconds``, ``server/rsea/retention``), ``server/<metric>/client<C>`` for one
+    about a client (``server/rejected/client2``)."""
+    client, split, metric = int(record["client"]), record["split"], record["metric"]
+    if split == "server":
+        return f"server/{metric}" if client < 0 else f"server/{metric}/client{client}"
+    return f"client{client}/{split}/{metric}"
+
+
+def tensorboard_step(record: Mapping[str, Any], steps_per_round: int) -> int:
+    """The TensorBoard global step of a record: its ``round``, or for a per-step record (one with
+    a ``step``) ``(round - 1) * steps_per_round + step``, the client's optimizer steps so far
+    (monotone across rounds when ``step <= steps_per_round``)."""
+    rnd = int(record["round"])
+    if record.get("step") is None:
+        return rnd
+    return (rnd - 1) * steps_per_round + int(record["step"])
+
+
+class TensorBoardHook:
+    """Mirror ``metrics.jsonl`` into TensorBoard event files: one scalar per record
+    (:func:`tensorboard_tag`, :func:`tensorboard_step`), written with
+    ``torch.utils.tensorboard.SummaryWriter``.
+
+    Per-step records use ``steps_per_round`` = ``train.steps``, or FedDPA's
+    ``baselines.feddpa.local_steps`` when larger, so their global step grows across rounds. A
+    resumed run appends to the same folder and writes the rounds after its checkpoint again
+    (equal values, as a resumed run equals an uninterrupted one; only ``server/round_seconds``
+    differs).
+
+    Raises:
+        HookError: TensorBoard is not installed.
+    """
+
+    def __init__(self, folder: Path, cfg: Config, *, flush_secs: int = 10):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise HookError(_no_tensorboard(str(cfg.run.tensorboard), f" ({exc})")) from exc
+        self.folder = folder
+        self.steps_per_round = max(cfg.train.steps, cfg.baselines.feddpa.local_steps or 0)
+        self.writer = SummaryWriter(log_dir=str(folder), flush_secs=flush_secs)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.writer.add_scalar(
+            tensorboard_tag(record),
+            float(record["value"]),
+            global_step=tensorboard_step(record, self.steps_per_round),
+        )
+
+    def close(self) -> None:
+        self.writer.close()

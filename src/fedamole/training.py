@@ -13,6 +13,9 @@
   run and the Flower engine draw the same batches.
 - The load-balance term (docs/algorithm.md#load-balance-loss) is added through the MoLE collector;
   each micro-batch's term is weighted by its share of the batch's response tokens.
+- Besides the round's mean, :class:`TrainResult` keeps every step's token-weighted loss, token
+  count and learning rate; :meth:`TrainResult.step_metrics` turns them into the per-step metrics
+  clients report (``train/step_loss@<step>``, docs/run-directory.md#metricsjsonl).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 
 from fedamole.config import TrainConfig
 from fedamole.data.collate import IGNORE_INDEX, Encoded, collate
+from fedamole.federated.messages import step_key
 
 __all__ = [
     "BatchStream",
@@ -138,12 +142,39 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one round of local training did."""
+    """What one round of local training did.
+
+    ``loss`` is the token-weighted mean of ``step_losses`` (weights ``step_tokens``): the sum of
+    every step's response NLL over every step's response tokens.
+    """
 
     loss: float  # token-weighted mean response NLL over the round
     balance: float  # mean load-balance term per step (already times the coefficient)
     tokens: int  # supervised tokens seen
     steps: int
+    # per optimizer step, in order: token-weighted mean response NLL (NaN: no supervised token),
+    # supervised tokens, learning rate used
+    step_losses: tuple[float, ...] = ()
+    step_tokens: tuple[int, ...] = ()
+    step_lrs: tuple[float, ...] = ()
+
+    def step_metrics(self, prefix: str = "train/step_") -> dict[str, float]:
+        """Per-step client metrics, steps numbered from 1: ``<prefix>loss@<step>`` (left out for
+        a step without supervised tokens, whose loss is undefined), ``<prefix>tokens@<step>`` and
+        ``<prefix>lr@<step>`` (:func:`~fedamole.federated.messages.step_key`).
+
+        Example: ``{"train/step_loss@1": 2.31, "train/step_tokens@1": 57, "train/step_lr@1":
+        0.001, ...}``; the engines write them as ``metrics.jsonl`` records with a ``step`` field.
+        """
+        out: dict[str, float] = {}
+        for step, (loss, tokens, lr) in enumerate(
+            zip(self.step_losses, self.step_tokens, self.step_lrs, strict=True), 1
+        ):
+            if tokens:
+                out[step_key(f"{prefix}loss", step)] = loss
+            out[step_key(f"{prefix}tokens", step)] = tokens
+            out[step_key(f"{prefix}lr", step)] = lr
+        return out
 
 
 BalanceContext = Callable[[torch.Tensor], contextlib.AbstractContextManager]
@@ -197,12 +228,16 @@ def local_train(
     was_training = model.training
     model.train()
     total_loss, total_bal, total_tokens = 0.0, 0.0, 0
+    step_losses: list[float] = []
+    step_tokens: list[int] = []
+    step_lrs: list[float] = []
     steps = range(cfg.steps) if progress is None else progress(iter(range(cfg.steps)))
     try:
         for _ in steps:
             batch = stream.take(cfg.batch_size)
             n_tokens = sum(sum(1 for t in ex["labels"][1:] if t != IGNORE_INDEX) for ex in batch)
             denom = max(n_tokens, 1)
+            step_nll = 0.0
             opt.zero_grad(set_to_none=True)
             for start in range(0, len(batch), micro):
                 chunk = collate(batch[start : start + micro], pad_id)
@@ -224,11 +259,16 @@ def local_train(
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss is {float(loss)}; update discarded")
                 loss.backward()
-                total_loss += float(nll.detach())
+                nll_value = float(nll.detach())
+                total_loss += nll_value
+                step_nll += nll_value
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            step_lrs.append(float(opt.param_groups[0]["lr"]))
             opt.step()
             total_tokens += n_tokens
+            step_losses.append(step_nll / n_tokens if n_tokens else math.nan)
+            step_tokens.append(n_tokens)
     finally:
         model.train(was_training)
         opt.zero_grad(set_to_none=True)
@@ -238,4 +278,7 @@ def local_train(
         balance=total_bal / cfg.steps,
         tokens=total_tokens,
         steps=cfg.steps,
+        step_losses=tuple(step_losses),
+        step_tokens=tuple(step_tokens),
+        step_lrs=tuple(step_lrs),
     )

@@ -128,16 +128,19 @@ def _serve(cfg, run_dir, grid, **kwargs):
 
 
 def _metrics(path):
+    """(round, client, split, metric, step, value): per-step records travel through Flower too."""
     return [
-        (r["round"], r["client"], r["split"], r["metric"], r["value"]) for r in result_records(path)
+        (r["round"], r["client"], r["split"], r["metric"], r.get("step"), r["value"])
+        for r in result_records(path)
     ]
 
 
 def _assert_same_run(a, b, rel=1e-5) -> None:
     ma, mb = _metrics(a), _metrics(b)
-    assert [m[:4] for m in ma] == [m[:4] for m in mb]
+    assert [m[:5] for m in ma] == [m[:5] for m in mb]
+    assert any(m[4] is not None for m in ma)
     for x, y in zip(ma, mb, strict=True):
-        assert y[4] == pytest.approx(x[4], rel=rel, abs=1e-12), x[:4]
+        assert y[5] == pytest.approx(x[5], rel=rel, abs=1e-12), x[:5]
     assert (a / "comm.jsonl").read_text() == (b / "comm.jsonl").read_text()
     names = sorted(p.name for p in (a / "assignments").iterdir())
     assert names == sorted(p.name for p in (b / "assignments").iterdir())

@@ -12,7 +12,7 @@ from fedamole.algorithms.runtime import build_runtime
 from fedamole.data import load_federated_data
 from fedamole.engines.embedded import run_embedded
 from fedamole.federated.messages import unpack_stats
-from fedamole.mole import embedding_stats, mole_modules
+from fedamole.mole import embedding_stats, mole_modules, set_mole_state
 from fedamole.training import model_inputs
 from tests.conftest import result_records
 
@@ -94,6 +94,38 @@ def test_uploaded_token_embedding_uses_the_chosen_projection(smoke, mode):
     assert any(
         not torch.allclose(uploaded[n], other[n].token, rtol=1e-4, atol=1e-5) for n in uploaded
     )
+
+
+def test_received_stats_are_the_received_models(smoke):
+    """``rsea_stats = "received"``: every uploaded statistic (token and expert embeddings) is the
+    one of the model as the client received it, before local training changed it."""
+    cfg = smoke.replace(**{"mole.rsea_stats": "received", "federation.rounds": 3, "train.lr": 1e-2})
+    runtime = build_runtime(cfg)
+    algo, model = runtime.algo, runtime.model
+    data = load_federated_data(cfg)
+    algo.setup(model)
+    msg = algo.configure_round(1)[0]
+    ctx = ClientContext(0, data.clients[0], model, runtime.tokenizer)
+    reply = algo.local_update(1, msg, ctx)
+    uploaded = unpack_stats(reply.tensors)
+    batches = [
+        model_inputs(
+            {k: torch.tensor([v]) for k, v in enc.items() if k != "labels"}
+            | {"attention_mask": torch.ones(1, len(enc["input_ids"]), dtype=torch.long)},
+            ctx.device,
+        )
+        for enc in _embedding_rows(ctx, cfg)
+    ]
+    trained = embedding_stats(model, batches)
+    set_mole_state(model, algo._client_modules(0))  # the message's state: not yet aggregated
+    received = embedding_stats(model, batches)
+    for name, (token, experts) in uploaded.items():
+        torch.testing.assert_close(token, received[name].token, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(experts, received[name].experts, rtol=1e-4, atol=1e-5)
+    assert any(
+        not torch.allclose(uploaded[n][1], trained[n].experts, rtol=1e-4, atol=1e-5)
+        for n in uploaded
+    )  # training moved the expert embeddings too
 
 
 def _embedding_rows(ctx, cfg):

@@ -225,3 +225,20 @@ def test_run_threads_is_a_positive_count_applied_by_build_runtime():
         assert set_threads(None) == 1  # None leaves it as it is
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_field_absent_from_an_older_config_counts_as_its_default():
+    """A run written before a field existed resumes (and a sweep skips it) when the field is at
+    its default; a non-default value still differs."""
+    from fedamole.config import Config, differing_fields
+
+    cfg = Config()
+    older = cfg.to_dict()
+    del older["mole"]["rsea_stats"]
+    assert differing_fields(older, cfg) == []
+    assert differing_fields(cfg, older) == []
+    assert differing_fields(older, cfg.replace(**{"mole.rsea_stats": "received"})) == [
+        "mole.rsea_stats"
+    ]
+    older["mole"]["retired_field"] = 1  # a field that no longer exists still differs
+    assert differing_fields(older, cfg) == ["mole.retired_field"]

@@ -484,3 +484,23 @@ def test_test_loss_reuses_the_correct_choice_and_equals_mean_loss(tokenizer):
         model, tokenizer, TEMPLATED + CHOICE_EXAMPLES, batch_size=4, max_length=128
     )
     assert out["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_progress_counts_every_scored_example_once(tokenizer):
+    """``progress(n)`` per batch: the counts add up to the examples scored (skipped ones are not
+    counted), with and without results changing."""
+    model = _model()
+    long_text = Example(prompt="y" * 200, response="z", category="c")
+    examples = CHOICE_EXAMPLES + TEXT_EXAMPLES + [long_text]
+    cfg = EvalConfig(batch_size=2, max_new_tokens=3)
+    done: list[int] = []
+    out = evaluate_examples(model, tokenizer, examples, cfg, max_length=128, progress=done.append)
+    assert sum(done) == out["num_examples"] == len(examples) - 1
+    assert done == [2, 2, 1, 2, 1]  # one call per batch: 5 choice, then 3 free-text examples
+    assert out == evaluate_examples(model, tokenizer, examples, cfg, max_length=128)
+    done.clear()
+    loss = mean_loss(
+        model, tokenizer, TEXT_EXAMPLES, batch_size=2, max_length=128, progress=done.append
+    )
+    assert done == [2, 1]
+    assert loss == mean_loss(model, tokenizer, TEXT_EXAMPLES, batch_size=2, max_length=128)

@@ -9,9 +9,11 @@ same objects as the embedded one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
@@ -36,6 +38,7 @@ __all__ = [
     "client_seed",
     "client_stream",
     "personalized_metrics",
+    "phase_progress",
     "prefixed",
     "screen_updates",
     "train_examples",
@@ -57,6 +60,9 @@ class ClientContext:
             and, on Flower, in ``context.state``.
         cache: per-process scratch (encoded examples); never checkpointed, rebuilt on demand.
         progress: the engine's wrapper of the local step iterator (a progress bar), or ``None``.
+        phase: the engine's progress display of another phase (evaluation, statistics), or
+            ``None``: ``phase(label, total)`` is a context manager yielding ``advance(n)``, to be
+            called as ``n`` of the ``total`` items are done (see :func:`phase_progress`).
     """
 
     client_id: int
@@ -66,6 +72,7 @@ class ClientContext:
     state: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[Iterator[int]], Iterator[int]] | None = None
+    phase: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -328,24 +335,42 @@ def train_examples(ctx: ClientContext, cfg: Config) -> list[Encoded]:
     return ctx.cache["train_encoded"]
 
 
+def phase_progress(
+    ctx: ClientContext, label: str, total: int
+) -> AbstractContextManager[Callable[[int], None]]:
+    """The engine's progress display of a phase of ``total`` items (``ctx.phase``), or one that
+    shows nothing; a context manager yielding ``advance(n)``."""
+    if ctx.phase is None:
+        return contextlib.nullcontext(lambda n: None)
+    return ctx.phase(label, total)
+
+
 def evaluate_test(ctx: ClientContext, cfg: Config) -> dict[str, float]:
     """Test-split metrics of the model as loaded (``evaluate_examples``); ``{}`` without a test
     split. Keys are bare (``score``, ``accuracy``, ...): callers prefix ``test/`` or
     ``received/``."""
     if not ctx.data.test:
         return {}
-    scores = evaluate_examples(
-        ctx.model, ctx.tokenizer, ctx.data.test, cfg.eval, max_length=cfg.model.max_length
-    )
+    with phase_progress(ctx, "test", len(ctx.data.test)) as advance:
+        scores = evaluate_examples(
+            ctx.model,
+            ctx.tokenizer,
+            ctx.data.test,
+            cfg.eval,
+            max_length=cfg.model.max_length,
+            progress=advance,
+        )
     return {k: float(v) for k, v in scores.items()}
 
 
 def eval_loss(ctx: ClientContext, cfg: Config) -> float:
     """Token-weighted response NLL of the model as loaded on the eval split (logged only)."""
-    return mean_loss(
-        ctx.model,
-        ctx.tokenizer,
-        ctx.data.eval,
-        batch_size=cfg.eval.batch_size,
-        max_length=cfg.model.max_length,
-    )
+    with phase_progress(ctx, "eval", len(ctx.data.eval)) as advance:
+        return mean_loss(
+            ctx.model,
+            ctx.tokenizer,
+            ctx.data.eval,
+            batch_size=cfg.eval.batch_size,
+            max_length=cfg.model.max_length,
+            progress=advance,
+        )

@@ -329,7 +329,7 @@ class FDLoRA(RoundTemplate):
         )
         if job.plan.sync:
             ctx.state["private"] = {k: v.clone() for k, v in lora_state(ctx.model).items()}
-        return {"train/loss": result.loss, "train/tokens": result.tokens}
+        return {"train/loss": result.loss, "train/tokens": result.tokens, **result.step_metrics()}
 
     def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
         return self._adapter(ctx, job) if job.plan.upload else {}

@@ -33,7 +33,7 @@ client holds about E*k_c/N experts), ``mole.shared_expert = false`` (FedAMoLE-S)
 client, ``group_purity`` with its chance level ``group_purity_chance``
 (:func:`~fedamole.federated.assignment.assignment_diagnostics` defines them).
 
-**Two RSEA variants beyond the paper** (their defaults keep the paper's rule). Measured on
+**Three RSEA variants beyond the paper** (their defaults keep the paper's rule). Measured on
 SmolLM2-135M with 4 clients in two pairs that share a task family, 3 local steps:
 
 - ``mole.rsea_token_proj = "received"``: the uploaded mean token embedding is computed with the
@@ -43,6 +43,12 @@ SmolLM2-135M with 4 clients in two pairs that share a task family, 3 local steps
   paper's statistic mostly measures each client's training drift: the share of experts held by a
   same-family pair was 0.37-0.38 (chance 0.33); with the received projection, 0.96 (with the
   untrained weights 0.96-0.97, with the paper's lr 5e-5 0.85).
+- ``mole.rsea_stats = "received"``: every statistic (the layer inputs' mean, the token and the
+  expert embeddings) is computed on the model as the client received it, before local training.
+  With only the token projection received, the expert embeddings and the deeper layers' inputs
+  still carry each client's training drift, and on the paired benchmark (8 clients in 4 pairs,
+  docs/results/rsea.md) group purity fell from 0.80 after the first RSEA round to 0.71 after the
+  third; with the received model it stayed at 0.76-0.84 (2 seeds).
 - ``mole.rsea_retention = b``: ``b`` is added to the affinity of each expert's current holders
   before solving, so an expert moves only when the gain exceeds ``b`` (the solve stays exact).
   The paper's RSEA has no memory: 51-56 % of expert-holder pairs survived a round, what a random
@@ -53,7 +59,7 @@ SmolLM2-135M with 4 clients in two pairs that share a task family, 3 local steps
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -68,6 +74,7 @@ from fedamole.algorithms.base import (
     RoundTemplate,
     client_seed,
     client_stream,
+    phase_progress,
     screen_updates,
     train_examples,
 )
@@ -250,6 +257,9 @@ class FedAMoLE(RoundTemplate):
             ctx.cache["received_token_proj"] = {
                 name: st.token_proj.detach().clone() for name, st in modules.items()
             }
+        ctx.cache.pop("received_stats", None)
+        if job.plan.stats and self.cfg.mole.rsea_stats == "received":  # before local training
+            ctx.cache["received_stats"] = self._embedding_stats(ctx)
 
     def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
         cfg = self.cfg
@@ -273,6 +283,7 @@ class FedAMoLE(RoundTemplate):
             "train/loss": result.loss,
             "train/balance": result.balance,
             "train/tokens": result.tokens,
+            **result.step_metrics(),
         }
 
     def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
@@ -284,6 +295,13 @@ class FedAMoLE(RoundTemplate):
         return tensors
 
     def _stats(self, ctx: ClientContext, rnd: int) -> dict[str, Any]:
+        stats = ctx.cache.pop("received_stats", None) or self._embedding_stats(ctx)
+        if not self.cfg.federation.privacy:
+            return stats
+        return self._privatize(ctx, rnd, stats)
+
+    def _embedding_stats(self, ctx: ClientContext) -> dict[str, Any]:
+        """Mean token and expert embeddings of the model as it is now, on the embedding set."""
         encoded = [
             e
             for e in (
@@ -300,10 +318,14 @@ class FedAMoLE(RoundTemplate):
         token_weights = None
         if self.cfg.mole.rsea_token_proj == "received":
             token_weights = ctx.cache["received_token_proj"]
-        stats = embedding_stats(ctx.model, batches, token_weights=token_weights)
-        if not self.cfg.federation.privacy:
-            return stats
-        return self._privatize(ctx, rnd, stats)
+        with phase_progress(ctx, "RSEA statistics", len(encoded)) as advance:
+
+            def counted() -> Iterator[dict[str, torch.Tensor]]:
+                for batch in batches:
+                    yield batch
+                    advance(len(batch["input_ids"]))
+
+            return embedding_stats(ctx.model, counted(), token_weights=token_weights)
 
     def _privatize(self, ctx: ClientContext, rnd: int, stats: dict[str, Any]) -> dict[str, Any]:
         rng = np.random.default_rng(client_seed(self.cfg.run.seed + 2, rnd, ctx.client_id))

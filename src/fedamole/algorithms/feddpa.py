@@ -101,6 +101,8 @@ class FedDPA(LoRAStrategy):
             "train/loss": result.loss,
             "train/tokens": result.tokens,
             "train/local_loss": local_result.loss,
+            **result.step_metrics(),
+            **local_result.step_metrics("train/local_step_"),
         }
 
     def evaluate(self, ctx: ClientContext) -> dict[str, float]:

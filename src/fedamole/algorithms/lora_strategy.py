@@ -208,7 +208,7 @@ class LoRAStrategy(RoundTemplate):
         """One round of local training of the federated adapter's ``trained_parts``."""
         params = lora_parameters(ctx.model, DEFAULT_ADAPTER, self.trained_parts)
         result = train_adapter(ctx, self.cfg, params, lr=lr)
-        return {"train/loss": result.loss, "train/tokens": result.tokens}
+        return {"train/loss": result.loss, "train/tokens": result.tokens, **result.step_metrics()}
 
     def evaluate(self, ctx: ClientContext) -> dict[str, float]:
         """Test-split metrics of the model as loaded (``base.evaluate_test``)."""

@@ -157,7 +157,7 @@ class FedPrompt(RoundTemplate):
     def train_round(self, ctx: ClientContext, job: ClientJob) -> dict[str, float]:
         params = list(_prompt_parameters(ctx.model).values())
         result = train_adapter(ctx, self.cfg, params, lr=job.plan.lr)
-        return {"train/loss": result.loss, "train/tokens": result.tokens}
+        return {"train/loss": result.loss, "train/tokens": result.tokens, **result.step_metrics()}
 
     def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
         return self.upload_prompt(ctx.model, job.msg) if job.plan.upload else {}

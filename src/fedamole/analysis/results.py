@@ -229,6 +229,7 @@ def method_labels(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("-Rand", fed.get("assignment") == "random"),
             ("-Oracle", fed.get("assignment") == "oracle"),
             ("+received", mole.get("rsea_token_proj") == "received"),
+            ("+received-stats", mole.get("rsea_stats") == "received"),
             ("+retention", float(mole.get("rsea_retention", 0.0)) > 0),
             ("-H", mole.get("router") == "linear"),
             ("-S", mole.get("shared_expert") is False),

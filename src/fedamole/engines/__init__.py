@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fedamole.config import Config
 
@@ -18,21 +20,32 @@ def run_experiment(
     engine: str = "embedded",
     resume: bool = False,
     overwrite: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Run one experiment on the chosen engine and return its :class:`RunResult`.
 
     ``embedded`` runs every client in this process; ``flower`` runs the same algorithm on
     Flower's simulation engine (needs ``fedamole[flower]``; see :mod:`fedamole.engines.flower`).
+    ``on_record`` is called with every record written to ``metrics.jsonl``
+    (:func:`fedamole.tracking.open_hooks`); the hooks the config names (``run.tensorboard``,
+    ``run.hooks``) are checked before anything starts.
 
     Raises:
         ValueError: an unknown engine, or ``flower`` without ``flwr`` installed.
+        fedamole.tracking.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
+            or ``run.tensorboard`` is set without TensorBoard installed.
     """
+    from fedamole.tracking import check_hooks
+
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    check_hooks(cfg)
     if engine == "flower":
         from fedamole.engines.flower.simulation import run_flower_simulation
 
-        return run_flower_simulation(cfg, run_dir, resume=resume, overwrite=overwrite)
+        return run_flower_simulation(
+            cfg, run_dir, resume=resume, overwrite=overwrite, on_record=on_record
+        )
     from fedamole.engines.embedded import run_embedded
 
-    return run_embedded(cfg, run_dir, resume=resume, overwrite=overwrite)
+    return run_embedded(cfg, run_dir, resume=resume, overwrite=overwrite, on_record=on_record)

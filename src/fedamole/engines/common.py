@@ -8,7 +8,9 @@ both engines write the same run directory (``metrics.jsonl``, ``comm.jsonl``, ``
 ``checkpoints/``, ``log.txt``) from the same code:
 
 1. :func:`open_run`: create (or reopen) the run directory, set up logging, seed torch.
-2. :func:`run_federation`: restore a checkpoint on resume, then for every round call the
+2. :func:`run_federation`: restore a checkpoint on resume, open the record hooks that mirror
+   ``metrics.jsonl`` (TensorBoard, ``run.hooks``, ``on_record``:
+   :func:`~fedamole.tracking.open_hooks`), then for every round call the
    ``on_round`` callback (progress, or a test's simulated kill), :func:`play_round`, write the
    assignment and an atomic checkpoint (``checkpoints/last``, and ``checkpoints/best`` when the
    round is the best so far, :class:`BestCheckpoint`); after the last round mark the run done
@@ -46,8 +48,15 @@ from fedamole.checkpoint import (
 from fedamole.config import Config, differing_fields
 from fedamole.data.types import FederatedData
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
-from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.tracking import JsonlLogger, RunDir, setup_logging
+from fedamole.federated.messages import ClientMessage, ServerMessage, split_step_key
+from fedamole.tracking import (
+    JsonlLogger,
+    RecordHook,
+    RecordHooks,
+    RunDir,
+    open_hooks,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from fedamole.algorithms.base import Algorithm
@@ -98,14 +107,18 @@ class Clients(Protocol):
 
 @dataclass
 class RoundLogs:
-    """The run's two JSON-lines logs."""
+    """The run's two JSON-lines logs, and the hooks that mirror ``metrics.jsonl`` (closed with
+    them)."""
 
     metrics: JsonlLogger
     comm: JsonlLogger
+    hooks: RecordHooks | None = None
 
     def close(self) -> None:
         self.metrics.close()
         self.comm.close()
+        if self.hooks is not None:
+            self.hooks.close()
 
 
 RoundCallback = Callable[[int], None]
@@ -146,6 +159,7 @@ def run_federation(
     *,
     resume: bool = False,
     on_round: RoundCallback | None = None,
+    on_record: RecordHook | None = None,
 ) -> RunResult:
     """Every round from the first (or the one after the checkpoint) to :func:`last_round`.
 
@@ -157,9 +171,13 @@ def run_federation(
         resume: restore ``run``'s checkpoint first and drop log records of later rounds.
         on_round: called with the round number before each round (an exception it raises stops
             the run as a kill would: rounds before it are checkpointed).
+        on_record: called with every record written to ``metrics.jsonl`` from now on, after the
+            hooks the config names (:func:`~fedamole.tracking.open_hooks`).
 
     Raises:
         CheckpointError: ``resume`` without a usable checkpoint, or one of another config.
+        fedamole.tracking.HookError: a ``run.hooks`` entry does not import, or
+            ``run.tensorboard`` is set without TensorBoard installed.
     """
     start = 0 if cfg.eval.test_init else 1
     if resume:
@@ -172,7 +190,8 @@ def run_federation(
             )
     else:
         _write_assignment(run, start - 1, algo.assignment_record())
-    logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm))
+    hooks = open_hooks(cfg, run, on_record)
+    logs = RoundLogs(JsonlLogger(run.metrics, hooks or None), JsonlLogger(run.comm), hooks)
     if resume:
         # the received-model metrics of round ``start`` are logged as ``test_global`` of round
         # ``start - 1``: a kill during round ``start`` may have left some of them
@@ -371,14 +390,19 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
 
 
 def _log_metrics(metrics_log: JsonlLogger, rnd: int, client: int, update: ClientMessage) -> None:
-    for key, value in sorted(update.metrics.items()):
-        split, _, metric = key.partition("/")
+    """One record per metric, in key order; a per-step metric (``train/step_loss@3``,
+    :func:`~fedamole.federated.messages.split_step_key`) gets a ``step`` field, its steps in
+    numeric order."""
+    keyed = [(split_step_key(key), value) for key, value in update.metrics.items()]
+    for (name, step), value in sorted(keyed, key=lambda item: (item[0][0], item[0][1] or 0)):
+        split, _, metric = name.partition("/")
         at = rnd
         if split == "received":  # the model received this round = the global one of rnd-1
             split, at = "test_global", rnd - 1
-        metrics_log.log(
-            {"round": at, "client": client, "split": split, "metric": metric, "value": value}
-        )
+        record = {"round": at, "client": client, "split": split, "metric": metric, "value": value}
+        if step is not None:
+            record["step"] = step
+        metrics_log.log(record)
 
 
 def _log_comm(
@@ -408,11 +432,11 @@ def _write_assignment(run: RunDir, rnd: int, record: Mapping[str, Any] | None) -
 def _restore(run: RunDir, cfg: Config, algo: Algorithm, clients: Clients) -> int:
     state = load_checkpoint(run.checkpoints)
     saved = json.loads(state["config"])  # a dict: an older version's config may not validate
-    if saved != cfg.to_dict():
+    differs = differing_fields(saved, cfg)  # run.tensorboard and run.hooks may change
+    if differs:
         raise CheckpointError(
             f"the checkpoint in {run.checkpoints} was written with another configuration "
-            f"(differs in {', '.join(differing_fields(saved, cfg))}); resume with the run's own "
-            "config.toml"
+            f"(differs in {', '.join(differs)}); resume with the run's own config.toml"
         )
     algo.load_state_dict(state["server"])
     clients.load_states(state["clients"])

@@ -26,9 +26,10 @@ the Flower engine; this module supplies what is embedded: one backbone, every cl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from fedamole.engines.common import (
 )
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ServerMessage
+from fedamole.tracking import RecordHook
 
 __all__ = [
     "InjectedFailure",
@@ -72,12 +74,14 @@ def run_embedded(
     overwrite: bool = False,
     progress: bool = True,
     on_round: RoundCallback | None = None,
+    on_record: RecordHook | None = None,
 ) -> RunResult:
     """Run (or resume) one experiment in this process; see the module docstring.
 
     Args:
         on_round: called with each round's number before it runs (see
             :func:`~fedamole.engines.common.run_federation`).
+        on_record: called with every record written to ``metrics.jsonl`` (ditto).
     """
     run = open_run(cfg, run_dir, resume=resume, overwrite=overwrite)
     try:
@@ -90,7 +94,15 @@ def run_embedded(
             for c in range(cfg.federation.num_clients)
         ]
         clients = LocalClients(cfg, runtime.algo, contexts, progress=progress)
-        return run_federation(cfg, run, runtime.algo, clients, resume=resume, on_round=on_round)
+        return run_federation(
+            cfg,
+            run,
+            runtime.algo,
+            clients,
+            resume=resume,
+            on_round=on_round,
+            on_record=on_record,
+        )
     finally:
         run.release()
 
@@ -109,6 +121,7 @@ class LocalClients:
         for ctx in self.contexts:
             steps = self.cfg.train.steps
             ctx.progress = _progress_bar(ctx.client_id, steps) if self.progress else None
+            ctx.phase = _phase_bar(ctx.client_id) if self.progress else None
             try:
                 check_injected_failure(self.cfg, rnd, ctx.client_id)
                 outcome: Outcome = self.algo.local_update(rnd, messages[ctx.client_id], ctx)
@@ -122,6 +135,25 @@ class LocalClients:
     def load_states(self, states: Mapping[int, Mapping[str, Any]]) -> None:
         for ctx in self.contexts:
             ctx.state = dict(states.get(ctx.client_id, {}))
+
+
+def _phase_bar(client: int):
+    """``phase(label, total)`` for :class:`ClientContext`: a transient bar on a terminal's stderr
+    (nothing when stderr is not a terminal, so never in ``log.txt`` or a redirected log)."""
+
+    @contextlib.contextmanager
+    def phase(label: str, total: int) -> Iterator[Callable[[int], None]]:
+        with tqdm(
+            total=total,
+            desc=f"client {client} {label}",
+            unit="ex",
+            leave=False,
+            file=sys.stderr,
+            disable=None,
+        ) as bar:
+            yield bar.update
+
+    return phase
 
 
 def _progress_bar(client: int, steps: int):

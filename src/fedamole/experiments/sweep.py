@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedamole.config import Config, ConfigError, dump, load
+from fedamole.config import Config, ConfigError, differing_fields, dump, load
 from fedamole.experiments.grid import Grid, GridError, GridRun, expand, resolve_config, select
 from fedamole.tracking import RunDir
 
@@ -101,7 +101,8 @@ def run_status(run_dir: Path, cfg: Config) -> str:
     """``new``, ``partial``, ``finished`` or ``changed`` (see the module docstring).
 
     The saved ``config.toml`` is read through today's config model, so that a field added to
-    the defaults since the run started does not count as a change.
+    the defaults since the run started does not count as a change; neither do the tracking
+    fields (``run.tensorboard``, ``run.hooks``: :func:`~fedamole.config.differing_fields`).
     """
     saved = run_dir / "config.toml"
     if not saved.exists():
@@ -110,7 +111,7 @@ def run_status(run_dir: Path, cfg: Config) -> str:
         on_disk = load(saved).to_dict()
     except (ConfigError, ValueError):
         return "changed"
-    if on_disk != cfg.to_dict():
+    if differing_fields(on_disk, cfg):
         return "changed"
     return "finished" if RunDir(run_dir).finished else "partial"
 

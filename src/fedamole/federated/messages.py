@@ -19,6 +19,11 @@ ids         global expert ids (n,) int64 (metadata, outside the paper's byte for
 
 Only tensor bytes are counted (``numel * element_size``); scalars in ``config``/``metrics`` are a
 few bytes and transport-specific.
+
+Metric keys are ``"<split>/<metric>"`` (``train/loss``, ``test/score``); a per-step metric adds
+``"@<step>"`` (``train/step_loss@3``: the loss of optimizer step 3 of the round, steps numbered
+from 1; :func:`step_key`, :func:`split_step_key`). The engines write each as one
+``metrics.jsonl`` record with a ``step`` field (docs/run-directory.md#metricsjsonl).
 """
 
 from __future__ import annotations
@@ -32,15 +37,35 @@ import torch
 from fedamole.mole import ModuleState, ModuleStats
 
 __all__ = [
+    "STEP_SEPARATOR",
     "ClientMessage",
     "ServerMessage",
     "pack_modules",
     "pack_stats",
+    "split_step_key",
+    "step_key",
     "unpack_modules",
     "unpack_stats",
 ]
 
 Scalar = int | float | str | bool
+
+STEP_SEPARATOR = "@"
+"""Between a per-step metric's name and its step in a metric key (``train/step_loss@3``)."""
+
+
+def step_key(name: str, step: int) -> str:
+    """The metric key of ``name`` at optimizer step ``step`` (1-based): ``"<name>@<step>"``."""
+    return f"{name}{STEP_SEPARATOR}{step}"
+
+
+def split_step_key(key: str) -> tuple[str, int | None]:
+    """Inverse of :func:`step_key`: ``("train/step_loss", 3)``, or ``(key, None)`` for a key
+    without a step."""
+    name, sep, step = key.rpartition(STEP_SEPARATOR)
+    if not sep or not name or not (step.isascii() and step.isdigit()):
+        return key, None
+    return name, int(step)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from fedamole.engines.flower.client_app import NODE_KEY, RUNTIME_KEY, SETUP_KEY
 from fedamole.engines.flower.records import message_from_record, message_to_record
 from fedamole.engines.summary import RunResult
 from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.tracking import JsonlLogger
+from fedamole.tracking import JsonlLogger, RecordHook
 
 __all__ = ["FlowerClients", "ServerSettings", "app", "make_server_app", "serve", "wire_size"]
 
@@ -75,6 +75,8 @@ class ServerSettings:
             run's ``checkpoints/clients``); ``None`` leaves it to each node's ``state-dir``.
         on_round: called with each round's number before it runs
             (:func:`~fedamole.engines.common.run_federation`).
+        on_record: called with every record written to ``metrics.jsonl`` (ditto; the hooks the
+            config names, ``run.tensorboard`` and ``run.hooks``, run on this server too).
         result: set by :func:`serve` when the run ends.
     """
 
@@ -84,6 +86,7 @@ class ServerSettings:
     overwrite: bool = False
     state_dir: Path | None = None
     on_round: RoundCallback | None = None
+    on_record: RecordHook | None = None
     result: RunResult | None = None
 
     @classmethod
@@ -143,7 +146,13 @@ def serve(grid: Grid, settings: ServerSettings) -> RunResult:
             clients = FlowerClients(grid, cfg, setup, wire)
             clients.connect()
             settings.result = run_federation(
-                cfg, run, algo, clients, resume=settings.resume, on_round=settings.on_round
+                cfg,
+                run,
+                algo,
+                clients,
+                resume=settings.resume,
+                on_round=settings.on_round,
+                on_record=settings.on_record,
             )
         finally:
             wire.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 from fedamole.config import Config
 from fedamole.engines.flower import require_flower
 from fedamole.engines.summary import RunResult
-from fedamole.tracking import RunDir
+from fedamole.tracking import RecordHook, RunDir
 
 __all__ = ["backend_config", "run_flower_simulation"]
 
@@ -58,9 +58,16 @@ def backend_config(cfg: Config) -> dict:
 
 
 def run_flower_simulation(
-    cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool = False
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_record: RecordHook | None = None,
 ) -> RunResult:
     """Run (or resume) one experiment on Flower's simulation engine; see the module docstring.
+    ``on_record`` is called with every ``metrics.jsonl`` record (the ServerApp runs in this
+    process; :func:`~fedamole.engines.common.run_federation`).
 
     Raises:
         FlowerUnavailableError: ``flwr`` or ``ray`` is not installed.
@@ -81,6 +88,7 @@ def run_flower_simulation(
         resume=resume,
         overwrite=overwrite,
         state_dir=RunDir(run_dir).client_checkpoints,
+        on_record=on_record,
     )
     flwr_log = logging.getLogger("flwr")  # Flower prints to its own console handler;
     propagate, flwr_log.propagate = flwr_log.propagate, False  # don't print its lines twice
