@@ -160,7 +160,12 @@ def _progress_bar(client: int, steps: int):
     def wrap(it: Iterator[int]) -> Iterator[int]:
         return iter(
             tqdm(
-                it, total=steps, desc=f"client {client}", leave=False, file=sys.stderr, disable=None
+                it,
+                total=steps,
+                desc=f"client {client} train",
+                leave=False,
+                file=sys.stderr,
+                disable=None,
             )
         )
 
