@@ -109,11 +109,14 @@ bench-quality-rounds: install
 	$(BIN)/fedamole report runs/sweeps/cpu_quality_rounds --round best > $(QUALITY)/rounds5/table.md
 	$(BIN)/fedamole plot rounds runs/sweeps/cpu_quality_rounds --out $(QUALITY)/rounds5
 
-# The RSEA benchmark (issue 17): related clients (8 clients in 4 pairs), 9 arms x 3 seeds on the
-# embedded model. Writes the tables and the figure that docs/results/rsea.md discusses.
+# The RSEA benchmark (issue 17): related clients (8 clients in 4 pairs), 10 arms x 3 seeds on the
+# embedded model, then its diagnostic arm at the paper's lr (2 arms x 3 seeds). Writes the tables
+# and the figure that docs/results/rsea.md discusses.
 RSEA := docs/results/rsea
 bench-rsea: install
 	$(BIN)/fedamole sweep configs/sweeps/rsea.toml --jobs 2
 	mkdir -p $(RSEA)
 	$(BIN)/fedamole report runs/sweeps/rsea --rsea > $(RSEA)/tables.md
 	$(BIN)/fedamole plot rsea runs/sweeps/rsea --out $(RSEA)
+	$(BIN)/fedamole sweep configs/sweeps/rsea_paper_lr.toml --jobs 2
+	$(BIN)/fedamole report runs/sweeps/rsea_paper_lr --rsea > $(RSEA)/tables_paper_lr.md
