@@ -60,14 +60,7 @@ def test_oracle_keeps_every_expert_within_a_related_pair(smoke, tmp_path):
 def test_uploaded_token_embedding_uses_the_chosen_projection(smoke, mode):
     """``received``: the statistic equals the one computed with the message's token projection,
     not with the one local training produced (which differs); ``local``: the reverse."""
-    cfg = smoke.replace(**{"mole.rsea_token_proj": mode, "federation.rounds": 3, "train.lr": 1e-2})
-    runtime = build_runtime(cfg)
-    algo, model = runtime.algo, runtime.model
-    data = load_federated_data(cfg)
-    algo.setup(model)
-    msg = algo.configure_round(1)[0]
-    ctx = ClientContext(0, data.clients[0], model, runtime.tokenizer)
-    reply = algo.local_update(1, msg, ctx)
+    cfg, algo, model, ctx, reply = _client_round_1(smoke, "mole.rsea_token_proj", mode)
     uploaded = {name: token for name, (token, _) in unpack_stats(reply.tensors).items()}
     received = {
         name: st.token_proj for name, st in algo._client_modules(0).items()
@@ -76,14 +69,7 @@ def test_uploaded_token_embedding_uses_the_chosen_projection(smoke, mode):
         name: m.token_proj.weight.detach().clone() for name, m in mole_modules(model).items()
     }
     assert any(not torch.equal(received[n], trained[n]) for n in received)  # training moved it
-    batches = [
-        model_inputs(
-            {k: torch.tensor([v]) for k, v in enc.items() if k != "labels"}
-            | {"attention_mask": torch.ones(1, len(enc["input_ids"]), dtype=torch.long)},
-            ctx.device,
-        )
-        for enc in _embedding_rows(ctx, cfg)
-    ]
+    batches = _embedding_batches(ctx, cfg)
     with_received = embedding_stats(model, batches, token_weights=received)
     with_trained = embedding_stats(model, batches)
     expect, other = (
@@ -99,23 +85,9 @@ def test_uploaded_token_embedding_uses_the_chosen_projection(smoke, mode):
 def test_received_stats_are_the_received_models(smoke):
     """``rsea_stats = "received"``: every uploaded statistic (token and expert embeddings) is the
     one of the model as the client received it, before local training changed it."""
-    cfg = smoke.replace(**{"mole.rsea_stats": "received", "federation.rounds": 3, "train.lr": 1e-2})
-    runtime = build_runtime(cfg)
-    algo, model = runtime.algo, runtime.model
-    data = load_federated_data(cfg)
-    algo.setup(model)
-    msg = algo.configure_round(1)[0]
-    ctx = ClientContext(0, data.clients[0], model, runtime.tokenizer)
-    reply = algo.local_update(1, msg, ctx)
+    cfg, algo, model, ctx, reply = _client_round_1(smoke, "mole.rsea_stats", "received")
     uploaded = unpack_stats(reply.tensors)
-    batches = [
-        model_inputs(
-            {k: torch.tensor([v]) for k, v in enc.items() if k != "labels"}
-            | {"attention_mask": torch.ones(1, len(enc["input_ids"]), dtype=torch.long)},
-            ctx.device,
-        )
-        for enc in _embedding_rows(ctx, cfg)
-    ]
+    batches = _embedding_batches(ctx, cfg)
     trained = embedding_stats(model, batches)
     set_mole_state(model, algo._client_modules(0))  # the message's state: not yet aggregated
     received = embedding_stats(model, batches)
@@ -126,6 +98,31 @@ def test_received_stats_are_the_received_models(smoke):
         not torch.allclose(uploaded[n][1], trained[n].experts, rtol=1e-4, atol=1e-5)
         for n in uploaded
     )  # training moved the expert embeddings too
+
+
+def _client_round_1(smoke, key, value):
+    """Client 0's round 1 (lr 1e-2, so training moves the weights) with ``key = value``:
+    ``(cfg, algo, model, ctx, reply)``; the server state is still the one it sent."""
+    cfg = smoke.replace(**{key: value, "federation.rounds": 3, "train.lr": 1e-2})
+    runtime = build_runtime(cfg)
+    algo, model = runtime.algo, runtime.model
+    data = load_federated_data(cfg)
+    algo.setup(model)
+    msg = algo.configure_round(1)[0]
+    ctx = ClientContext(0, data.clients[0], model, runtime.tokenizer)
+    return cfg, algo, model, ctx, algo.local_update(1, msg, ctx)
+
+
+def _embedding_batches(ctx, cfg):
+    """The client's embedding set, one unpadded row per batch."""
+    return [
+        model_inputs(
+            {k: torch.tensor([v]) for k, v in enc.items() if k != "labels"}
+            | {"attention_mask": torch.ones(1, len(enc["input_ids"]), dtype=torch.long)},
+            ctx.device,
+        )
+        for enc in _embedding_rows(ctx, cfg)
+    ]
 
 
 def _embedding_rows(ctx, cfg):
