@@ -422,6 +422,13 @@ def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Confi
     data: dict[str, Any] = {}
     if path is not None:
         data = read_with_extends(resolve_config_path(path))
+        if isinstance(data.get("sweep"), dict) and "axes" in data:
+            raise ConfigError(
+                [
+                    f"{path} is a sweep grid ([sweep], [axes]), not one experiment's config: run "
+                    f"it with `fedamole sweep {path}` (`--dry-run` lists and checks its runs)"
+                ]
+            )
     for key, value in parse_overrides(overrides).items():
         set_dotted(data, key, value)
     return _validate(data)

@@ -242,3 +242,10 @@ def test_a_field_absent_from_an_older_config_counts_as_its_default():
     ]
     older["mole"]["retired_field"] = 1  # a field that no longer exists still differs
     assert differing_fields(older, cfg) == ["mole.retired_field"]
+
+
+def test_a_sweep_grid_given_as_a_config_says_how_to_run_it():
+    from tests.conftest import REPO
+
+    with pytest.raises(ConfigError, match=r"is a sweep grid .*fedamole sweep .*rsea\.toml"):
+        load(REPO / "configs" / "sweeps" / "rsea.toml")

@@ -47,6 +47,7 @@ from typing import Any
 import tomli_w
 
 from fedamole.config import Config, ConfigError, load, read_toml_file
+from fedamole.config_files import resolve_config_path
 
 __all__ = ["Grid", "GridError", "GridRun", "expand", "load_grid", "resolve_config", "select"]
 
@@ -95,13 +96,15 @@ def load_grid(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
     """Read and check a grid file (and the grids it extends).
 
     Args:
-        path: the grid TOML.
+        path: the grid TOML, or the name of a shipped one (``sweeps/rsea``,
+            :func:`~fedamole.config_files.resolve_config_path`).
         out_dir: replaces the grid's ``sweep.out_dir``.
 
     Raises:
         GridError: every structural problem at once (unknown keys, bad labels, unknown axes).
         FileNotFoundError: the grid or a file it names does not exist.
     """
+    path = resolve_config_path(path)
     data = _read(Path(path).resolve(), seen=())
     errors: list[str] = []
     sweep = data.get("sweep", {})

@@ -235,3 +235,14 @@ def test_main_grid_lists_seven_scenarios_by_every_method_by_three_seeds(repo, tm
                 for p in valid}  # fmt: skip
     assert len(datasets) == 7 or len(valid) < len(planned)
     assert all(p.config.model.name == "meta-llama/Llama-3.2-1B" for p in valid)
+
+
+def test_a_shipped_grid_is_found_by_name():
+    from fedamole.config_files import shipped_config_dir
+    from fedamole.experiments.grid import load_grid
+
+    assert (
+        load_grid("sweeps/rsea").path == (shipped_config_dir() / "sweeps" / "rsea.toml").resolve()
+    )
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        load_grid("sweeps/no_such_grid")
