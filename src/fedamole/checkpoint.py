@@ -32,6 +32,8 @@ __all__ = [
     "CheckpointError",
     "checkpoint_info",
     "checkpoint_rounds",
+    "client_snapshot",
+    "client_snapshots",
     "load_checkpoint",
     "promote_checkpoint",
     "save_checkpoint",
@@ -261,3 +263,26 @@ def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         if "__list__" in value:
             return [_decode(v, tensors) for v in value["__list__"]]
     return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Flower clients' own state snapshots (docs/run-directory.md#the-best-round): one checkpoint folder
+# per client and round, ``<state dir>/client_NNN/round_RRR``, numbered as the server's checkpoints.
+
+
+def client_snapshot(state_dir: Path, client: int, rnd: int) -> Path:
+    """The folder of client ``client``'s state snapshot after round ``rnd``."""
+    return state_dir / f"client_{client:03d}" / f"round_{rnd:03d}"
+
+
+def client_snapshots(state_dir: Path | None, client: int) -> dict[int, Path]:
+    """``{round: folder}`` of client ``client``'s snapshot folders (complete or not), by round."""
+    folder = None if state_dir is None else state_dir / f"client_{client:03d}"
+    if folder is None or not folder.is_dir():
+        return {}
+    found = {}
+    for path in folder.glob("round_*"):
+        digits = path.name.removeprefix("round_")
+        if digits.isdigit() and path.is_dir():
+            found[int(digits)] = path
+    return dict(sorted(found.items()))

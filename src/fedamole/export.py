@@ -15,6 +15,19 @@
   way the client's own ``load`` merges it.
 - ``round=N``: the checkpoint (``best`` or ``last``) of round ``N``; other rounds are not kept.
 
+On the Flower engine the checkpoints hold the server state only (``clients`` is empty): each
+client keeps its own, and snapshots it after every round it completes to
+``checkpoints/clients/client_NNN/round_RRR`` (simulation; a deployment's SuperNodes write them to
+their own ``state-dir``), numbered as the checkpoints are, the evaluation-only round and round 0
+included. The export then reads the client's state from its snapshot of the checkpoint's round
+(the newest up to it: a client that failed in that round kept an earlier state). A client keeps the
+snapshots of its last two rounds and of the run's best round (which the server names in every
+message), so ``last`` and ``best`` both find theirs; an export whose snapshot is gone (a run
+written before the clients kept the best round's, or a deployment's without its nodes' folders
+copied in) fails naming the rounds kept and the fix. Exports that need no client state (the prompt
+methods, and a received model the server's message replaces whole, as FedIT's after an
+aggregation) read no snapshot.
+
 Formats, told apart by their files (every export also has ``fedamole_export.json`` and a
 ``README.md`` that says how to load it):
 
@@ -83,6 +96,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +121,7 @@ from fedamole.algorithms.lora_common import (
     DEFAULT_ADAPTER,
     adapter_scales,
     lora_config,
+    select_parts,
     set_lora_state,
 )
 from fedamole.algorithms.lora_strategy import LoRAStrategy, state_key
@@ -117,6 +132,8 @@ from fedamole.checkpoint import (
     CheckpointError,
     checkpoint_info,
     checkpoint_rounds,
+    client_snapshot,
+    client_snapshots,
     load_checkpoint,
 )
 from fedamole.config import Config, MoLEConfig, load
@@ -127,7 +144,7 @@ from fedamole.evaluation import generate_responses
 from fedamole.federated.messages import pack_modules, unpack_modules
 from fedamole.models import load_model_and_tokenizer
 from fedamole.mole import inject_mole, set_mole_state
-from fedamole.tracking import read_jsonl
+from fedamole.tracking import RunDir, read_jsonl
 
 __all__ = [
     "FEDDPA_DIRECTION",
@@ -171,8 +188,10 @@ def export_client(run_dir: Path, client: int, out: Path, *, round: str | int = L
     Raises:
         CheckpointError: the run has no readable checkpoint of that name (the message names the
             checkpoints it has).
-        ValueError: unknown client, a round without a checkpoint, or an algorithm (or evaluation
-            timing) whose models cannot be exported (the message names what can).
+        ValueError: unknown client, a round without a checkpoint, a Flower run without the
+            client's state snapshot of that round (the message names the rounds kept), or an
+            algorithm (or evaluation timing) whose models cannot be exported (the message names
+            what can).
         FileExistsError: ``out`` is a non-empty folder (nothing is overwritten).
     """
     run_dir = Path(run_dir)
@@ -185,7 +204,9 @@ def export_client(run_dir: Path, client: int, out: Path, *, round: str | int = L
         )
     name, view, selection = _pick_checkpoint(run_dir, cfg, round)
     state = load_checkpoint(run_dir / "checkpoints", name)
-    clients = state["clients"]
+    # the embedded engine checkpoints every client's state; on Flower it is empty (the clients'
+    # own snapshots hold it, read when the export needs it: _Source.client_state)
+    clients = state["clients"] or range(cfg.federation.num_clients)
     if client not in clients:
         raise ValueError(f"client {client} is not in the run; it has clients {sorted(clients)}")
     out = Path(out)
@@ -354,9 +375,14 @@ class _Source:
             return "received"
         return "initial" if self.round == 0 else "trained"
 
-    @property
+    @cached_property
     def client_state(self) -> dict[str, Any]:
-        return self.state["clients"][self.client]
+        """The client's private state after ``round``: the checkpoint's on the embedded engine,
+        the client's own snapshot of that round on Flower (:func:`_snapshot_state`)."""
+        clients = self.state["clients"]
+        if self.client in clients:
+            return clients[self.client]
+        return _snapshot_state(self.run_dir, self.client, self.round)
 
     @property
     def received_round(self) -> int:
@@ -415,16 +441,60 @@ def _pick_checkpoint(
     return name, view, selection
 
 
+def _snapshot_state(run_dir: Path, client: int, rnd: int) -> dict[str, Any]:
+    """Client ``client``'s private state after round ``rnd`` of a Flower run, whose checkpoints
+    hold no client state: the client's own snapshot (``checkpoints/clients/client_NNN/round_RRR``,
+    written by :mod:`fedamole.engines.flower.client_app` after every round the client completes,
+    numbered as the checkpoints are) of the newest round up to ``rnd``, the state the client
+    itself would resume from (a client that failed in round ``rnd`` kept that of an earlier one).
+
+    Raises:
+        ValueError: the run directory holds no snapshot of the client (a deployment writes them
+            to each SuperNode's ``state-dir``), or none up to ``rnd`` (pruned); the message names
+            the rounds kept and the fix.
+    """
+    state_dir = RunDir(run_dir).client_checkpoints
+    folder = client_snapshot(state_dir, client, 0).parent
+    kept = {
+        r: path
+        for r, path in client_snapshots(state_dir, client).items()
+        if checkpoint_info(path) is not None  # complete
+    }
+    if not kept:
+        raise ValueError(
+            f"client {client}'s state is not in the checkpoint of round {rnd}: on the Flower "
+            f"engine each client keeps its own, and {folder} holds no snapshot of it. A deployment "
+            f"writes them to each SuperNode's `state-dir`: copy that node's client_{client:03d}/ "
+            f"folder to {folder.parent}/ and export again"
+        )
+    earlier = [r for r in kept if r <= rnd]
+    if not earlier:
+        raise ValueError(
+            f"the snapshot of client {client}'s state after round {rnd} is no longer kept: a "
+            "Flower client keeps those of its last two rounds and of the run's best round "
+            f"(runs written before it kept the best one lack it), and {folder} holds rounds "
+            f"{sorted(kept)}. Export --round last instead, or run the experiment again to "
+            "keep the snapshot of its best round"
+        )
+    return dict(load_checkpoint(kept[max(earlier)])["state"])
+
+
 def _received_lora_state(source: _Source) -> dict[str, Any]:
     """A LoRA client's state after it loaded what the server sent in round ``round + 1``: the
-    algorithm's own merge (shared parts from the server, private parts its own)."""
+    algorithm's own merge (shared parts from the server, private parts its own).
+
+    When the message replaces the client's whole (single) adapter, as FedIT's after an
+    aggregation does, the client's own state plays no part and is not read (on Flower, the
+    client's snapshot of ``round`` is not needed)."""
     cfg = source.cfg
     algo = get_algorithm(cfg.federation.algorithm)(cfg)
     if not isinstance(algo, LoRAStrategy):
         raise ValueError(f"{cfg.federation.algorithm!r} has no received LoRA model to export")
     algo.load_state_dict(source.state["server"])
     msg = algo.configure_round(source.round + 1)[source.client]
-    state = dict(source.client_state)
+    shared = select_parts(msg.tensors, algo.shared_parts)
+    whole = len(algo.adapters) == 1 and shared.keys() == algo.global_state.keys()
+    state = {} if whole else dict(source.client_state)
     # ``_receive`` reads only the message and ``ctx.state`` (the model only to draw a local-only
     # client's first adapter, which a checkpointed client already holds)
     ctx = ClientContext(source.client, None, None, None, state)  # type: ignore[arg-type]

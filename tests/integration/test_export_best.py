@@ -391,3 +391,26 @@ def test_readme_explains_an_embedded_backbone():
     hub = _readme({**manifest, "base_model": "meta-llama/Llama-3.2-1B"})
     assert 'AutoPeftModelForCausalLM.from_pretrained("THIS_FOLDER")' in hub
     assert "not a Hugging Face hub id" not in hub
+
+
+def test_a_received_global_adapter_needs_no_client_state(smoke, tmp_path):
+    """A Flower checkpoint holds no client state: FedIT's received model (the whole global
+    adapter) is rebuilt from the server state alone, while FedSA-LoRA's (its own B) needs the
+    client's snapshot, which this run directory lacks."""
+    from fedamole.export import _received_lora_state, _Source
+
+    for algorithm in ("fedit", "fedsa_lora"):
+        cfg = smoke.replace(**{"federation.algorithm": algorithm, "eval.timing": "global"})
+        model, _ = load_model_and_tokenizer(
+            cfg.model.name, dtype="float32", device="cpu", seed=cfg.run.seed
+        )
+        algo = get_algorithm(algorithm)(cfg)
+        algo.setup(algo.prepare_model(model))
+        algo.initialized = algo.dirty = True  # after an aggregation: the shared parts go out
+        state = {"round": 1, "server": algo.state_dict(), "clients": {}}
+        source = _Source(cfg, tmp_path, state, 0, 1, "received")
+        if algorithm == "fedit":
+            _assert_same_state(_received_lora_state(source), {"lora": algo.global_state})
+        else:
+            with pytest.raises(ValueError, match="holds no snapshot"):
+                _received_lora_state(source)

@@ -1,10 +1,13 @@
 """The Flower engine: lossless records, the ServerApp/ClientApp on an in-process Grid (equal to the
-embedded engine, resume, silent nodes), and one real simulation through ``fedamole run``."""
+embedded engine, resume, silent nodes, the clients' snapshots and ``fedamole export`` of them), and
+one real simulation through ``fedamole run`` (equal to the embedded engine, and its export)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +18,8 @@ flwr = pytest.importorskip("flwr", reason="the Flower engine needs `make install
 
 from fedamole.algorithms import ALGORITHMS, get_algorithm  # noqa: E402
 from fedamole.algorithms.base import ClientContext  # noqa: E402
+from fedamole.algorithms.lora_common import select_parts, set_lora_state  # noqa: E402
+from fedamole.checkpoint import checkpoint_info, load_checkpoint  # noqa: E402
 from fedamole.data import load_federated_data  # noqa: E402
 from fedamole.engines.embedded import run_embedded  # noqa: E402
 from fedamole.engines.flower import client_app  # noqa: E402
@@ -25,6 +30,7 @@ from fedamole.engines.flower.records import (  # noqa: E402
     state_from_records,
     state_to_records,
 )
+from fedamole.export import MANIFEST, README, export_client, load_exported  # noqa: E402
 from fedamole.federated.messages import ClientMessage, ServerMessage  # noqa: E402
 from fedamole.models import load_model_and_tokenizer  # noqa: E402
 from fedamole.tracking import read_jsonl  # noqa: E402
@@ -220,18 +226,138 @@ def test_client_state_lives_in_context_state(smoke, tmp_path):
     assert client_app.SETUP_KEY in next(iter(grid.contexts.values())).state
 
 
-@pytest.mark.slow
-def test_simulation_equals_embedded(repo, embedded_run, tmp_path):
-    """`fedamole run configs/smoke.toml --engine flower` (Ray) equals `--engine embedded`."""
+def _logits(model, tokenizer) -> torch.Tensor:
+    """Logits of two prompts (the second left-padded) on their real tokens."""
+    batch = tokenizer(["Name a colour.", "Add 2 and 3."], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits[batch["attention_mask"].bool()]
+
+
+def _lora_logits(cfg, adapter, tokenizer) -> torch.Tensor:
+    """:func:`_logits` of a fresh backbone with the algorithm's LoRA adapter set to ``adapter``."""
+    model, _ = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
+    )
+    model = get_algorithm(cfg.federation.algorithm)(cfg).prepare_model(model)
+    set_lora_state(model, adapter)
+    return _logits(model, tokenizer)
+
+
+def test_clients_keep_the_snapshot_of_the_best_round(tmp_path):
+    """Besides its last two snapshots a client keeps the one of the round the server names (the
+    run's best), or, when it failed in that round, the one it holds the state of that round in."""
+    context = flwr.app.Context(
+        run_id=1, node_id=1, node_config={}, state=flwr.app.RecordDict(), run_config={}
+    )
+    folder = tmp_path / "client_000"
+    for rnd in (0, 1, 3, 4, 5, 6):  # failed in round 2, whose state is that after round 1
+        client_app._store_state(context, {"round": rnd}, 0, rnd, tmp_path, keep=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["round_001", "round_005", "round_006"]
+    client_app._store_state(context, {"round": 7}, 0, 7, tmp_path, keep=6)
+    assert sorted(p.name for p in folder.iterdir()) == ["round_006", "round_007"]
+    client_app._store_state(context, {"round": 8}, 0, 8, tmp_path)  # no best round: the last two
+    assert sorted(p.name for p in folder.iterdir()) == ["round_007", "round_008"]
+
+
+def test_export_reads_the_clients_snapshots(smoke, tmp_path):
+    """FedSA-LoRA evaluated globally on the in-process grid, whose checkpoints hold no client
+    state: `export --round last` (the evaluation-only round) and `--round best` (the received
+    model: the averaged A with the client's own B) read the clients' snapshots of those rounds,
+    the best one kept even when it is older than the last two; a pruned snapshot and a run
+    without snapshots are refused, naming the rounds and the fix."""
+    overrides = {"train.steps": 2, "data.test_cap": 2, "eval.max_new_tokens": 2}
+    cfg = smoke.replace(
+        **{**overrides, "federation.algorithm": "fedsa_lora", "eval.timing": "global"}
+    )
+    path = tmp_path / "r"
+    state_dir = path / "checkpoints" / "clients"
+    _serve(cfg, path, FakeGrid(3), state_dir=state_dir)
+    assert not load_checkpoint(path / "checkpoints")["clients"]
+    last, best = (checkpoint_info(path / "checkpoints", n)["round"] for n in ("last", "best"))
+    assert last == cfg.federation.rounds + 1 and best < last
+    for c in range(3):
+        kept = sorted(p.name for p in (state_dir / f"client_{c:03d}").iterdir())
+        assert kept == [f"round_{r:03d}" for r in sorted({best, last - 1, last})]
+
+    def own(rnd):
+        return load_checkpoint(state_dir / "client_001" / f"round_{rnd:03d}")["state"]["lora"]
+
+    out = export_client(path, 1, tmp_path / "last")
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert (manifest["round"], manifest["checkpoint"], manifest["model"]) == (
+        last,
+        "last",
+        "received",
+    )
+    loaded, tokenizer = load_exported(out, device="cpu")
+    expected = _lora_logits(cfg, own(last), tokenizer)
+    torch.testing.assert_close(_logits(loaded, tokenizer), expected, rtol=0, atol=1e-5)
+
+    out = export_client(path, 1, tmp_path / "best", round="best")
+    assert json.loads((out / MANIFEST).read_text())["model"] == "received"
+    server = load_checkpoint(path / "checkpoints", "best")["server"]
+    received = {**own(best), **select_parts(server["global"], ("lora_A",))}
+    loaded, tokenizer = load_exported(out, device="cpu")
+    expected = _lora_logits(cfg, received, tokenizer)
+    torch.testing.assert_close(_logits(loaded, tokenizer), expected, rtol=0, atol=1e-5)
+
+    for rnd in range(best + 1):  # as a run written before the clients kept the best round's
+        shutil.rmtree(state_dir / "client_001" / f"round_{rnd:03d}", ignore_errors=True)
+    left = sorted({last - 1, last} - set(range(best + 1)))
+    with pytest.raises(
+        ValueError,
+        match=rf"client 1's state after round {best} is no longer kept.*holds rounds "
+        rf"{re.escape(str(left))}\. Export --round last instead",
+    ):
+        export_client(path, 1, tmp_path / "pruned", round="best")
+    assert not (tmp_path / "pruned").exists()
+    shutil.rmtree(state_dir / "client_001")  # as on a deployment: snapshots on the nodes
+    with pytest.raises(ValueError, match=r"holds no snapshot of it\. A deployment .*state-dir"):
+        export_client(path, 1, tmp_path / "none")
+    with pytest.raises(ValueError, match=r"client 3 is not in the run; it has clients \[0, 1, 2\]"):
+        export_client(path, 3, tmp_path / "three")
+
+
+@pytest.fixture(scope="module")
+def simulation_run(repo, tmp_path_factory):
+    """`fedamole run configs/smoke.toml --engine flower`: one Ray simulation for the module."""
+    tmp = tmp_path_factory.mktemp("simulation")
     env = {
         **os.environ,
-        "FLWR_HOME": str(tmp_path / "flwr"),
+        "FLWR_HOME": str(tmp / "flwr"),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }
     cmd = [sys.executable, "-m", "fedamole", "run", str(repo / "configs" / "smoke.toml")]
-    cmd += ["--engine", "flower", "--run-dir", str(tmp_path / "flower")]
+    cmd += ["--engine", "flower", "--run-dir", str(tmp / "flower")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_same_run(embedded_run, tmp_path / "flower")
-    assert (tmp_path / "flower" / "checkpoints" / "last" / "state.json").is_file()
+    return tmp / "flower"
+
+
+@pytest.mark.slow
+def test_simulation_equals_embedded(simulation_run, embedded_run):
+    """`fedamole run configs/smoke.toml --engine flower` (Ray) equals `--engine embedded`."""
+    _assert_same_run(embedded_run, simulation_run)
+    assert (simulation_run / "checkpoints" / "last" / "state.json").is_file()
+
+
+@pytest.mark.slow
+def test_simulation_exports_the_embedded_runs_models(simulation_run, embedded_run, tmp_path):
+    """`fedamole export` of the simulation (its clients' snapshots) gives the embedded run's
+    export: the same manifest and README, and a model with the same logits."""
+    for which in ("last", "best"):
+        flower = export_client(simulation_run, 1, tmp_path / f"flower-{which}", round=which)
+        embedded = export_client(embedded_run, 1, tmp_path / f"embedded-{which}", round=which)
+        manifests = [json.loads((out / MANIFEST).read_text()) for out in (flower, embedded)]
+        for manifest in manifests:  # the best round's score agrees to rel 1e-5 (_assert_same_run)
+            manifest.get("selection", {}).pop("value", None)
+        assert manifests[0] == manifests[1]
+        assert (flower / README).read_text() == (embedded / README).read_text()
+        (model, tokenizer), (expected, _) = (
+            load_exported(o, device="cpu") for o in (flower, embedded)
+        )
+        torch.testing.assert_close(
+            _logits(model, tokenizer), _logits(expected, tokenizer), rtol=0, atol=1e-5
+        )

@@ -15,10 +15,13 @@ Where the data comes from: with ``node_config["data-file"]`` (deployment) this o
 Client-private state (the algorithm's ``ClientContext.state``: held experts, data-stream position,
 privacy clipper, a baseline's local adapter) lives in ``context.state``, so an ephemeral ClientApp
 process resumes where the last one stopped. It is also snapshotted after every round to
-``<state-dir>/client_NNN/round_RRR`` (the last two rounds) when a state folder is known
-(``node_config["state-dir"]``, or the one the server sends in simulation): a restarted ServerApp
-(``--resume``) starts a new Flower run with an empty ``context.state``, and the snapshot of the
-round before the resumed one makes it continue exactly.
+``<state-dir>/client_NNN/round_RRR`` (``RRR``: the message's round, the ``round`` of the server's
+checkpoint of that round) when a state folder is known (``node_config["state-dir"]``, or the one
+the server sends in simulation): a restarted ServerApp (``--resume``) starts a new Flower run with
+an empty ``context.state``, and the snapshot of the round before the resumed one makes it continue
+exactly. The last two rounds' snapshots are kept, and the one of the run's best round (the round of
+``checkpoints/best``, which the server names in each ``train`` message's ``fedamole.keep`` record:
+only it knows the scores), so ``fedamole export --round best`` finds the client's state there.
 
 The backbone, the prepared algorithm and the data are cached per process: once per Ray actor in
 simulation, once per message in deployment, where Flower starts a fresh ClientApp process for every
@@ -43,7 +46,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedamole.algorithms.base import Algorithm, ClientContext
 from fedamole.algorithms.runtime import build_runtime
-from fedamole.checkpoint import load_checkpoint, save_checkpoint
+from fedamole.checkpoint import (
+    client_snapshot,
+    client_snapshots,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fedamole.config import Config
 from fedamole.data.types import ClientData
 from fedamole.engines.common import check_injected_failure
@@ -57,13 +65,14 @@ from fedamole.engines.flower.records import (
 )
 from fedamole.federated.messages import ServerMessage
 
-__all__ = ["RUNTIME_KEY", "SETUP_KEY", "app"]
+__all__ = ["KEEP_KEY", "RUNTIME_KEY", "SETUP_KEY", "app"]
 
 log = logging.getLogger("fedamole")
 
 SETUP_KEY = "fedamole.setup"
 RUNTIME_KEY = "fedamole.runtime"
 NODE_KEY = "fedamole.node"
+KEEP_KEY = "fedamole.keep"
 _STATE_META = "fedamole.state.meta"
 _KEEP_SNAPSHOTS = 2
 
@@ -122,7 +131,9 @@ def train(msg: Message, context: Context) -> Message:
     t_work = time.perf_counter()
     update = runtime.algo.local_update(server_msg.round, server_msg, ctx)
     work_s = time.perf_counter() - t_work
-    _store_state(context, ctx.state, client, server_msg.round, state_dir)
+    keep = msg.content.config_records.get(KEEP_KEY)  # the run's best round, when it has one
+    keep_round = int(keep["round"]) if keep is not None else None
+    _store_state(context, ctx.state, client, server_msg.round, state_dir, keep_round)
     timing = {
         "handler-start": started,
         "load-s": (runtime.load_s if loaded_now else 0.0) + data_s,
@@ -191,7 +202,7 @@ def _restore_state(context: Context, client: int, rnd: int, state_dir: Path | No
         arrays = context.state.array_records[STATE_TENSORS_KEY]
         return state_from_records(arrays, context.state.config_records[STATE_KEY])
     for snapshot in _snapshots(state_dir, client):
-        snap_round = int(snapshot.name.removeprefix("round_"))
+        snap_round = _snapshot_round(snapshot)
         if snap_round < rnd:
             log.info("client %d: state restored from the snapshot of round %d", client, snap_round)
             return dict(load_checkpoint(snapshot)["state"])
@@ -199,22 +210,34 @@ def _restore_state(context: Context, client: int, rnd: int, state_dir: Path | No
 
 
 def _store_state(
-    context: Context, state: dict[str, Any], client: int, rnd: int, state_dir: Path | None
+    context: Context,
+    state: dict[str, Any],
+    client: int,
+    rnd: int,
+    state_dir: Path | None,
+    keep: int | None = None,
 ) -> None:
+    """Keep ``state`` in ``context.state`` and snapshot it as round ``rnd``'s; prune the
+    snapshots but the last :data:`_KEEP_SNAPSHOTS` and the one that holds the state after round
+    ``keep`` (the best round's: its own, or the newest before it when the client failed in it)."""
     arrays, manifest = state_to_records(state)
     context.state.array_records[STATE_TENSORS_KEY] = arrays
     context.state.config_records[STATE_KEY] = manifest
     context.state.config_records[_STATE_META] = ConfigRecord({"round": rnd})
     if state_dir is None:
         return
-    save_checkpoint(state_dir / f"client_{client:03d}" / f"round_{rnd:03d}", {"state": state})
-    for old in _snapshots(state_dir, client)[_KEEP_SNAPSHOTS:]:
-        shutil.rmtree(old)
+    save_checkpoint(client_snapshot(state_dir, client, rnd), {"state": state})
+    snapshots = _snapshots(state_dir, client)
+    kept = [s for s in snapshots if keep is not None and _snapshot_round(s) <= keep][:1]
+    for old in snapshots[_KEEP_SNAPSHOTS:]:
+        if old not in kept:
+            shutil.rmtree(old)
 
 
 def _snapshots(state_dir: Path | None, client: int) -> list[Path]:
     """Snapshot folders of ``client``, newest first."""
-    folder = state_dir / f"client_{client:03d}" if state_dir is not None else None
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted((p for p in folder.glob("round_*") if p.is_dir()), reverse=True)
+    return list(reversed(client_snapshots(state_dir, client).values()))
+
+
+def _snapshot_round(snapshot: Path) -> int:
+    return int(snapshot.name.removeprefix("round_"))

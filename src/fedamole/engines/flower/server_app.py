@@ -12,7 +12,9 @@ server state exactly as the embedded engine does, connects the nodes and hands
   clients hold different experts), all sent with one ``grid.send_and_receive(..., timeout=
   flower.round_timeout)``. A client whose node is gone, whose reply is an error, or that does not
   answer in time is logged and left out of that round, as a crashing client is on the embedded
-  engine; the run goes on.
+  engine; the run goes on. Each message also names, in a ``fedamole.keep`` record, the round of
+  the run's ``checkpoints/best``, whose state snapshot the client keeps besides its last two
+  (:mod:`fedamole.engines.flower.client_app`).
 
 Besides the shared logs, the run directory gets ``wire.jsonl``: per round and client, the
 serialized size of the Flower messages (every object Flower ships: message, records, arrays)
@@ -40,6 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedamole.algorithms.runtime import build_runtime
+from fedamole.checkpoint import BEST, CheckpointError, checkpoint_info
 from fedamole.config import Config, load
 from fedamole.data import DataError, load_federated_data
 from fedamole.engines.common import (
@@ -49,7 +52,7 @@ from fedamole.engines.common import (
     open_run,
     run_federation,
 )
-from fedamole.engines.flower.client_app import NODE_KEY, RUNTIME_KEY, SETUP_KEY
+from fedamole.engines.flower.client_app import KEEP_KEY, NODE_KEY, RUNTIME_KEY, SETUP_KEY
 from fedamole.engines.flower.records import message_from_record, message_to_record
 from fedamole.engines.summary import RunResult
 from fedamole.federated.messages import ClientMessage, ServerMessage
@@ -143,7 +146,7 @@ def serve(grid: Grid, settings: ServerSettings) -> RunResult:
             setup["state-dir"] = str(settings.state_dir.resolve())
         wire = JsonlLogger(run.wire)
         try:
-            clients = FlowerClients(grid, cfg, setup, wire)
+            clients = FlowerClients(grid, cfg, setup, wire, checkpoints=run.checkpoints)
             clients.connect()
             settings.result = run_federation(
                 cfg,
@@ -162,12 +165,23 @@ def serve(grid: Grid, settings: ServerSettings) -> RunResult:
 
 
 class FlowerClients:
-    """The run's clients behind a Flower Grid: handshake, one message per client, replies."""
+    """The run's clients behind a Flower Grid: handshake, one message per client, replies.
+
+    ``checkpoints``: the run's checkpoint folder, whose ``best`` round each ``train`` message
+    names (``fedamole.keep``) so the clients keep that round's state snapshot; ``None`` names none.
+    """
 
     def __init__(
-        self, grid: Grid, cfg: Config, setup: Mapping[str, Any], wire: JsonlLogger | None = None
+        self,
+        grid: Grid,
+        cfg: Config,
+        setup: Mapping[str, Any],
+        wire: JsonlLogger | None = None,
+        *,
+        checkpoints: Path | None = None,
     ):
         self.grid, self.cfg, self.setup, self.wire = grid, cfg, dict(setup), wire
+        self.checkpoints = checkpoints
         self.node_of: dict[int, int] = {}  # client index -> node id
         self.queried: set[int] = set()  # nodes that answered the handshake (or refused it)
 
@@ -196,6 +210,7 @@ class FlowerClients:
         self, rnd: int, messages: Mapping[int, ServerMessage]
     ) -> Iterator[tuple[int, Outcome]]:
         live = self._discover(self.cfg.flower.connect_timeout)
+        keep = self._best_round()
         outcomes: dict[int, Outcome] = {}
         sent: dict[int, tuple[int, Message]] = {}  # node -> (client, message)
         for client in sorted(messages):
@@ -204,6 +219,8 @@ class FlowerClients:
                 outcomes[client] = ConnectionError(f"client {client} has no connected node")
                 continue
             content = message_to_record(messages[client])
+            if keep is not None:
+                content[KEEP_KEY] = ConfigRecord({"round": keep})
             msg = Message(
                 content, dst_node_id=node, message_type=MessageType.TRAIN, group_id=str(rnd)
             )
@@ -230,6 +247,16 @@ class FlowerClients:
 
     def states(self) -> dict[int, dict[str, Any]]:
         return {}  # clients keep their own state (context.state and snapshots)
+
+    def _best_round(self) -> int | None:
+        """The round of ``checkpoints/best``, whose snapshot the clients keep, or ``None``."""
+        if self.checkpoints is None:
+            return None
+        try:
+            info = checkpoint_info(self.checkpoints, BEST)
+        except CheckpointError:  # an unreadable best is replaced at the next promotion
+            return None
+        return None if info is None or info["round"] is None else int(info["round"])
 
     def load_states(self, states: Mapping[int, Mapping[str, Any]]) -> None:
         return None
