@@ -266,7 +266,7 @@ def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
-# Flower clients' own state snapshots (docs/run-directory.md#the-best-round): one checkpoint folder
+# Flower clients' own state snapshots (docs/run-directory.md#checkpoints): one checkpoint folder
 # per client and round, ``<state dir>/client_NNN/round_RRR``, numbered as the server's checkpoints.
 
 
