@@ -359,15 +359,23 @@ def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _disambiguate(items: list[Entry]) -> None:
-    """Append ``[field=value, ...]`` to labels shared by runs of different settings."""
+    """Append ``[field=value, ...]`` to labels shared by runs of different settings. A field a
+    run's config lacks (written before the field existed) has its default value."""
+    from fedamole.config import Config
+
+    defaults = _flatten(Config().to_dict())
     by_label: dict[str, list[Entry]] = {}
     for e in items:
         by_label.setdefault(e.method, []).append(e)
     for label, group in by_label.items():
         keys = sorted({k for e in group for k in e.variant})
-        differing = [k for k in keys if len({repr(e.variant.get(k)) for e in group}) > 1]
+
+        def value(e: Entry, key: str) -> Any:
+            return e.variant.get(key, defaults.get(key))
+
+        differing = [k for k in keys if len({repr(value(e, k)) for e in group}) > 1]
         if not differing:
             continue
         for e in group:
-            parts = [f"{k.rsplit('.', 1)[-1]}={e.variant.get(k)}" for k in differing]
+            parts = [f"{k.rsplit('.', 1)[-1]}={value(e, k)}" for k in differing]
             e.method = f"{label} [{', '.join(parts)}]"

@@ -114,6 +114,22 @@ def test_variants_of_one_label_are_told_apart_and_old_folders_skipped(tmp_path):
     assert ignored == ["FedAMoLE", "FedAMoLE"]
 
 
+def test_a_field_an_older_run_lacks_counts_as_its_default(tmp_path):
+    """Runs written before a field existed pool with newer runs at its default value, and show
+    the default where a run differs from them."""
+    older = _config("fedamole", 1)
+    newer = _config("fedamole", 2)
+    newer["mole"] = {"rsea_stats": "trained"}  # the default, written out by newer versions
+    for name, config in (("a", older), ("b", newer)):
+        _fake_run(tmp_path, name, config, {(1, 0): 0.5})
+    assert [e.method for e in entries(load_runs([tmp_path]))] == ["FedAMoLE", "FedAMoLE"]
+    smaller = _config("fedamole", 3)
+    smaller["mole"] = {"rank": 4}
+    _fake_run(tmp_path, "c", smaller, {(1, 0): 0.5})
+    labels = sorted(e.method for e in entries(load_runs([tmp_path])))
+    assert labels == ["FedAMoLE [rank=4]", "FedAMoLE [rank=8]", "FedAMoLE [rank=8]"]
+
+
 def test_report_numbers_bold_gain_and_average_by_hand(tmp_path):
     # FedAMoLE: seeds give best-round client means 0.8 and 0.6 (α=0.1), 0.5 and 0.7 (α=1).
     # FedIT-FT: 0.4 and 0.6 (α=0.1), 0.5 and 0.5 (α=1); round 2 of seed 2 is its best.
