@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -447,8 +447,9 @@ def _no_tensorboard(folder: str, detail: str = "") -> str:
 
 def open_hooks(cfg: Config, run: RunDir, on_record: RecordHook | None = None) -> RecordHooks:
     """The run's record hooks, in this order: the TensorBoard mirror when ``run.tensorboard`` is
-    set (event files in ``<run.tensorboard>/<run directory's name>``, :class:`TensorBoardHook`),
-    each ``run.hooks`` entry, then ``on_record``.
+    set (event files in ``<run.tensorboard>/<run directory's name>``, :class:`TensorBoardHook`,
+    rebuilt from the records ``metrics.jsonl`` already holds), each ``run.hooks`` entry, then
+    ``on_record``. Open them after a resume has truncated ``metrics.jsonl``.
 
     Raises:
         HookError: as :func:`check_hooks`.
@@ -457,7 +458,8 @@ def open_hooks(cfg: Config, run: RunDir, on_record: RecordHook | None = None) ->
     hooks: list[tuple[str, RecordHook]] = []
     if cfg.run.tensorboard is not None:
         folder = Path(cfg.run.tensorboard) / run.path.resolve().name
-        hooks.append((f"tensorboard ({folder})", TensorBoardHook(folder, cfg)))
+        written = read_jsonl(run.metrics) if run.metrics.exists() else ()
+        hooks.append((f"tensorboard ({folder})", TensorBoardHook(folder, cfg, replay=written)))
     hooks += [(spec, load_hook(spec)) for spec in cfg.run.hooks or ()]
     if on_record is not None:
         hooks.append((getattr(on_record, "__qualname__", repr(on_record)), on_record))
@@ -532,23 +534,37 @@ class TensorBoardHook:
     ``torch.utils.tensorboard.SummaryWriter``.
 
     Per-step records use ``steps_per_round`` = ``train.steps``, or FedDPA's
-    ``baselines.feddpa.local_steps`` when larger, so their global step grows across rounds. A
-    resumed run appends to the same folder and writes the rounds after its checkpoint again
-    (equal values, as a resumed run equals an uninterrupted one; only ``server/round_seconds``
-    differs).
+    ``baselines.feddpa.local_steps`` when larger, so their global step grows across rounds.
+
+    The folder is a mirror, rebuilt whenever a run starts or resumes: its event files are
+    removed and ``replay`` (the records ``metrics.jsonl`` already holds, after a resume's
+    truncation) is written first. So a run killed in the middle of a round and resumed shows each
+    point once, as an uninterrupted run does, and ``--tensorboard`` added on a resume shows the
+    whole run.
 
     Raises:
         HookError: TensorBoard is not installed.
     """
 
-    def __init__(self, folder: Path, cfg: Config, *, flush_secs: int = 10):
+    def __init__(
+        self,
+        folder: Path,
+        cfg: Config,
+        *,
+        replay: Iterable[Mapping[str, Any]] = (),
+        flush_secs: int = 10,
+    ):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise HookError(_no_tensorboard(str(cfg.run.tensorboard), f" ({exc})")) from exc
         self.folder = folder
         self.steps_per_round = max(cfg.train.steps, cfg.baselines.feddpa.local_steps or 0)
+        for old in folder.glob("events.out.tfevents.*"):  # a mirror: rebuilt from metrics.jsonl
+            old.unlink()
         self.writer = SummaryWriter(log_dir=str(folder), flush_secs=flush_secs)
+        for record in replay:
+            self(record)
 
     def __call__(self, record: dict[str, Any]) -> None:
         self.writer.add_scalar(

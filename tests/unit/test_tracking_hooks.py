@@ -278,3 +278,45 @@ def test_a_killed_run_resumes_with_tensorboard_added(smoke, tmp_path):
     assert {r["round"] for r in given} == {2}  # hooks see what is written from the resume on
     assert list((tb / "r").glob("events.out.tfevents.*"))
     assert "tensorboard" not in (tmp_path / "r" / "config.toml").read_text()
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {
+        tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+        for tag in acc.Tags()["scalars"]
+        if tag != "server/round_seconds"  # wall-clock time: differs between any two runs
+    }
+
+
+@pytest.mark.skipif(not HAVE_TENSORBOARD, reason="needs tensorboard (the `dev` extra)")
+def test_a_run_killed_mid_round_shows_each_point_once_after_resume(smoke, tmp_path):
+    """The mirror is rebuilt from metrics.jsonl on resume: the points written before the kill in
+    the round that is played again do not show twice."""
+    cfg = smoke.replace(**{"train.steps": 3, "federation.rounds": 3, "eval.test_init": False})
+    fedamole.run(cfg, run_dir=tmp_path / "whole", run__tensorboard=str(tmp_path / "tb"))
+    seen = {"n": 0}
+
+    def kill_in_round_2(record: dict) -> None:
+        seen["n"] += record["round"] == 2
+        if seen["n"] == 20:
+            raise KeyboardInterrupt  # not an Exception: stops the run as a kill would
+
+    with pytest.raises(KeyboardInterrupt):
+        fedamole.run(
+            cfg,
+            run_dir=tmp_path / "killed",
+            on_record=kill_in_round_2,
+            run__tensorboard=str(tmp_path / "tb"),
+        )
+    fedamole.run(
+        cfg, run_dir=tmp_path / "killed", resume=True, run__tensorboard=str(tmp_path / "tb")
+    )
+    whole, resumed = _scalars(tmp_path / "tb" / "whole"), _scalars(tmp_path / "tb" / "killed")
+    assert resumed.keys() == whole.keys()
+    for tag, points in whole.items():
+        assert [s for s, _ in resumed[tag]] == [s for s, _ in points], tag  # each step once
+        assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in points], rel=1e-6)

@@ -190,15 +190,20 @@ def run_federation(
             )
     else:
         _write_assignment(run, start - 1, algo.assignment_record())
-    hooks = open_hooks(cfg, run, on_record)
-    logs = RoundLogs(JsonlLogger(run.metrics, hooks or None), JsonlLogger(run.comm), hooks)
-    if resume:
-        # the received-model metrics of round ``start`` are logged as ``test_global`` of round
-        # ``start - 1``: a kill during round ``start`` may have left some of them
-        logs.metrics.truncate_after(
-            start - 1, drop=lambda r: r["round"] == start - 1 and r["split"] == "test_global"
-        )
-        logs.comm.truncate_after(start - 1)
+    logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm))
+    try:
+        if resume:
+            # the received-model metrics of round ``start`` are logged as ``test_global`` of
+            # round ``start - 1``: a kill during round ``start`` may have left some of them
+            logs.metrics.truncate_after(
+                start - 1, drop=lambda r: r["round"] == start - 1 and r["split"] == "test_global"
+            )
+            logs.comm.truncate_after(start - 1)
+        # after the truncation: the TensorBoard mirror is rebuilt from what metrics.jsonl keeps
+        logs.hooks = logs.metrics.on_record = open_hooks(cfg, run, on_record) or None
+    except BaseException:
+        logs.close()
+        raise
     failures = 0
     best = BestCheckpoint(cfg, run) if cfg.run.checkpoint else None
     if best is not None and resume:
