@@ -62,6 +62,9 @@ __all__ = [
 _PACKAGES = ("fedamole", "torch", "transformers", "peft", "numpy", "scipy", "safetensors", "flwr")
 
 
+_STEP_FIELD = '"step": '  # how a per-step record's step appears (json.dumps, default separators)
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists, missing, mismatched, or in use)."""
 
@@ -358,13 +361,22 @@ class JsonlLogger:
         self._fh = self.path.open("a", encoding="utf-8")
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a malformed line raises with the file and line number."""
+def read_jsonl(path: Path, *, steps: bool | None = None) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; a malformed line raises with the file and line number.
+
+    Args:
+        path: the file (nothing when it does not exist).
+        steps: ``False``: skip ``metrics.jsonl``'s per-step training records (those with a
+            ``step``: most of the file at the paper's 200 steps) without parsing them; ``True``:
+            only those; ``None``: every record.
+    """
     if not path.exists():
         return
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
+                continue
+            if steps is not None and (_STEP_FIELD in line) != steps:
                 continue
             try:
                 yield json.loads(line)

@@ -320,3 +320,14 @@ def test_a_run_killed_mid_round_shows_each_point_once_after_resume(smoke, tmp_pa
     for tag, points in whole.items():
         assert [s for s, _ in resumed[tag]] == [s for s, _ in points], tag  # each step once
         assert [v for _, v in resumed[tag]] == pytest.approx([v for _, v in points], rel=1e-6)
+
+
+def test_reports_skip_the_step_records_without_losing_any_other(tracked):
+    from fedamole.analysis.results import load_runs
+
+    _, run_dir, *_ = tracked
+    (run,) = load_runs([run_dir])
+    every = list(read_jsonl(run_dir / "metrics.jsonl"))
+    assert run.metrics == [r for r in every if "step" not in r]
+    assert run.step_metrics == [r for r in every if "step" in r]
+    assert run.step_metrics and len(run.metrics) + len(run.step_metrics) == len(every)

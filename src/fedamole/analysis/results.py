@@ -112,7 +112,14 @@ class Run:
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
-        return list(read_jsonl(self.path / "metrics.jsonl"))
+        """Every ``metrics.jsonl`` record but the per-step training ones (:attr:`step_metrics`),
+        which no table or figure reads and which are most of a long run's file."""
+        return list(read_jsonl(self.path / "metrics.jsonl", steps=False))
+
+    @property
+    def step_metrics(self) -> list[dict[str, Any]]:
+        """The per-step training records (``step_loss``, ``step_tokens``, ``step_lr``, ...)."""
+        return list(read_jsonl(self.path / "metrics.jsonl", steps=True))
 
     def server_metric(self, metric: str) -> dict[int, float]:
         """round -> value of a server metric (e.g. ``rsea/group_purity``)."""
