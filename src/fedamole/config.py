@@ -493,26 +493,31 @@ def _shown(value: Any, limit: int = 200) -> str:
 
 def differing_fields(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]) -> list[str]:
     """Dotted names of the fields whose values differ between two configs (or their
-    :meth:`Config.to_dict`), sorted; :data:`TRACKING_FIELDS` never differ (they change no
+    :meth:`Config.to_dict`), sorted, down to fields inside sub-tables
+    (``baselines.fdlora.sync_steps``); :data:`TRACKING_FIELDS` never differ (they change no
     result: a run resumes with or without them). A field absent from one side (a config
     written before the field existed) counts as its default: a new field's default keeps the
     behaviour from before it."""
-    left = a.to_dict() if isinstance(a, Config) else a
-    right = b.to_dict() if isinstance(b, Config) else b
-    defaults = Config().to_dict()
-    missing = object()
-
-    def value(side: Mapping[str, Any], section: str, key: str) -> Any:
-        found = side.get(section, {}).get(key, missing)
-        return defaults.get(section, {}).get(key) if found is missing else found
-
+    left = _flat(a.to_dict() if isinstance(a, Config) else a)
+    right = _flat(b.to_dict() if isinstance(b, Config) else b)
+    defaults = _flat(Config().to_dict())
     return sorted(
-        f"{section}.{key}"
-        for section in set(left) | set(right)
-        for key in set(left.get(section, {})) | set(right.get(section, {}))
-        if value(left, section, key) != value(right, section, key)
-        and f"{section}.{key}" not in TRACKING_FIELDS
+        key
+        for key in set(left) | set(right)
+        if left.get(key, defaults.get(key)) != right.get(key, defaults.get(key))
+        and key not in TRACKING_FIELDS
     )
+
+
+def _flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: value}`` of the leaves of nested tables (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _drop_none(value: Any) -> Any:

@@ -249,3 +249,16 @@ def test_a_sweep_grid_given_as_a_config_says_how_to_run_it():
 
     with pytest.raises(ConfigError, match=r"is a sweep grid .*fedamole sweep .*rsea\.toml"):
         load(REPO / "configs" / "sweeps" / "rsea.toml")
+
+
+def test_fields_inside_sub_tables_are_compared_one_by_one():
+    from fedamole.config import Config, differing_fields
+
+    cfg = Config()
+    older = cfg.to_dict()
+    table = older["baselines"]["fdlora"]
+    del table[sorted(table)[0]]  # a sub-table field an older version did not write
+    assert differing_fields(older, cfg) == []
+    lr = cfg.to_dict()["train"]["lr"]
+    changed = cfg.replace(**{"train.lr": lr * 2})
+    assert differing_fields(older, changed) == ["train.lr"]
