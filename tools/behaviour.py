@@ -47,6 +47,7 @@ CASES: dict[str, list[str]] = {
 }
 COMPARED = ("metrics.jsonl", "comm.jsonl")
 TIMING = b'"metric": "round_seconds"'  # wall-clock records: never equal between two runs
+STEP = b'"step": '  # per-step training records: absent from recordings made before they existed
 
 
 def record(out: Path, engines: list[str], cases: list[str]) -> int:
@@ -78,8 +79,11 @@ def _files(run: Path) -> list[str]:
 
 
 def _content(path: Path) -> list[bytes]:
-    """The file's lines, without the wall-clock records."""
-    return [line for line in path.read_bytes().splitlines() if TIMING not in line]
+    """The file's lines, without the wall-clock and the per-step records (the per-round ones are
+    derived from the same steps, so any change in training still shows)."""
+    return [
+        line for line in path.read_bytes().splitlines() if TIMING not in line and STEP not in line
+    ]
 
 
 def compare(before: Path, after: Path) -> int:

@@ -572,9 +572,16 @@ class TensorBoardHook:
             raise HookError(_no_tensorboard(str(cfg.run.tensorboard), f" ({exc})")) from exc
         self.folder = folder
         self.steps_per_round = max(cfg.train.steps, cfg.baselines.feddpa.local_steps or 0)
-        for old in folder.glob("events.out.tfevents.*"):  # a mirror: rebuilt from metrics.jsonl
-            old.unlink()
-        self.writer = SummaryWriter(log_dir=str(folder), flush_secs=flush_secs)
+        try:
+            for old in folder.glob("events.out.tfevents.*"):  # a mirror: rebuilt from the JSONL
+                old.unlink()
+            self.writer = SummaryWriter(log_dir=str(folder), flush_secs=flush_secs)
+        except OSError as exc:
+            raise HookError(
+                f"`run.tensorboard` = {str(cfg.run.tensorboard)!r}: cannot write TensorBoard "
+                f"files in {folder} ({exc.strerror or exc}); give a writable folder "
+                "(--tensorboard DIR) or leave it unset"
+            ) from exc
         for record in replay:
             self(record)
 

@@ -153,7 +153,8 @@ def test_tensorboard_mirrors_every_record(tracked, smoke):
 def test_step_keys_round_trip():
     assert step_key("train/step_loss", 12) == "train/step_loss@12"
     assert split_step_key("train/step_loss@12") == ("train/step_loss", 12)
-    for key in ("train/loss", "a@b", "@3", "x@", "x@3.5", "x@²"):
+    assert split_step_key("train/local_step_lr@2") == ("train/local_step_lr", 2)
+    for key in ("train/loss", "a@b", "@3", "x@", "x@3.5", "x@²", "test/acc@5", "step_x/acc@5"):
         assert split_step_key(key) == (key, None)
 
 
@@ -331,3 +332,11 @@ def test_reports_skip_the_step_records_without_losing_any_other(tracked):
     assert run.metrics == [r for r in every if "step" not in r]
     assert run.step_metrics == [r for r in every if "step" in r]
     assert run.step_metrics and len(run.metrics) + len(run.step_metrics) == len(every)
+
+
+@pytest.mark.skipif(not HAVE_TENSORBOARD, reason="needs tensorboard (the `dev` extra)")
+def test_an_unwritable_tensorboard_folder_is_a_clear_error(smoke, tmp_path):
+    blocker = tmp_path / "tb"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(HookError, match=r"`run\.tensorboard` = .*cannot write TensorBoard files"):
+        fedamole.run(smoke, run_dir=tmp_path / "run", run__tensorboard=str(blocker))

@@ -61,9 +61,12 @@ def step_key(name: str, step: int) -> str:
 
 def split_step_key(key: str) -> tuple[str, int | None]:
     """Inverse of :func:`step_key`: ``("train/step_loss", 3)``, or ``(key, None)`` for a key
-    without a step."""
+    without a step. Only per-step metrics carry one: a metric whose name (after the last ``/``)
+    contains ``step_`` (``step_loss``, FedDPA's ``local_step_lr``); ``test/acc@5`` stays a
+    metric of its own."""
     name, sep, step = key.rpartition(STEP_SEPARATOR)
-    if not sep or not name or not (step.isascii() and step.isdigit()):
+    per_step = "step_" in name.rpartition("/")[2]
+    if not sep or not per_step or not (step.isascii() and step.isdigit()):
         return key, None
     return name, int(step)
 
