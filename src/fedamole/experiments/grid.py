@@ -109,9 +109,15 @@ def load_grid(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
     except FileNotFoundError:
         folder = shipped_config_dir()
         shipped = sorted(f"sweeps/{p.stem}" for p in folder.glob("sweeps/*.toml")) if folder else []
+        names = ", ".join(shipped) or "none"
+        if Path(path).suffix == ".toml":
+            raise FileNotFoundError(
+                f"grid file {path} does not exist. A grid shipped with fedamole can also be "
+                f"named without .toml (e.g. `fedamole sweep sweeps/rsea`); shipped: {names}"
+            ) from None
         raise FileNotFoundError(
             f"{path!s} is neither a grid file nor the name of a grid shipped with fedamole; "
-            f"shipped: {', '.join(shipped) or 'none'} (or give the path of a .toml file)"
+            f"shipped: {names} (or give the path of a .toml file)"
         ) from None
     data = _read(Path(path).resolve(), seen=())
     errors: list[str] = []
