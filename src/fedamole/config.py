@@ -61,6 +61,7 @@ __all__ = [
     "differing_fields",
     "dump",
     "feasibility_errors",
+    "flat_fields",
     "load",
     "parse_overrides",
     "read_toml_file",
@@ -498,9 +499,9 @@ def differing_fields(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any
     result: a run resumes with or without them). A field absent from one side (a config
     written before the field existed) counts as its default: a new field's default keeps the
     behaviour from before it."""
-    left = _flat(a.to_dict() if isinstance(a, Config) else a)
-    right = _flat(b.to_dict() if isinstance(b, Config) else b)
-    defaults = _flat(Config().to_dict())
+    left = flat_fields(a.to_dict() if isinstance(a, Config) else a)
+    right = flat_fields(b.to_dict() if isinstance(b, Config) else b)
+    defaults = flat_fields(Config().to_dict())
     return sorted(
         key
         for key in set(left) | set(right)
@@ -509,12 +510,13 @@ def differing_fields(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any
     )
 
 
-def _flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{dotted key: value}`` of the leaves of nested tables (lists are leaves)."""
+def flat_fields(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{dotted key: value}`` of the leaves of a config dict's nested tables (lists are
+    leaves): ``{"train.lr": 0.001, "baselines.fdlora.sync_steps": ...}``."""
     out: dict[str, Any] = {}
     for key, value in node.items():
         if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_fields(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -355,14 +355,11 @@ def _method_identity(config: Mapping[str, Any], ignore: Collection[str]) -> dict
     return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
 
 
-def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
-    return out
+def _flatten(node: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`~fedamole.config.flat_fields` with lists as JSON text (hashable, printable)."""
+    from fedamole.config import flat_fields
+
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat_fields(node).items()}
 
 
 def _disambiguate(items: list[Entry]) -> None:
