@@ -331,7 +331,8 @@ def simulation_run(repo, tmp_path_factory):
     }
     cmd = [sys.executable, "-m", "fedamole", "run", str(repo / "configs" / "smoke.toml")]
     cmd += ["--engine", "flower", "--run-dir", str(tmp / "flower")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # a guard against a hung Ray start, not a speed limit: ~1 min idle, over 5 on a loaded machine
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "flower"
 
