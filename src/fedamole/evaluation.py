@@ -265,9 +265,14 @@ def _one_pass_nll(
     return nll.sum(dim=-1), (targets != IGNORE_INDEX).sum(dim=-1)
 
 
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+def _batches(items: Sequence, size: int, progress: Progress | None = None) -> Iterator[Sequence]:
+    """``items`` in batches of ``size``; ``progress(len(batch))`` once the caller is done with each
+    batch (when it asks for the next one)."""
     for start in range(0, len(items), size):
-        yield items[start : start + size]
+        batch = items[start : start + size]
+        yield batch
+        if progress is not None:
+            progress(len(batch))
 
 
 def _correct_index(example: Example) -> int:
@@ -306,7 +311,7 @@ def _choice_nll(
     kept.sort(key=lambda i: encoded[i][0]["input_ids"])  # token order: shared prefixes adjacent
     scores: list[ChoiceNLL | None] = [None] * len(examples)
     with _inference(model):
-        for group in _batches(kept, batch_size):
+        for group in _batches(kept, batch_size, progress):
             sequences = [seq for i in group for seq in encoded[i]]
             total, count = _sequence_nll(model, sequences, tokenizer.pad_token_id)
             mean = (total / count).tolist()  # (sum of choices in the group,)
@@ -317,8 +322,6 @@ def _choice_nll(
                     mean[start:stop], total_list[start:stop], count_list[start:stop]
                 )
                 start = stop
-            if progress is not None:
-                progress(len(group))
     return scores
 
 
@@ -393,11 +396,9 @@ def _loss_sums(
     encoded.sort(key=lambda enc: enc["input_ids"])  # token order: shared prefixes adjacent
     total, count = 0.0, 0
     with _inference(model):
-        for group in _batches(encoded, batch_size):
+        for group in _batches(encoded, batch_size, progress):
             nll, n = _sequence_nll(model, group, tokenizer.pad_token_id)
             total, count = total + float(nll.sum()), count + int(n.sum())
-            if progress is not None:
-                progress(len(group))
     return total, count
 
 
@@ -524,21 +525,19 @@ def _free_text(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if not _shares_prefixes(model):  # whole rows through `generate` (the prompt-learning wrapper)
         with _inference(model):
-            for group in _batches(kept, batch_size):
+            for group in _batches(kept, batch_size, progress):
                 new = _generate_whole_rows(
                     model, tokenizer, [prompts[i] for i in group], max_new_tokens
                 )
                 for i, ids in zip(group, new, strict=True):
                     texts[i] = tokenizer.decode(ids, skip_special_tokens=True)
-                if progress is not None:
-                    progress(len(group))
         if with_loss:
             total, count = _loss_sums(
                 model, tokenizer, examples, batch_size=batch_size, max_length=max_length
             )
         return texts, total, count
     with _inference(model):
-        for group in _batches(kept, batch_size):
+        for group in _batches(kept, batch_size, progress):
             rows = [{"input_ids": prompts[i]} for i in group]
             limits = [len(r["input_ids"]) - 1 for r in rows]
             inputs, _ = _prefixed_batch(model, rows, pad, *_groups(model, rows, limits))
@@ -557,8 +556,6 @@ def _free_text(
             new = _greedy(model, cache, mask, position, last, max_new_tokens, eos)
             for i, ids in zip(group, new, strict=True):
                 texts[i] = tokenizer.decode(ids, skip_special_tokens=True)
-            if progress is not None:
-                progress(len(group))
     return texts, total, count
 
 
