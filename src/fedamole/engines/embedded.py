@@ -137,36 +137,29 @@ class LocalClients:
             ctx.state = dict(states.get(ctx.client_id, {}))
 
 
+def _bar(client: int, label: str, **kwargs: Any) -> tqdm:
+    """A client's transient bar on a terminal's stderr (nothing when stderr is not a terminal, so
+    never in ``log.txt`` or a redirected log)."""
+    return tqdm(
+        desc=f"client {client} {label}", leave=False, file=sys.stderr, disable=None, **kwargs
+    )
+
+
 def _phase_bar(client: int):
-    """``phase(label, total)`` for :class:`ClientContext`: a transient bar on a terminal's stderr
-    (nothing when stderr is not a terminal, so never in ``log.txt`` or a redirected log)."""
+    """``phase(label, total)`` for :class:`ClientContext`: a :func:`_bar` of ``total`` examples."""
 
     @contextlib.contextmanager
     def phase(label: str, total: int) -> Iterator[Callable[[int], None]]:
-        with tqdm(
-            total=total,
-            desc=f"client {client} {label}",
-            unit="ex",
-            leave=False,
-            file=sys.stderr,
-            disable=None,
-        ) as bar:
+        with _bar(client, label, total=total, unit="ex") as bar:
             yield bar.update
 
     return phase
 
 
 def _progress_bar(client: int, steps: int):
+    """The local step iterator's wrapper for :class:`ClientContext`: a :func:`_bar` of steps."""
+
     def wrap(it: Iterator[int]) -> Iterator[int]:
-        return iter(
-            tqdm(
-                it,
-                total=steps,
-                desc=f"client {client} train",
-                leave=False,
-                file=sys.stderr,
-                disable=None,
-            )
-        )
+        return iter(_bar(client, "train", iterable=it, total=steps))
 
     return wrap
