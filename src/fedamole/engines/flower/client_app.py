@@ -201,8 +201,7 @@ def _restore_state(context: Context, client: int, rnd: int, state_dir: Path | No
     if meta is not None and int(meta["round"]) < rnd:
         arrays = context.state.array_records[STATE_TENSORS_KEY]
         return state_from_records(arrays, context.state.config_records[STATE_KEY])
-    for snapshot in _snapshots(state_dir, client):
-        snap_round = _snapshot_round(snapshot)
+    for snap_round, snapshot in _newest_first(state_dir, client):
         if snap_round < rnd:
             log.info("client %d: state restored from the snapshot of round %d", client, snap_round)
             return dict(load_checkpoint(snapshot)["state"])
@@ -227,17 +226,13 @@ def _store_state(
     if state_dir is None:
         return
     save_checkpoint(client_snapshot(state_dir, client, rnd), {"state": state})
-    snapshots = _snapshots(state_dir, client)
-    kept = [s for s in snapshots if keep is not None and _snapshot_round(s) <= keep][:1]
-    for old in snapshots[_KEEP_SNAPSHOTS:]:
-        if old not in kept:
+    snapshots = _newest_first(state_dir, client)
+    best = next((r for r, _ in snapshots if keep is not None and r <= keep), None)
+    for snap_round, old in snapshots[_KEEP_SNAPSHOTS:]:
+        if snap_round != best:
             shutil.rmtree(old)
 
 
-def _snapshots(state_dir: Path | None, client: int) -> list[Path]:
-    """Snapshot folders of ``client``, newest first."""
-    return list(reversed(client_snapshots(state_dir, client).values()))
-
-
-def _snapshot_round(snapshot: Path) -> int:
-    return int(snapshot.name.removeprefix("round_"))
+def _newest_first(state_dir: Path | None, client: int) -> list[tuple[int, Path]]:
+    """``(round, folder)`` of ``client``'s snapshots, newest first."""
+    return sorted(client_snapshots(state_dir, client).items(), reverse=True)
