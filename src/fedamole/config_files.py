@@ -110,26 +110,29 @@ def shipped_config_dir() -> Path | None:
     return None
 
 
-def shipped_config_names() -> list[str]:
+def shipped_config_names(*, grids: bool = False) -> list[str]:
     """Names of the shipped experiment configs (``demo``, ``paper/snli_dir0.1``, ...): paths
-    relative to :func:`shipped_config_dir` without ``.toml``, sweep grids left out."""
+    relative to :func:`shipped_config_dir` without ``.toml``, sweep grids left out; with
+    ``grids``, the names of the sweep grids alone (``sweeps/rsea``, ...)."""
     folder = shipped_config_dir()
     if folder is None:
         return []
     names = []
     for path in sorted(folder.rglob("*.toml")):
         rel = path.relative_to(folder).with_suffix("")
-        if rel.parts[0] not in _NOT_EXPERIMENTS:
+        if (rel.parts[0] in _NOT_EXPERIMENTS) == grids:
             names.append(rel.as_posix())
     return names
 
 
-def resolve_config_path(path: str | Path) -> Path:
+def resolve_config_path(path: str | Path, *, grid: bool = False) -> Path:
     """The config file ``path`` names: ``path`` itself when it exists or ends in ``.toml``, else
     the shipped config of that name (``paper/snli_dir0.1`` -> ``<configs>/paper/snli_dir0.1.toml``).
+    With ``grid``, a sweep grid (``sweeps/rsea``): only the message differs.
 
     Raises:
-        FileNotFoundError: neither exists; the message lists the shipped names.
+        FileNotFoundError: neither exists; the message lists the shipped names (of grids, with
+            ``grid``).
     """
     given = Path(path)
     try:
@@ -142,15 +145,20 @@ def resolve_config_path(path: str | Path) -> Path:
                 return candidate
     except OSError:  # a path the file system refuses (too long, ...): read_toml_file says so
         return given
-    names = shipped_config_names()
+    names = shipped_config_names(grids=grid)
     available = ", ".join(names) if names else "none (the configs folder is missing)"
+    what, example = (
+        ("grid", "fedamole sweep sweeps/rsea")
+        if grid
+        else ("config", "fedamole run paper/snli_dir0.1")
+    )
     if given.suffix == ".toml":
         raise FileNotFoundError(
-            f"config file {given} does not exist. A config shipped with fedamole can also be "
-            f"named without .toml (e.g. `fedamole run paper/snli_dir0.1`); shipped: {available}"
+            f"{what} file {given} does not exist. A {what} shipped with fedamole can also be "
+            f"named without .toml (e.g. `{example}`); shipped: {available}"
         )
     raise FileNotFoundError(
-        f"{path!s} is neither a config file nor the name of a config shipped with fedamole; "
+        f"{path!s} is neither a {what} file nor the name of a {what} shipped with fedamole; "
         f"shipped: {available} (or give the path of a .toml file)"
     )
 

@@ -47,7 +47,7 @@ from typing import Any
 import tomli_w
 
 from fedamole.config import Config, ConfigError, load, read_toml_file
-from fedamole.config_files import resolve_config_path, shipped_config_dir
+from fedamole.config_files import resolve_config_path
 
 __all__ = ["Grid", "GridError", "GridRun", "expand", "load_grid", "resolve_config", "select"]
 
@@ -104,21 +104,7 @@ def load_grid(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
         GridError: every structural problem at once (unknown keys, bad labels, unknown axes).
         FileNotFoundError: the grid or a file it names does not exist.
     """
-    try:
-        path = resolve_config_path(path)
-    except FileNotFoundError:
-        folder = shipped_config_dir()
-        shipped = sorted(f"sweeps/{p.stem}" for p in folder.glob("sweeps/*.toml")) if folder else []
-        names = ", ".join(shipped) or "none"
-        if Path(path).suffix == ".toml":
-            raise FileNotFoundError(
-                f"grid file {path} does not exist. A grid shipped with fedamole can also be "
-                f"named without .toml (e.g. `fedamole sweep sweeps/rsea`); shipped: {names}"
-            ) from None
-        raise FileNotFoundError(
-            f"{path!s} is neither a grid file nor the name of a grid shipped with fedamole; "
-            f"shipped: {names} (or give the path of a .toml file)"
-        ) from None
+    path = resolve_config_path(path, grid=True)
     data = _read(Path(path).resolve(), seen=())
     errors: list[str] = []
     sweep = data.get("sweep", {})
