@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedamole.algorithms.base import ClientContext
+from fedamole.algorithms.fedamole import MIN_EMBEDDING_EXAMPLES
 from fedamole.algorithms.runtime import build_runtime
 from fedamole.data import load_federated_data
 from fedamole.engines.embedded import run_embedded
@@ -98,6 +99,24 @@ def test_received_stats_are_the_received_models(smoke):
         not torch.allclose(uploaded[n][1], trained[n].experts, rtol=1e-4, atol=1e-5)
         for n in uploaded
     )  # training moved the expert embeddings too
+
+
+@pytest.mark.parametrize(("ratio", "warned"), [(0.05, True), (0.0, True), (0.3, False)])
+def test_a_small_embedding_set_is_warned_about_once(smoke, caplog, ratio, warned):
+    """Under ``MIN_EMBEDDING_EXAMPLES`` the client says how many examples its statistics come
+    from and which field to raise, once per run (smoke's 80 examples per client: 0.05 gives 2)."""
+    cfg, algo, _, ctx, _ = _client_round_1(smoke, "data.embedding_ratio", ratio)
+    size = len(_embedding_rows(ctx, cfg))
+    assert (size < MIN_EMBEDDING_EXAMPLES) == warned
+    algo.local_update(2, algo.configure_round(2)[0], ctx)  # a second statistic: no second line
+    lines = [r.getMessage() for r in caplog.records if "embedding example" in r.getMessage()]
+    if not warned:
+        assert lines == []
+        return
+    assert len(lines) == 1 and lines[0].startswith(f"client 0: RSEA statistics from {size} ")
+    assert f"data.embedding_ratio = {ratio:g}" in lines[0]
+    assert "raise data.embedding_ratio" in lines[0]
+    assert ("one training example stands in" in lines[0]) == (size == 0)
 
 
 def _client_round_1(smoke, key, value):

@@ -113,6 +113,10 @@ __all__ = ["FedAMoLE", "client_mole_state"]
 
 log = logging.getLogger(__name__)
 
+# Fewer embedding examples than this get a warning: on the RSEA benchmark (docs/results/rsea.md)
+# 3 per client gave a first-round group purity of 0.79, 12-16 gave 0.90-0.92.
+MIN_EMBEDDING_EXAMPLES = 8
+
 _STATE_KEY = "modules"  # where a client keeps its packed MoLE state in ``ctx.state``
 
 
@@ -309,7 +313,23 @@ class FedAMoLE(RoundTemplate):
                 for x in ctx.data.embedding
             )
             if e is not None
-        ] or train_examples(ctx, self.cfg)[:1]
+        ]
+        if len(encoded) < MIN_EMBEDDING_EXAMPLES and not ctx.cache.get("embedding_warned"):
+            ctx.cache["embedding_warned"] = True
+            data = self.cfg.data
+            log.warning(
+                "client %d: RSEA statistics from %d embedding example(s)%s (data.embedding_ratio "
+                "= %g, data.embedding_cap = %d); with fewer than %d the assignment follows which "
+                "examples were drawn more than the client's data "
+                "(docs/results/rsea.md#the-embedding-set): raise data.embedding_ratio",
+                ctx.client_id,
+                len(encoded),
+                "" if encoded else ", so one training example stands in",
+                data.embedding_ratio,
+                data.embedding_cap,
+                MIN_EMBEDDING_EXAMPLES,
+            )
+        encoded = encoded or train_examples(ctx, self.cfg)[:1]
         bs, device = self.cfg.eval.batch_size, ctx.device
         batches = [
             model_inputs(collate(encoded[i : i + bs], ctx.tokenizer.pad_token_id), device)
