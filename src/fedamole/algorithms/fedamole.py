@@ -47,8 +47,9 @@ SmolLM2-135M with 4 clients in two pairs that share a task family, 3 local steps
   expert embeddings) is computed on the model as the client received it, before local training.
   With only the token projection received, the expert embeddings and the deeper layers' inputs
   still carry each client's training drift, and on the paired benchmark (8 clients in 4 pairs,
-  docs/results/rsea.md) group purity fell from 0.80 after the first RSEA round to 0.71 after the
-  third; with the received model it stayed at 0.76-0.84 (3 seeds, mean 0.79-0.80 per round).
+  docs/results/rsea.md; 3 seeds) group purity fell from 0.87-0.89 after the first RSEA round to
+  0.72-0.80 after the third; with the received model it stayed at 0.86-0.92 in every round (the
+  paper's rule: 0.21-0.31; chance 0.14).
 - ``mole.rsea_retention = b``: ``b`` is added to the affinity of each expert's current holders
   before solving, so an expert moves only when the gain exceeds ``b`` (the solve stays exact).
   The paper's RSEA has no memory: 51-56 % of expert-holder pairs survived a round, what a random
