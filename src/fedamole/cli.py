@@ -295,10 +295,10 @@ def partition(
 @app.command(cls=_Command)
 def bench(
     which: Annotated[
-        str, typer.Argument(help="layer, assign, round, or all (layer and assign).")
+        str, typer.Argument(help="layer, assign, round, step, or all (layer and assign).")
     ] = "all",
     config: Annotated[
-        Path | None, typer.Argument(help="`round` only: the run config to time.")
+        Path | None, typer.Argument(help="`round`, `step`: the run config to time.")
     ] = None,
     overrides: OverridesArg = None,
     out: Annotated[Path, typer.Option(help="Folder for the JSON results.")] = Path("bench-results"),
@@ -306,12 +306,25 @@ def bench(
     against: Annotated[
         str | None,
         typer.Option(
-            help="`round` only: a git revision (or a folder with another checkout) timed side "
+            help="`round`, `step`: a git revision (or a folder with another checkout) timed side "
             "by side, alternating process by process."
         ),
     ] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="`round` only: processes per revision.")] = 2,
-    client: Annotated[int, typer.Option(min=0, help="`round` only: the client played.")] = 0,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="`round`, `step`: processes per revision.")
+    ] = 2,
+    client: Annotated[int, typer.Option(min=0, help="`round`, `step`: the client played.")] = 0,
+    algorithm: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="`step` only: an algorithm to time (repeatable; default fedamole, fedit)."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, help="`step` only: steps timed.")] = 8,
+    warmup: Annotated[int, typer.Option(min=0, help="`step` only: steps before timing.")] = 2,
+    profiled: Annotated[
+        int, typer.Option(min=0, help="`step` only: steps profiled after the timed ones.")
+    ] = 2,
 ) -> None:
     """Run performance benchmarks; each writes JSON and prints a table.
 
@@ -321,10 +334,21 @@ def bench(
 
     Example: fedamole bench assign --out bench-results
 
+    `step` times the training step alone for FedAMoLE and FedIT: tokens, model FLOPs, achieved
+    GFLOP/s against this machine's matrix-product rate on the model's own shapes, and a profile
+    by op group (docs/results/performance.md).
+
     Example: fedamole bench round configs/demo.toml --against main --repeats 3
+
+    Example: fedamole bench step configs/demo.toml --against main --client 1
     """
     from fedamole.bench import BENCHMARKS, run_benchmark
 
+    if which == "step":
+        _bench_step(
+            config, overrides, out, against, repeats, client, algorithm, steps, warmup, profiled
+        )
+        return
     if which == "round":
         if config is None:
             typer.echo("error: `bench round` needs a CONFIG, e.g. configs/demo.toml", err=True)
@@ -349,18 +373,67 @@ def bench(
         typer.echo(f"# round: wrote {out / 'round.json'}")
         return
     if config is not None:
-        typer.echo(f"error: only `bench round` takes a CONFIG ({config})", err=True)
+        typer.echo(f"error: only `bench round` and `bench step` take a CONFIG ({config})", err=True)
         raise typer.Exit(2)
     names = sorted(BENCHMARKS) if which == "all" else [which]
     for name in names:
         if name not in BENCHMARKS:
             typer.echo(
-                f"error: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)} or round",
+                f"error: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}, round "
+                "or step",
                 err=True,
             )
             raise typer.Exit(2)
         result = run_benchmark(name, out, quick=quick)
         typer.echo(f"# {name}: wrote {out / (name + '.json')} ({len(json.dumps(result))} bytes)")
+
+
+def _bench_step(
+    config: Path | None,
+    overrides: list[str] | None,
+    out: Path,
+    against: str | None,
+    repeats: int,
+    client: int,
+    algorithms: list[str] | None,
+    steps: int,
+    warmup: int,
+    profiled: int,
+) -> None:
+    if config is None:
+        typer.echo("error: `bench step` needs a CONFIG, e.g. configs/demo.toml", err=True)
+        raise typer.Exit(2)
+    from fedamole.bench.round import BenchError
+    from fedamole.bench.step import DEFAULT_ALGORITHMS, bench_step
+
+    chosen = list(algorithms or DEFAULT_ALGORITHMS)
+    cfg = _load(config, overrides)  # fail early on a bad config, with the usual message
+    for name in chosen:  # and on an unknown algorithm, before any process starts
+        _load(config, [*(overrides or []), f"federation.algorithm={name}"])
+    if client >= cfg.federation.num_clients:
+        typer.echo(
+            f"error: --client {client}: the config has federation.num_clients = "
+            f"{cfg.federation.num_clients}; give a client below it",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        bench_step(
+            config,
+            overrides or [],
+            out,
+            against=against,
+            repeats=repeats,
+            client=client,
+            algorithms=chosen,
+            warmup=warmup,
+            steps=steps,
+            profiled=profiled,
+        )
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"# step: wrote {out / 'step.json'}")
 
 
 ROUND_HELP = "Per seed: the best round (the maximum client-mean score over rounds) or the last."

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from fedamole.config import TrainConfig
 from fedamole.data.collate import IGNORE_INDEX, Encoded, collate
@@ -38,6 +39,7 @@ __all__ = [
     "BatchStream",
     "TrainResult",
     "causal_lm_loss_sum",
+    "contiguous_head_input",
     "local_train",
     "logits_window",
     "model_inputs",
@@ -140,6 +142,30 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return loss, int((shift_labels != IGNORE_INDEX).sum())
 
 
+def contiguous_head_input(model: nn.Module) -> RemovableHandle | None:
+    """Make the lm head's input contiguous while training: returns the hook's handle (call
+    ``remove()``), or ``None`` for a model without output embeddings.
+
+    With ``logits_to_keep`` the head sees ``hidden[:, -K:]``, a strided view. For an input that
+    requires a gradient and is not contiguous, ``torch.matmul`` does not fold ``(B, K, d)`` into
+    ``(B*K, d)``: it expands the ``(V, d)`` weight to ``(B, d, V)``, copies it, and runs ``B``
+    small products forward and again backward (~900 MB copied per step of 4 rows with SmolLM2's
+    49k-word head). A contiguous ``(B, K, d)`` input (a copy of ``B*K*d`` numbers) takes one
+    ``(B*K, d) @ (d, V)`` product each way. Same numbers, one GEMM instead of ``B``: rounding may
+    differ in the last bits (docs/results/performance.md).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Module):
+        return None
+
+    def contiguous(_module: nn.Module, args: tuple) -> tuple | None:
+        if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+            return (args[0].contiguous(), *args[1:])
+        return None
+
+    return head.register_forward_pre_hook(contiguous)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What one round of local training did.
@@ -232,6 +258,7 @@ def local_train(
     step_tokens: list[int] = []
     step_lrs: list[float] = []
     steps = range(cfg.steps) if progress is None else progress(iter(range(cfg.steps)))
+    head_hook = contiguous_head_input(model)
     try:
         for _ in steps:
             batch = stream.take(cfg.batch_size)
@@ -270,6 +297,8 @@ def local_train(
             step_losses.append(step_nll / n_tokens if n_tokens else math.nan)
             step_tokens.append(n_tokens)
     finally:
+        if head_hook is not None:
+            head_hook.remove()
         model.train(was_training)
         opt.zero_grad(set_to_none=True)
     mean = total_loss / max(total_tokens, 1)

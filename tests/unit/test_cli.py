@@ -103,5 +103,23 @@ def test_bench_help_names_every_benchmark():
     from fedamole.bench import BENCHMARKS
 
     result = runner.invoke(app, ["bench", "--help"])
-    for name in (*BENCHMARKS, "round", "all"):
+    for name in (*BENCHMARKS, "round", "step", "all"):
         assert name in result.output, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bench", "step"], "`bench step` needs a CONFIG"),
+        (["bench", "step", "configs/smoke.toml", "--algorithm", "nope"], "federation.algorithm"),
+        (["bench", "step", "configs/smoke.toml", "--client", "9"], "--client 9"),
+        (["bench", "layer", "configs/smoke.toml"], "only `bench round` and `bench step`"),
+    ],
+)
+def test_bench_step_refuses_bad_arguments_before_any_process_starts(
+    repo, monkeypatch, args, message
+):
+    monkeypatch.chdir(repo)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output

@@ -106,3 +106,46 @@ def test_logits_window_without_labels_is_the_whole_row():
     assert logits_window(torch.full((2, 5), IGNORE_INDEX)) == 5
     assert logits_window(torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 7], [IGNORE_INDEX, 4, 5]])) == 3
     assert logits_window(torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 7]])) == 2
+
+
+def _train_frozen_head() -> tuple[dict[str, torch.Tensor], TrainResult]:
+    """Three steps of a fresh tiny model whose embeddings and lm head are frozen (the adapter
+    case: the head's input needs a gradient, its weight does not)."""
+    model, tokenizer, encoded = _fresh()
+    model.get_input_embeddings().requires_grad_(False)
+    model.get_output_embeddings().requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = TrainConfig(steps=3, batch_size=BATCH, lr=1e-2, adam_eps=1e-2)
+    result = local_train(model, params, _stream(encoded), cfg, lr=cfg.lr, pad_id=0)
+    return {k: v.detach().clone() for k, v in model.named_parameters()}, result
+
+
+def test_a_contiguous_head_input_trains_like_the_strided_view(monkeypatch):
+    """The lm head sees a contiguous copy of hidden[:, -K:] while training (one GEMM instead of
+    one per row over an expanded weight); without the hook (the path before) training gives the
+    same parameters and losses to rounding."""
+    import fedamole.training as training
+
+    seen: list[bool] = []
+    model, tokenizer, encoded = _fresh()
+    head = model.get_output_embeddings()
+    # a forward hook sees the arguments as the pre-hooks left them
+    handle = head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    model.get_input_embeddings().requires_grad_(False)
+    head.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = TrainConfig(steps=1, batch_size=BATCH, lr=1e-2)
+    local_train(model, params, _stream(encoded), cfg, lr=cfg.lr, pad_id=0)
+    handle.remove()
+    assert seen == [True]  # the head got a contiguous input
+    assert not head._forward_pre_hooks  # and it is gone after training
+
+    new, new_result = _train_frozen_head()
+    monkeypatch.setattr(training, "contiguous_head_input", lambda model: None)
+    old, old_result = _train_frozen_head()
+    init = dict(_fresh()[0].named_parameters())
+    moved = [k for k in new if (new[k] - init[k]).abs().max() > 100 * ATOL]
+    assert len(moved) > len(new) // 2  # training really moved the weights compared below
+    for key in new:
+        torch.testing.assert_close(new[key], old[key], rtol=0, atol=ATOL, msg=key)
+    assert new_result.step_losses == pytest.approx(old_result.step_losses, rel=1e-6)

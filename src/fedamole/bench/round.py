@@ -30,7 +30,7 @@ from pathlib import Path
 import fedamole
 from fedamole.bench import round_worker
 
-__all__ = ["bench_round", "compare_metrics", "source_tree"]
+__all__ = ["BenchError", "bench_round", "compare_metrics", "run_worker", "source_tree"]
 
 _WORKER = Path(round_worker.__file__)
 _THIS_SRC = Path(fedamole.__file__).resolve().parents[1]
@@ -143,10 +143,21 @@ def source_tree(against: str | None) -> Iterator[Path | None]:
 def _run_worker(
     src: Path, config: Path, overrides: Sequence[str], client: int, out_dir: Path
 ) -> dict:
+    args = ["--config", str(config), "--client", str(client)]
+    args += [arg for item in overrides for arg in ("--override", item)]
+    return run_worker(_WORKER, src, args, out_dir)
+
+
+def run_worker(worker: Path, src: Path, args: Sequence[str], out_dir: Path) -> dict:
+    """Run a benchmark worker script (``python -P worker ARGS --out FILE``) with ``src`` first on
+    ``PYTHONPATH``, and return the JSON it wrote.
+
+    Raises:
+        BenchError: the worker failed (its stderr quoted), or it imported fedamole from somewhere
+            else than ``src`` (an install shadows ``PYTHONPATH``).
+    """
     out = out_dir / f"worker-{os.getpid()}.json"
-    cmd = [sys.executable, "-P", str(_WORKER), "--config", str(config), "--client", str(client)]
-    cmd += [arg for item in overrides for arg in ("--override", item)]
-    cmd += ["--out", str(out)]
+    cmd = [sys.executable, "-P", str(worker), *args, "--out", str(out)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
