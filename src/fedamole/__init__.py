@@ -33,7 +33,7 @@ __all__ = ["ConfigError", "load_config", "load_runs", "report", "run"]
 
 # name -> the module it lives in, imported on first access (PEP 562)
 _LAZY = {
-    "ConfigError": "fedamole.config_files",
+    "ConfigError": "fedamole.config",
     "load_config": "fedamole.api",
     "load_runs": "fedamole.api",
     "report": "fedamole.api",
@@ -42,7 +42,7 @@ _LAZY = {
 
 if _TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports them
     from fedamole.api import load_config, load_runs, report, run
-    from fedamole.config_files import ConfigError
+    from fedamole.config import ConfigError
 
 
 def __getattr__(name: str):

@@ -14,7 +14,7 @@ as they do there, with the same :class:`~fedamole.config.ConfigError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from fedamole.analysis.results import Run
     from fedamole.engines.summary import RunResult
 
-__all__ = ["load_config", "load_runs", "report", "run"]
+__all__ = [
+    "ResumeMismatchError",
+    "StoredConfigError",
+    "load_config",
+    "load_runs",
+    "report",
+    "run",
+    "run_path",
+    "start_run",
+]
 
 ROUND_MODES = ("best", "last")
 REPORT_FORMATS = ("md", "csv")
@@ -120,16 +129,73 @@ def run(
             f"{type(on_record).__name__}"
         )
     cfg = _resolve(config, overrides)
-    target = Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
-    if resume and (target / "config.toml").exists():
-        differs = differing_fields(load(target / "config.toml"), cfg)
+    return start_run(
+        cfg, run_dir, engine=engine, resume=resume, overwrite=overwrite, on_record=on_record
+    )
+
+
+class ResumeMismatchError(ValueError):
+    """A run directory to resume was started with another configuration: ``fields`` differ.
+
+    The message says how to resume from Python; ``fedamole run`` prints its own from
+    ``run_dir`` and ``fields``.
+    """
+
+    def __init__(self, run_dir: Path, fields: Sequence[str]) -> None:
+        self.run_dir, self.fields = run_dir, list(fields)
+        super().__init__(
+            f"{run_dir} was started with another configuration (differs in "
+            f"{', '.join(self.fields)}); resume it with the same config and overrides, or with its "
+            f"own: fedamole.run({str(run_dir / 'config.toml')!r}, run_dir={str(run_dir)!r}, "
+            "resume=True)"
+        )
+
+
+class StoredConfigError(ConfigError):
+    """The ``config.toml`` of a run directory to resume is not a valid config (at ``path``)."""
+
+    def __init__(self, path: Path, errors: Sequence[str]) -> None:
+        super().__init__(errors)
+        self.path = path
+
+
+def run_path(cfg: Config, run_dir: str | Path | None = None) -> Path:
+    """The run directory: ``run_dir`` when given, else ``run.out_dir/run.name`` (relative to the
+    current directory)."""
+    return Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
+
+
+def start_run(
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    *,
+    engine: str = "embedded",
+    resume: bool = False,
+    overwrite: bool = False,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run the validated ``cfg`` in :func:`run_path`: what :func:`run` and ``fedamole run`` both
+    do once they have checked their own arguments. A ``resume`` first compares ``cfg`` with the
+    run directory's ``config.toml`` (fields that change no result aside).
+
+    Raises:
+        StoredConfigError: (a :class:`~fedamole.config.ConfigError`) ``resume`` of a run
+            directory whose ``config.toml`` does not validate.
+        ResumeMismatchError: (a ``ValueError``) ``resume`` of a run started with another
+            configuration.
+        ValueError, fedamole.tracking.RunDirError, fedamole.engines.common.RunFailedError: as
+            :func:`run` says.
+    """
+    target = run_path(cfg, run_dir)
+    stored = target / "config.toml"
+    if resume and stored.exists():
+        try:
+            before = load(stored)
+        except ConfigError as exc:
+            raise StoredConfigError(stored, exc.errors) from None
+        differs = differing_fields(before, cfg)
         if differs:
-            raise ValueError(
-                f"{target} was started with another configuration (differs in "
-                f"{', '.join(differs)}); resume it with the same config and overrides, or with its "
-                f"own: fedamole.run({str(target / 'config.toml')!r}, run_dir={str(target)!r}, "
-                "resume=True)"
-            )
+            raise ResumeMismatchError(target, differs)
     from fedamole.engines import run_experiment
 
     return run_experiment(

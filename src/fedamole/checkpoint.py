@@ -28,12 +28,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedamole.tracking import RunDir
+
 __all__ = [
     "CheckpointError",
     "checkpoint_info",
     "checkpoint_rounds",
     "client_snapshot",
     "client_snapshots",
+    "client_state",
     "load_checkpoint",
     "promote_checkpoint",
     "save_checkpoint",
@@ -286,3 +289,57 @@ def client_snapshots(state_dir: Path | None, client: int) -> dict[int, Path]:
         if digits.isdigit() and path.is_dir():
             found[int(digits)] = path
     return dict(sorted(found.items()))
+
+
+def client_state(run_dir: Path, state: Mapping[str, Any], client: int) -> dict[str, Any]:
+    """Client ``client``'s private state after the round of ``state``, a checkpoint of the run in
+    ``run_dir`` (:func:`load_checkpoint`), on either engine: the embedded engine checkpoints every
+    client's state (``state["clients"]``); the Flower engine's checkpoints hold the server state
+    only (``clients`` is empty) and each client snapshots its own, read here.
+
+    Raises:
+        ValueError: a Flower run without the client's snapshot of that round (see
+            :func:`_snapshot_state`).
+    """
+    clients = state["clients"]
+    if client in clients:
+        return clients[client]
+    return _snapshot_state(run_dir, client, int(state["round"]))
+
+
+def _snapshot_state(run_dir: Path, client: int, rnd: int) -> dict[str, Any]:
+    """Client ``client``'s private state after round ``rnd`` of a Flower run, whose checkpoints
+    hold no client state: the client's own snapshot (``checkpoints/clients/client_NNN/round_RRR``,
+    written by :mod:`fedamole.engines.flower.client_app` after every round the client completes,
+    numbered as the checkpoints are) of the newest round up to ``rnd``, the state the client
+    itself would resume from (a client that failed in round ``rnd`` kept that of an earlier one).
+
+    Raises:
+        ValueError: the run directory holds no snapshot of the client (a deployment writes them
+            to each SuperNode's ``state-dir``), or none up to ``rnd`` (pruned); the message names
+            the rounds kept and the fix.
+    """
+    state_dir = RunDir(run_dir).client_checkpoints
+    folder = client_snapshot(state_dir, client, 0).parent
+    kept = {
+        r: path
+        for r, path in client_snapshots(state_dir, client).items()
+        if checkpoint_info(path) is not None  # complete
+    }
+    if not kept:
+        raise ValueError(
+            f"client {client}'s state is not in the checkpoint of round {rnd}: on the Flower "
+            f"engine each client keeps its own, and {folder} holds no snapshot of it. A deployment "
+            f"writes them to each SuperNode's `state-dir`: copy that node's client_{client:03d}/ "
+            f"folder to {folder.parent}/ and export again"
+        )
+    earlier = [r for r in kept if r <= rnd]
+    if not earlier:
+        raise ValueError(
+            f"the snapshot of client {client}'s state after round {rnd} is no longer kept: a "
+            "Flower client keeps those of its last two rounds and of the run's best round "
+            f"(runs written before it kept the best one lack it), and {folder} holds rounds "
+            f"{sorted(kept)}. Export --round last instead, or run the experiment again to "
+            "keep the snapshot of its best round"
+        )
+    return dict(load_checkpoint(kept[max(earlier)])["state"])

@@ -5,20 +5,19 @@ Run ``fedamole --help`` or ``fedamole COMMAND --help`` for usage and examples.
 
 from __future__ import annotations
 
-import inspect
-import json
 import sys
-from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Annotated
 
-import click
 import typer
-from typer.core import TyperCommand
-from typer.models import ArgumentInfo
 
-from fedamole.config import Config, ConfigError, differing_fields, load
+from fedamole.cli_analysis import plot, report
+from fedamole.cli_bench import bench
+from fedamole.cli_support import ConfigArg, Engine, OverridesArg
+from fedamole.cli_support import HelpCommand as _Command  # the class of every command
+from fedamole.cli_support import fail as _fail
+from fedamole.cli_support import load_or_exit as _load
+from fedamole.config import ConfigError
 
 __all__ = ["app", "main"]
 
@@ -39,111 +38,6 @@ app = typer.Typer(
 )
 
 
-class _Command(TyperCommand):
-    """A typer command whose plain help (``rich_markup_mode=None``) reads as written.
-
-    Three fixes, each a no-op where the libraries do not need it:
-
-    - typer escapes the ``[default: ...]`` and ``[required]`` notes for rich's markup whenever rich
-      is installed, even with rich markup off, so plain help showed ``\\[default: ...]``; the
-      escape is undone here.
-    - click 8.5 resets the help text typer gives an argument (``Parameter.__init__`` now takes
-      ``help`` itself and typer does not pass it on), so arguments had no description; it is
-      restored from the command function's ``typer.Argument(help=...)``.
-    - click 8.5 also lists the arguments itself ("Positional arguments"), which typer already
-      does ("Arguments"); they are listed once.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        helps = _argument_help(self.callback)
-        for param in self.params:
-            if isinstance(param, click.Argument) and not param.help:
-                param.help = helps.get(param.name or "")
-
-    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """Nothing: click 8.5 lists the arguments here too; :meth:`format_options` lists them."""
-
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows: dict[str, list[tuple[str, str]]] = {"argument": [], "option": []}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is not None and param.param_type_name in rows:
-                name, text = record
-                rows[param.param_type_name].append((name, text.replace("\\[", "[")))
-        for title, kind in (("Arguments", "argument"), ("Options", "option")):
-            if rows[kind]:
-                with formatter.section(title):
-                    formatter.write_dl(rows[kind])
-
-
-def _argument_help(callback: Callable[..., Any] | None) -> dict[str, str]:
-    """``{parameter: help}`` of the ``typer.Argument`` parameters of a command function."""
-    if callback is None:
-        return {}
-    hints = get_type_hints(inspect.unwrap(callback), include_extras=True)
-    return {
-        name: info.help
-        for name, hint in hints.items()
-        if get_origin(hint) is Annotated
-        for info in get_args(hint)[1:]
-        if isinstance(info, ArgumentInfo) and info.help
-    }
-
-
-ConfigArg = Annotated[
-    Path,
-    typer.Argument(
-        help="Experiment TOML (a diff over configs/defaults.toml), or the name of a config "
-        "shipped with fedamole, e.g. paper/snli_dir0.1 (an unknown name lists them)."
-    ),
-]
-
-
-# Choices are Enums: the one way every typer release we admit (and its click, bundled or not)
-# turns into a checked choice with the values listed in --help.
-class Engine(StrEnum):
-    embedded = "embedded"
-    flower = "flower"
-
-
-class RoundMode(StrEnum):
-    best = "best"
-    last = "last"
-
-
-class ReportFormat(StrEnum):
-    md = "md"
-    csv = "csv"
-
-
-class Projection(StrEnum):
-    pca = "pca"
-    tsne = "tsne"
-
-
-# The figures of ``fedamole plot``: fedamole.analysis.plots.FIGURES (a test keeps them equal),
-# named here so that the command line does not import matplotlib to print its help.
-FIGURES = (
-    "ablation",
-    "alpha",
-    "clients",
-    "experts",
-    "heatmap",
-    "privacy",
-    "rounds",
-    "routing",
-    "rsea",
-    "sensitivity",
-)
-
-
-OverridesArg = Annotated[
-    list[str] | None,
-    typer.Argument(help="Dotted overrides such as `mole.num_experts=15 train.lr=1e-4`."),
-]
-
-
 def _version(value: bool) -> None:
     if value:
         from fedamole import __version__
@@ -160,17 +54,6 @@ def _main(
     ] = False,
 ) -> None:
     """Personalized federated fine-tuning of LLMs with heterogeneous mixtures of LoRA experts."""
-
-
-def _load(config: Path, overrides: list[str] | None) -> Config:
-    try:
-        return load(config, overrides or [])
-    except ConfigError as exc:
-        typer.echo(f"error: {config}: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except FileNotFoundError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command(cls=_Command)
@@ -224,51 +107,42 @@ def run(
 
     Example: fedamole run configs/demo.toml --tensorboard tb
     """
+    from fedamole.api import ResumeMismatchError, StoredConfigError, run_path, start_run
     from fedamole.checkpoint import CheckpointError
-    from fedamole.engines import run_experiment
     from fedamole.engines.common import RunFailedError
     from fedamole.tracking import RunDirError
 
     if resume and overwrite:
-        typer.echo(
-            "error: --resume continues the run and --overwrite starts it again: choose one",
-            err=True,
-        )
-        raise typer.Exit(2)
+        _fail("--resume continues the run and --overwrite starts it again: choose one")
     if tensorboard is not None:
         import tomli_w
 
         literal = tomli_w.dumps({"v": str(tensorboard)}).removeprefix("v = ").strip()
         overrides = [*(overrides or []), f"run.tensorboard={literal}"]
     cfg = _load(config, overrides)
-    target = run_dir or Path(cfg.run.out_dir) / cfg.run.name
-    if resume and (target / "config.toml").exists():
-        differs = differing_fields(_load(target / "config.toml", []), cfg)
-        if differs:
-            typer.echo(
-                f"error: {target} was started with another configuration (differs in "
-                f"{', '.join(differs)}); resume it with the same CONFIG and overrides, or with "
-                f"its own: fedamole run {target / 'config.toml'} --resume --run-dir {target}",
-                err=True,
-            )
-            raise typer.Exit(2)
+    target = run_path(cfg, run_dir)
     try:
-        run_experiment(cfg, target, engine=engine.value, resume=resume, overwrite=overwrite)
+        start_run(cfg, target, engine=engine.value, resume=resume, overwrite=overwrite)
+    except StoredConfigError as exc:
+        _fail(f"{exc.path}: {exc}")
+    except ResumeMismatchError as exc:
+        _fail(
+            f"{target} was started with another configuration (differs in "
+            f"{', '.join(exc.fields)}); resume it with the same CONFIG and overrides, or with "
+            f"its own: fedamole run {target / 'config.toml'} --resume --run-dir {target}"
+        )
     except (RunDirError, CheckpointError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     except RunFailedError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1)
     except OSError as exc:  # a full disk, a file made unwritable mid-run...
         where = f" ({exc.filename})" if exc.filename else ""
-        typer.echo(
-            f"error: the run stopped: {exc.strerror or exc}{where}. Checkpoints are written "
+        _fail(
+            f"the run stopped: {exc.strerror or exc}{where}. Checkpoints are written "
             f"atomically, so the last one is intact: fix the cause, then continue with "
             f"fedamole run {config} --resume --run-dir {target}",
-            err=True,
+            1,
         )
-        raise typer.Exit(1) from None
 
 
 @app.command(cls=_Command)
@@ -288,159 +162,11 @@ def partition(
     try:
         typer.echo(describe_partition(cfg, plot))
     except DataError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
 
 
-@app.command(cls=_Command)
-def bench(
-    which: Annotated[
-        str, typer.Argument(help="layer, assign, round, step, or all (layer and assign).")
-    ] = "all",
-    config: Annotated[
-        Path | None, typer.Argument(help="`round`, `step`: the run config to time.")
-    ] = None,
-    overrides: OverridesArg = None,
-    out: Annotated[Path, typer.Option(help="Folder for the JSON results.")] = Path("bench-results"),
-    quick: Annotated[bool, typer.Option(help="Small sizes, one repeat (a smoke test).")] = False,
-    against: Annotated[
-        str | None,
-        typer.Option(
-            help="`round`, `step`: a git revision (or a folder with another checkout) timed side "
-            "by side, alternating process by process."
-        ),
-    ] = None,
-    repeats: Annotated[
-        int, typer.Option(min=1, help="`round`, `step`: processes per revision.")
-    ] = 2,
-    client: Annotated[int, typer.Option(min=0, help="`round`, `step`: the client played.")] = 0,
-    algorithm: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="`step` only: an algorithm to time (repeatable; default fedamole, fedit)."
-        ),
-    ] = None,
-    steps: Annotated[int, typer.Option(min=1, help="`step` only: steps timed.")] = 8,
-    warmup: Annotated[int, typer.Option(min=0, help="`step` only: steps before timing.")] = 2,
-    profiled: Annotated[
-        int, typer.Option(min=0, help="`step` only: steps profiled after the timed ones.")
-    ] = 2,
-) -> None:
-    """Run performance benchmarks; each writes JSON and prints a table.
-
-    `round` plays round 1 of one client of CONFIG and times each phase (train, RSEA statistics,
-    test scoring, generation, test and eval loss, server aggregation and assignment); with
-    --against it times another revision in the same run and prints the speed-up per phase.
-
-    Example: fedamole bench assign --out bench-results
-
-    `step` times the training step alone for FedAMoLE and FedIT: tokens, model FLOPs, achieved
-    GFLOP/s against this machine's matrix-product rate on the model's own shapes, and a profile
-    by op group (docs/results/performance.md).
-
-    Example: fedamole bench round configs/demo.toml --against main --repeats 3
-
-    Example: fedamole bench step configs/demo.toml --against main --client 1
-    """
-    from fedamole.bench import BENCHMARKS, run_benchmark
-
-    if which == "step":
-        _bench_step(
-            config, overrides, out, against, repeats, client, algorithm, steps, warmup, profiled
-        )
-        return
-    if which == "round":
-        if config is None:
-            typer.echo("error: `bench round` needs a CONFIG, e.g. configs/demo.toml", err=True)
-            raise typer.Exit(2)
-        from fedamole.bench.round import BenchError, bench_round
-
-        cfg = _load(config, overrides)  # fail early on a bad config, with the usual message
-        if client >= cfg.federation.num_clients:
-            typer.echo(
-                f"error: --client {client}: the config has federation.num_clients = "
-                f"{cfg.federation.num_clients}; give a client below it",
-                err=True,
-            )
-            raise typer.Exit(2)
-        try:
-            bench_round(
-                config, overrides or [], out, against=against, repeats=repeats, client=client
-            )
-        except BenchError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        typer.echo(f"# round: wrote {out / 'round.json'}")
-        return
-    if config is not None:
-        typer.echo(f"error: only `bench round` and `bench step` take a CONFIG ({config})", err=True)
-        raise typer.Exit(2)
-    names = sorted(BENCHMARKS) if which == "all" else [which]
-    for name in names:
-        if name not in BENCHMARKS:
-            typer.echo(
-                f"error: unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}, round "
-                "or step",
-                err=True,
-            )
-            raise typer.Exit(2)
-        result = run_benchmark(name, out, quick=quick)
-        typer.echo(f"# {name}: wrote {out / (name + '.json')} ({len(json.dumps(result))} bytes)")
-
-
-def _bench_step(
-    config: Path | None,
-    overrides: list[str] | None,
-    out: Path,
-    against: str | None,
-    repeats: int,
-    client: int,
-    algorithms: list[str] | None,
-    steps: int,
-    warmup: int,
-    profiled: int,
-) -> None:
-    if config is None:
-        typer.echo("error: `bench step` needs a CONFIG, e.g. configs/demo.toml", err=True)
-        raise typer.Exit(2)
-    from fedamole.bench.round import BenchError
-    from fedamole.bench.step import DEFAULT_ALGORITHMS, bench_step
-
-    chosen = list(algorithms or DEFAULT_ALGORITHMS)
-    cfg = _load(config, overrides)  # fail early on a bad config, with the usual message
-    for name in chosen:  # and on an unknown algorithm, before any process starts
-        _load(config, [*(overrides or []), f"federation.algorithm={name}"])
-    if client >= cfg.federation.num_clients:
-        typer.echo(
-            f"error: --client {client}: the config has federation.num_clients = "
-            f"{cfg.federation.num_clients}; give a client below it",
-            err=True,
-        )
-        raise typer.Exit(2)
-    try:
-        bench_step(
-            config,
-            overrides or [],
-            out,
-            against=against,
-            repeats=repeats,
-            client=client,
-            algorithms=chosen,
-            warmup=warmup,
-            steps=steps,
-            profiled=profiled,
-        )
-    except BenchError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"# step: wrote {out / 'step.json'}")
-
-
-ROUND_HELP = "Per seed: the best round (the maximum client-mean score over rounds) or the last."
-RoundOpt = Annotated[RoundMode, typer.Option("--round", help=ROUND_HELP)]
-RunsArg = Annotated[
-    list[Path], typer.Argument(help="Run directories, or folders searched for them (a sweep).")
-]
+# `bench` (fedamole.cli_bench) is registered here, in its place in --help.
+app.command(cls=_Command)(bench)
 
 
 @app.command(cls=_Command)
@@ -476,8 +202,7 @@ def sweep(
     for item in only or []:
         axis, sep, labels = item.partition("=")
         if not sep:
-            typer.echo(f"error: --only {item!r} must look like AXIS=LABEL[,LABEL]", err=True)
-            raise typer.Exit(2)
+            _fail(f"--only {item!r} must look like AXIS=LABEL[,LABEL]")
         selection.setdefault(axis.strip(), []).extend(s.strip() for s in labels.split(","))
     try:
         loaded = load_grid(grid, out_dir=out)
@@ -488,81 +213,14 @@ def sweep(
         ids = devices.split(",") if devices else None
         result = run_sweep(loaded, jobs=jobs, engine=engine.value, devices=ids, only=selection)
     except (GridError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     if result.failed:
         raise typer.Exit(1)
 
 
-@app.command(cls=_Command)
-def report(
-    runs: RunsArg,
-    round_mode: RoundOpt = RoundMode.best,
-    fmt: Annotated[ReportFormat, typer.Option("--format", help="Output.")] = ReportFormat.md,
-    ours: Annotated[str, typer.Option(help="Method whose relative gain is reported.")] = "FedAMoLE",
-    rsea: Annotated[
-        bool,
-        typer.Option(
-            help="The RSEA benchmark's tables instead: assignment diagnostics per round, "
-            "last-round quality, paired-by-seed verdicts against --ours (markdown)."
-        ),
-    ] = False,
-) -> None:
-    """Tables from run directories: mean ± std over seeds, gain, per client, comm and time.
-
-    Example: fedamole report runs/sweeps/main --round best --format md
-    """
-    from fedamole.analysis.report import build_report, format_csv, format_markdown
-
-    if rsea:
-        from fedamole.analysis.rsea_report import rsea_tables
-
-        try:
-            typer.echo(rsea_tables(runs, reference=ours), nl=False)
-        except (ValueError, FileNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        return
-    try:
-        result = build_report(runs, round_mode=round_mode.value, ours=ours)
-    except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(format_markdown(result) if fmt is ReportFormat.md else format_csv(result), nl=False)
-
-
-@app.command(cls=_Command)
-def plot(
-    figure: Annotated[str, typer.Argument(metavar="FIGURE", help=f"One of: {', '.join(FIGURES)}.")],
-    runs: RunsArg,
-    out: Annotated[Path, typer.Option(help="Folder for the PNG and SVG files.")] = Path("figures"),
-    round_mode: Annotated[
-        RoundMode,
-        typer.Option(
-            "--round",
-            help=ROUND_HELP[:-1] + ", as in `report`. Used by ablation, alpha, clients, heatmap, "
-            "privacy and sensitivity; rounds, experts and rsea show every round, routing the last "
-            "checkpoint.",
-        ),
-    ] = RoundMode.best,
-    projection: Annotated[
-        Projection, typer.Option(help="routing only: tsne needs scikit-learn.")
-    ] = Projection.pca,
-) -> None:
-    """Draw one of the paper's figures from run directories (PNG and SVG).
-
-    Example: fedamole plot rounds runs/sweeps/main --out figures
-    """
-    from fedamole.analysis.plots import plot as draw
-    from fedamole.checkpoint import CheckpointError
-
-    try:
-        paths = draw(figure, runs, out, round_mode=round_mode.value, projection=projection.value)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    for path in paths:
-        typer.echo(f"wrote {path}")
+# `report` and `plot` (fedamole.cli_analysis) are registered here, in their place in --help.
+app.command(cls=_Command)(report)
+app.command(cls=_Command)(plot)
 
 
 @app.command("deploy-local", cls=_Command)
@@ -594,8 +252,7 @@ def deploy_local(
     try:
         require_flower()
     except FlowerUnavailableError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     from fedamole.engines.flower.deploy import deploy_local as run_deployment
 
     _load(config, overrides)  # report config errors before starting anything
@@ -606,8 +263,7 @@ def deploy_local(
             config, overrides or [], nodes=nodes, workdir=folder, run_dir=run_dir, timeout=timeout
         )
     except (ValueError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}\nlogs kept in {folder / 'logs'}", err=True)
-        raise typer.Exit(1) from None
+        _fail(f"{exc}\nlogs kept in {folder / 'logs'}", 1)
     typer.echo(format_summary(result))
     if workdir is None:
         shutil.rmtree(folder)
@@ -638,8 +294,7 @@ def export(
     try:
         path = export_client(run, client, out, round=round_)
     except (CheckpointError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     typer.echo(f"exported client {client} of {run} ({round_}) to {path}")
 
 
@@ -659,8 +314,7 @@ def generate(
     try:
         answer = generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, context=context)
     except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _fail(str(exc))
     typer.echo(answer)
 
 

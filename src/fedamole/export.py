@@ -132,8 +132,7 @@ from fedamole.checkpoint import (
     CheckpointError,
     checkpoint_info,
     checkpoint_rounds,
-    client_snapshot,
-    client_snapshots,
+    client_state,
     load_checkpoint,
 )
 from fedamole.config import Config, MoLEConfig, load
@@ -144,7 +143,7 @@ from fedamole.evaluation import generate_responses
 from fedamole.federated.messages import pack_modules, unpack_modules
 from fedamole.models import load_model_and_tokenizer
 from fedamole.mole import inject_mole, set_mole_state
-from fedamole.tracking import RunDir, read_jsonl
+from fedamole.tracking import read_jsonl
 
 __all__ = [
     "FEDDPA_DIRECTION",
@@ -378,11 +377,9 @@ class _Source:
     @cached_property
     def client_state(self) -> dict[str, Any]:
         """The client's private state after ``round``: the checkpoint's on the embedded engine,
-        the client's own snapshot of that round on Flower (:func:`_snapshot_state`)."""
-        clients = self.state["clients"]
-        if self.client in clients:
-            return clients[self.client]
-        return _snapshot_state(self.run_dir, self.client, self.round)
+        the client's own snapshot of that round on Flower
+        (:func:`fedamole.checkpoint.client_state`)."""
+        return client_state(self.run_dir, self.state, self.client)
 
     @property
     def received_round(self) -> int:
@@ -439,44 +436,6 @@ def _pick_checkpoint(
     selection = info.get("selection")
     view = "received" if selection and selection.get("split") == "test_global" else "trained"
     return name, view, selection
-
-
-def _snapshot_state(run_dir: Path, client: int, rnd: int) -> dict[str, Any]:
-    """Client ``client``'s private state after round ``rnd`` of a Flower run, whose checkpoints
-    hold no client state: the client's own snapshot (``checkpoints/clients/client_NNN/round_RRR``,
-    written by :mod:`fedamole.engines.flower.client_app` after every round the client completes,
-    numbered as the checkpoints are) of the newest round up to ``rnd``, the state the client
-    itself would resume from (a client that failed in round ``rnd`` kept that of an earlier one).
-
-    Raises:
-        ValueError: the run directory holds no snapshot of the client (a deployment writes them
-            to each SuperNode's ``state-dir``), or none up to ``rnd`` (pruned); the message names
-            the rounds kept and the fix.
-    """
-    state_dir = RunDir(run_dir).client_checkpoints
-    folder = client_snapshot(state_dir, client, 0).parent
-    kept = {
-        r: path
-        for r, path in client_snapshots(state_dir, client).items()
-        if checkpoint_info(path) is not None  # complete
-    }
-    if not kept:
-        raise ValueError(
-            f"client {client}'s state is not in the checkpoint of round {rnd}: on the Flower "
-            f"engine each client keeps its own, and {folder} holds no snapshot of it. A deployment "
-            f"writes them to each SuperNode's `state-dir`: copy that node's client_{client:03d}/ "
-            f"folder to {folder.parent}/ and export again"
-        )
-    earlier = [r for r in kept if r <= rnd]
-    if not earlier:
-        raise ValueError(
-            f"the snapshot of client {client}'s state after round {rnd} is no longer kept: a "
-            "Flower client keeps those of its last two rounds and of the run's best round "
-            f"(runs written before it kept the best one lack it), and {folder} holds rounds "
-            f"{sorted(kept)}. Export --round last instead, or run the experiment again to "
-            "keep the snapshot of its best round"
-        )
-    return dict(load_checkpoint(kept[max(earlier)])["state"])
 
 
 def _received_lora_state(source: _Source) -> dict[str, Any]:

@@ -104,17 +104,6 @@ class RunDir:
         return self.path / "checkpoints"
 
     @property
-    def last_checkpoint(self) -> Path:
-        """The checkpoint of the latest round (replaced atomically after every round)."""
-        return self.checkpoints / "last"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        """The checkpoint of the best round by the report's rule
-        (:class:`fedamole.engines.common.BestCheckpoint`)."""
-        return self.checkpoints / "best"
-
-    @property
     def client_checkpoints(self) -> Path:
         """Flower only: the clients' own state snapshots (``state-dir`` of the simulation)."""
         return self.checkpoints / "clients"

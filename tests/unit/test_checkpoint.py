@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from fedamole.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fedamole.checkpoint import (
+    CheckpointError,
+    client_snapshot,
+    client_state,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fedamole.tracking import RunDir
 
 
 def _state(v: float):
@@ -78,3 +86,27 @@ def test_a_changed_tensor_file_fails_its_checksum(tmp_path):
     file.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match the checksum"):
         load_checkpoint(tmp_path)
+
+
+def test_client_state_reads_the_checkpoint_or_the_clients_own_snapshots(tmp_path):
+    """Both engines' layouts: the embedded engine's checkpoint holds every client's state; a
+    Flower run's holds none, and each client's snapshots (one per round) are read instead."""
+    run = RunDir(tmp_path)
+    own = {0: {"w": torch.zeros(2)}, 1: {"w": torch.ones(2)}}
+    save_checkpoint(run.checkpoints, {"round": 2, "clients": own, "server": {}})
+    embedded = load_checkpoint(run.checkpoints)
+    assert torch.equal(client_state(tmp_path, embedded, 1)["w"], torch.ones(2))
+
+    flower = {"round": 2, "clients": {}, "server": {}}
+    for rnd in (0, 1, 2):
+        state = {"w": torch.full((2,), float(rnd))}
+        save_checkpoint(client_snapshot(run.client_checkpoints, 0, rnd), {"state": state})
+    assert torch.equal(client_state(tmp_path, flower, 0)["w"], torch.full((2,), 2.0))
+    failed = {**flower, "round": 3}  # no snapshot of round 3: the newest earlier one
+    assert torch.equal(client_state(tmp_path, failed, 0)["w"], torch.full((2,), 2.0))
+    for rnd in (0, 1):
+        shutil.rmtree(client_snapshot(run.client_checkpoints, 0, rnd))
+    with pytest.raises(ValueError, match="after round 1 is no longer kept"):
+        client_state(tmp_path, {**flower, "round": 1}, 0)
+    with pytest.raises(ValueError, match="holds no snapshot of it"):
+        client_state(tmp_path, flower, 1)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from fedamole.cli import app
 from fedamole.config import load
-from fedamole.config_files import resolve_config_path, shipped_config_dir, shipped_config_names
+from fedamole.config.files import resolve_config_path, shipped_config_dir, shipped_config_names
 
 runner = CliRunner()
 
@@ -110,7 +110,7 @@ def test_the_wheel_ships_the_configs_and_resolves_names(repo, tmp_path):
     assert {f"fedamole/{name}" for name in shipped} <= names
     assert "fedamole/configs/paper/snli_dir0.1.toml" in names
     probe = (
-        "import fedamole.config_files as f; from fedamole.config import load; "
+        "import fedamole.config.files as f; from fedamole.config import load; "
         "print(f.resolve_config_path('paper/snli_dir0.1')); "
         "print(load('paper/snli_dir0.1').data.dataset)"
     )

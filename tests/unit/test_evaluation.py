@@ -426,7 +426,7 @@ def _without_prefix_sharing(model):
 
 
 def test_prefix_groups_share_runs_within_limits():
-    from fedamole.evaluation import prefix_groups
+    from fedamole.inference import prefix_groups
 
     # Two templates: rows 0-2 share 4 tokens, rows 3-4 share 3; row 2 may share only 2.
     rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8], [1, 2, 3, 4, 9], [5, 6, 7, 1], [5, 6, 7, 2]]
@@ -443,7 +443,7 @@ def test_prefix_groups_share_runs_within_limits():
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_shared_prefix_scores_and_generates_like_whole_rows(arch, tokenizer, monkeypatch):
-    import fedamole.evaluation as evaluation
+    import fedamole.inference as evaluation
 
     used = []
     original = evaluation.prefix_groups

@@ -111,7 +111,7 @@ def test_logits_window_without_labels_is_the_whole_row():
 def _train_frozen_head() -> tuple[dict[str, torch.Tensor], TrainResult]:
     """Three steps of a fresh tiny model whose embeddings and lm head are frozen (the adapter
     case: the head's input needs a gradient, its weight does not)."""
-    model, tokenizer, encoded = _fresh()
+    model, _, encoded = _fresh()
     model.get_input_embeddings().requires_grad_(False)
     model.get_output_embeddings().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -127,7 +127,7 @@ def test_a_contiguous_head_input_trains_like_the_strided_view(monkeypatch):
     import fedamole.training as training
 
     seen: list[bool] = []
-    model, tokenizer, encoded = _fresh()
+    model, _, encoded = _fresh()
     head = model.get_output_embeddings()
     # a forward hook sees the arguments as the pre-hooks left them
     handle = head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))

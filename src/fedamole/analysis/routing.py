@@ -1,11 +1,13 @@
 """Routing embeddings of a FedAMoLE run: do the clients route their data differently? (Fig. 8, left)
 
 For every client of a FedAMoLE run, the client's model at the end of the run (its MoLE state in
-the run's last checkpoint) reads batches of that client's own data without gradients. Per batch
-and per sampled MoLE module, the routing probabilities (softmax over the experts the client holds,
-docs/algorithm.md#routing) are averaged over the batch's real tokens and written at the experts'
-global ids, 0 for the experts the client does not hold. The concatenation over the sampled modules
-is the batch's **routing vector** (length ``modules × E``); every probability block sums to 1.
+the run's last checkpoint, or on the Flower engine in the client's own snapshot of that round:
+:func:`fedamole.checkpoint.client_state`) reads batches of that client's own data without
+gradients. Per batch and per sampled MoLE module, the routing probabilities (softmax over the
+experts the client holds, docs/algorithm.md#routing) are averaged over the batch's real tokens and
+written at the experts' global ids, 0 for the experts the client does not hold. The concatenation
+over the sampled modules is the batch's **routing vector** (length ``modules × E``); every
+probability block sums to 1.
 
 Modules are sampled by layer, every ``every``-th decoder layer (the paper samples every third):
 the first integer in a module's qualified name is its layer index; a model without one keeps every
@@ -45,7 +47,7 @@ from torch import nn
 
 from fedamole.algorithms.fedamole import client_mole_state
 from fedamole.algorithms.runtime import build_runtime
-from fedamole.checkpoint import load_checkpoint
+from fedamole.checkpoint import client_state, load_checkpoint
 from fedamole.config import load
 from fedamole.data import load_federated_data
 from fedamole.data.collate import collate, encode_train
@@ -101,7 +103,8 @@ def routing_points(
         batch_size: examples per batch (default: the run's ``train.batch_size``).
 
     Raises:
-        ValueError: not a FedAMoLE run, a bad argument, or a client without usable examples.
+        ValueError: not a FedAMoLE run, a bad argument, a client without usable examples, or a
+            Flower run without a client's state snapshot of the last checkpoint's round.
         CheckpointError: the run has no readable checkpoint.
     """
     if split not in SPLITS:
@@ -129,8 +132,10 @@ def routing_points(
     device = next(model.parameters()).device
     num_experts = cfg.mole.num_experts
     points, owners, held = [], [], {}
-    for client in sorted(state["clients"]):
-        set_mole_state(model, client_mole_state(state["clients"][client]))
+    # the embedded engine checkpoints every client's state; on Flower ``clients`` is empty and
+    # each client's own snapshot holds it (client_state reads either)
+    for client in sorted(state["clients"]) or range(cfg.federation.num_clients):
+        set_mole_state(model, client_mole_state(client_state(run_dir, state, client)))
         held[int(client)] = tuple(
             tuple(int(i) for i in m.expert_ids.tolist()) for m in modules.values()
         )

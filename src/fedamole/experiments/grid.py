@@ -46,8 +46,7 @@ from typing import Any
 
 import tomli_w
 
-from fedamole.config import Config, ConfigError, load, read_toml_file
-from fedamole.config_files import resolve_config_path
+from fedamole.config import Config, ConfigError, load, read_toml_file, resolve_config_path
 
 __all__ = ["Grid", "GridError", "GridRun", "expand", "load_grid", "resolve_config", "select"]
 
@@ -97,7 +96,7 @@ def load_grid(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
 
     Args:
         path: the grid TOML, or the name of a shipped one (``sweeps/rsea``,
-            :func:`~fedamole.config_files.resolve_config_path`).
+            :func:`~fedamole.config.files.resolve_config_path`).
         out_dir: replaces the grid's ``sweep.out_dir``.
 
     Raises:

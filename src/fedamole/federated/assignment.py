@@ -294,7 +294,8 @@ class AssignmentPolicy:
     """How the assignment evolves over rounds (docs/algorithm.md#assignment-schedule).
 
     Attributes:
-        kind: ``"rsea"``, ``"static"`` or ``"random"`` (see :data:`POLICIES`).
+        kind: ``"rsea"``, ``"static"``, ``"random"`` or ``"oracle"`` (see :data:`POLICIES` and
+            the module docstring).
         num_experts: domain experts per module ``E``.
         num_clients: clients ``N``.
         per_expert: clients per expert ``k_c``.

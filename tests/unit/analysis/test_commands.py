@@ -43,7 +43,7 @@ def test_dry_run_of_the_main_grid_from_the_command_line(repo, tmp_path):
 
 def test_plot_help_lists_every_figure():
     from fedamole.analysis.plots import FIGURES
-    from fedamole.cli import FIGURES as listed
+    from fedamole.cli_support import FIGURES as listed
 
     assert list(listed) == sorted(FIGURES)
     result = runner.invoke(app, ["plot", "--help"])

@@ -238,7 +238,7 @@ def test_main_grid_lists_seven_scenarios_by_every_method_by_three_seeds(repo, tm
 
 
 def test_a_shipped_grid_is_found_by_name():
-    from fedamole.config_files import shipped_config_dir
+    from fedamole.config.files import shipped_config_dir
     from fedamole.experiments.grid import load_grid
 
     assert (

@@ -6,7 +6,8 @@ so a config can be named instead of given by path: ``paper/snli_dir0.1`` is
 ``<configs>/paper/snli_dir0.1.toml`` (:func:`resolve_config_path`) whenever no file of that name
 exists. :func:`shipped_config_dir` finds the folder in an installed package or in a checkout.
 
-:mod:`fedamole.config` builds the typed tree from what these functions return.
+:mod:`fedamole.config.load` builds the typed tree from what these functions return; this module
+imports nothing else of fedamole.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ __all__ = [
     "shipped_config_names",
 ]
 
-_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"  # an installed wheel
-_SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # a checkout (src layout)
+_PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # an installed wheel
+_SOURCE_CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # a checkout (src layout)
 # Shipped grid files of `fedamole sweep`, not experiment configs: not offered as names.
 _NOT_EXPERIMENTS = ("sweeps",)
 

@@ -1,38 +1,44 @@
 """Cross-field feasibility of a configuration, one small check per concern.
 
-The types and ranges of :mod:`fedamole.config` cannot say that an assignment problem has a
+The types and ranges of :mod:`fedamole.config.schema` cannot say that an assignment problem has a
 solution or that two ratios leave room for training data. Each function here checks one concern
-and returns its messages (empty when fine); :data:`SECTION_CHECKS` lists them in report order, and
-:func:`fedamole.config.feasibility_errors` runs them all, so that :func:`fedamole.config.load`
-reports every problem at once.
+on the sections it needs and returns its messages (empty when fine);
+:func:`fedamole.config.tree.feasibility_errors` runs them all in report order, so that
+:func:`fedamole.config.load` reports every problem at once (docs/config.md#validation).
 
-Each message names the field, its value and the fix. This module needs
-:class:`~fedamole.config.Config` for annotations only, so :mod:`fedamole.config` imports it without
-an import cycle.
+Each message names the field, its value and the fix. This module imports only the sections.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import get_args
 
-if TYPE_CHECKING:
-    from fedamole.config import Config
+from fedamole.config.schema import (
+    AlgorithmName,
+    DataConfig,
+    EvalConfig,
+    FederationConfig,
+    ModelConfig,
+    MoLEConfig,
+    PartitionConfig,
+    TrainConfig,
+)
 
 __all__ = [
-    "SECTION_CHECKS",
+    "algorithm_errors",
     "assignment_errors",
     "data_errors",
     "eval_timing_errors",
     "federation_errors",
+    "model_errors",
     "train_errors",
 ]
 
 
-def assignment_errors(cfg: Config) -> list[str]:
+def assignment_errors(mole: MoLEConfig, federation: FederationConfig) -> list[str]:
     """FedAMoLE only: can RSEA give every client between min and max experts, and route?"""
-    m, f, errors = cfg.mole, cfg.federation, []
+    m, f, errors = mole, federation, []
     if f.algorithm != "fedamole":
         return errors
     n, e, k = f.num_clients, m.num_experts, m.clients_per_expert
@@ -71,20 +77,20 @@ def assignment_errors(cfg: Config) -> list[str]:
     return errors
 
 
-def eval_timing_errors(cfg: Config) -> list[str]:
+def eval_timing_errors(federation: FederationConfig, evaluation: EvalConfig) -> list[str]:
     """``eval.timing`` against the algorithm: FedAMoLE has no global model to evaluate."""
-    if cfg.federation.algorithm != "fedamole" or cfg.eval.timing == "personalized":
+    if federation.algorithm != "fedamole" or evaluation.timing == "personalized":
         return []
     return [
-        f"`eval.timing` ({cfg.eval.timing!r}) is not available for fedamole: it evaluates each "
+        f"`eval.timing` ({evaluation.timing!r}) is not available for fedamole: it evaluates each "
         "client right after local training and aggregates nothing after the last "
         "round; use 'personalized'"
     ]
 
 
-def data_errors(cfg: Config) -> list[str]:
+def data_errors(data: DataConfig, partition: PartitionConfig) -> list[str]:
     """The split ratios, the local dataset's path and the partition's Dirichlet alpha."""
-    d, p, errors = cfg.data, cfg.partition, []
+    d, p, errors = data, partition, []
     if d.eval_ratio + d.test_ratio >= 1:
         errors.append(
             f"`data.eval_ratio` + `data.test_ratio` ({d.eval_ratio} + {d.test_ratio}) must be < 1"
@@ -96,9 +102,9 @@ def data_errors(cfg: Config) -> list[str]:
     return errors
 
 
-def train_errors(cfg: Config) -> list[str]:
+def train_errors(train: TrainConfig) -> list[str]:
     """Gradient accumulation must split a batch evenly."""
-    t, mb = cfg.train, cfg.train.micro_batch_size
+    t, mb = train, train.micro_batch_size
     if mb is None or not t.batch_size % mb:
         return []
     return [
@@ -106,9 +112,9 @@ def train_errors(cfg: Config) -> list[str]:
     ]
 
 
-def federation_errors(cfg: Config) -> list[str]:
+def federation_errors(federation: FederationConfig) -> list[str]:
     """Every injected failure (``federation.fail_clients``) names an existing round and client."""
-    f, errors = cfg.federation, []
+    f, errors = federation, []
     for rnd, client in f.fail_clients:
         if not (0 <= client < f.num_clients) or not (0 <= rnd <= f.rounds):
             errors.append(
@@ -118,10 +124,9 @@ def federation_errors(cfg: Config) -> list[str]:
     return errors
 
 
-# In report order; each takes a validated config and returns its messages.
-def model_errors(cfg: Config) -> list[str]:
+def model_errors(model: ModelConfig) -> list[str]:
     """A ``model.name`` is not blank, and one written as a path names an existing folder."""
-    name = cfg.model.name
+    name = model.name
     if not name.strip():
         return [
             f"`model.name` = {name!r} is blank; give a hub id, a model folder, "
@@ -144,11 +149,9 @@ def _is_folder(name: str) -> bool:
         return False
 
 
-SECTION_CHECKS: tuple[Callable[[Config], list[str]], ...] = (
-    model_errors,
-    assignment_errors,
-    eval_timing_errors,
-    data_errors,
-    train_errors,
-    federation_errors,
-)
+def algorithm_errors(federation: FederationConfig) -> list[str]:
+    """A registered algorithm: one of :data:`~fedamole.config.schema.AlgorithmName`."""
+    names, name = get_args(AlgorithmName), federation.algorithm
+    if name in names:
+        return []
+    return [f"`federation.algorithm` ({name!r}) is unknown; choose one of {sorted(names)}"]

@@ -1,51 +1,23 @@
-"""Typed, frozen, validated configuration tree.
+"""The sections of the configuration tree: each field's type, range and default.
 
-A run is configured by ``configs/defaults.toml`` (every field, documented) overlaid with an
-experiment's TOML diff and dotted ``key=value`` overrides from the command line. :func:`load` merges
-the three, validates types *and* cross-field feasibility (docs/config.md#validation), and reports
-every error at once as a :class:`ConfigError`, each line naming the field, the value and the fix.
-
-One baseline's own settings are a table of their own (``[baselines.fdlora]``); the flat keys they
-replaced (``baselines.fdlora_sync_every``, ...) are rejected with an error naming the new key.
+``configs/defaults.toml`` documents every field (docs/config.md). A section is a frozen pydantic
+model that forbids unknown keys, takes no NaN or infinity, and reads no boolean as a number; the
+whole tree (:class:`fedamole.config.tree.Config`) and the checks across fields
+(:mod:`fedamole.config.checks`) are built on these. This module imports nothing else of fedamole.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal, get_args
 
-import tomli_w
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-
-from fedamole.config_checks import SECTION_CHECKS
-from fedamole.config_files import (
-    ConfigError,
-    parse_overrides,
-    read_toml_file,
-    read_with_extends,
-    resolve_config_path,
-    set_dotted,
-    shipped_config_dir,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
-    "CONFIG_DIR",
     "TRACKING_FIELDS",
     "AlgorithmName",
     "BaselinesConfig",
-    "Config",
-    "ConfigError",
     "DataConfig",
     "EvalConfig",
     "FDLoRAConfig",
@@ -57,21 +29,12 @@ __all__ = [
     "PTuningConfig",
     "PartitionConfig",
     "RunConfig",
+    "Section",
     "TrainConfig",
-    "differing_fields",
-    "dump",
-    "feasibility_errors",
-    "flat_fields",
-    "load",
-    "parse_overrides",
-    "read_toml_file",
 ]
 
-# The shipped configs (fedamole/configs when installed, the checkout's configs/ otherwise).
-CONFIG_DIR = shipped_config_dir() or Path(__file__).resolve().parents[2] / "configs"
-
 # The registered algorithms (``fedamole.algorithms.ALGORITHMS``, which a test keeps equal): named
-# here so that validation does not import the algorithms package, which imports this module.
+# here so that validation does not import the algorithms package, which imports the config.
 AlgorithmName = Literal[
     "fdlora",
     "fedamole",
@@ -99,7 +62,9 @@ def _items(value: Any) -> Iterator[Any]:
             yield item
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A frozen table of settings: unknown keys, NaN, infinity and booleans as numbers refused."""
+
     # allow_inf_nan=False: every float is finite (a NaN alpha would silently give an IID split)
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -123,7 +88,7 @@ class _Section(BaseModel):
         return value
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The backbone (docs/algorithm.md#backbone)."""
 
     name: str = "embedded:smollm2-135m-instruct"
@@ -139,7 +104,7 @@ class ModelConfig(_Section):
         return value
 
 
-class MoLEConfig(_Section):
+class MoLEConfig(Section):
     """The HMoLE layer and its expert pool (docs/algorithm.md#hmole-layer)."""
 
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
@@ -163,7 +128,7 @@ class MoLEConfig(_Section):
     rsea_retention: float = Field(0.0, ge=0)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Which dataset, where from, and the per-client split ratios and caps (docs/data.md)."""
 
     dataset: Literal["synthetic", "snli", "dolly", "natural_instructions", "local"] = "synthetic"
@@ -182,7 +147,7 @@ class DataConfig(_Section):
     test_cap: int | None = Field(None, ge=1)
 
 
-class PartitionConfig(_Section):
+class PartitionConfig(Section):
     """How examples are spread over clients (docs/data.md#partitions)."""
 
     kind: Literal["iid", "dirichlet", "task"] = "dirichlet"
@@ -193,13 +158,13 @@ class PartitionConfig(_Section):
     seed: int | None = Field(None, ge=0)  # numpy's SeedSequence takes no negative seed
 
 
-class PTuningConfig(_Section):
+class PTuningConfig(Section):
     """``[baselines.ptuning]``: FedPTuning only."""
 
     reference_quirk: bool = False
 
 
-class FDLoRAConfig(_Section):
+class FDLoRAConfig(Section):
     """``[baselines.fdlora]``: FDLoRA only."""
 
     sync_every: int = Field(5, ge=1)
@@ -211,13 +176,13 @@ class FDLoRAConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
 
 
-class FedDPAConfig(_Section):
+class FedDPAConfig(Section):
     """``[baselines.feddpa]``: FedDPA only."""
 
     local_steps: int | None = Field(None, ge=1)
 
 
-class BaselinesConfig(_Section):
+class BaselinesConfig(Section):
     """Settings of the baseline algorithms (docs/algorithm.md#baselines); FedAMoLE ignores them.
     Shared LoRA and prompt settings are flat; one algorithm's own settings are its sub-table."""
 
@@ -232,19 +197,7 @@ class BaselinesConfig(_Section):
     feddpa: FedDPAConfig = FedDPAConfig()
 
 
-# Flat ``[baselines]`` keys that moved into the per-algorithm tables: old location -> new key.
-_MOVED: dict[tuple[str, ...], str] = {
-    ("baselines", f"{group}_{name}"): f"baselines.{group}.{name}"
-    for group, section in (
-        ("ptuning", PTuningConfig),
-        ("fdlora", FDLoRAConfig),
-        ("feddpa", FedDPAConfig),
-    )
-    for name in section.model_fields
-}
-
-
-class FederationConfig(_Section):
+class FederationConfig(Section):
     """The federated protocol (docs/algorithm.md#federated-protocol)."""
 
     # One of AlgorithmName, checked after the types (feasibility_errors) as before: an unknown
@@ -263,7 +216,7 @@ class FederationConfig(_Section):
 _Beta = Annotated[float, Field(ge=0, lt=1)]  # torch's Adam refuses a beta outside [0, 1)
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Local training (docs/algorithm.md#local-training)."""
 
     steps: int = Field(200, ge=1)
@@ -277,7 +230,7 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(None, gt=0)
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Evaluation (docs/algorithm.md#evaluation)."""
 
     test_init: bool = True
@@ -295,7 +248,7 @@ configs that differ only in them are the same run (:func:`differing_fields`), an
 resumed with or without them."""
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """Run directory, seed, logging, tracking."""
 
     name: str = "run"
@@ -344,7 +297,7 @@ class RunConfig(_Section):
         return value or None  # [] is unset: no hook
 
 
-class FlowerConfig(_Section):
+class FlowerConfig(Section):
     """The Flower engine (``--engine flower``, ``fedamole deploy-local``); the embedded engine
     ignores it."""
 
@@ -352,177 +305,3 @@ class FlowerConfig(_Section):
     client_gpus: float = Field(0.0, ge=0)
     round_timeout: float = Field(3600.0, gt=0)
     connect_timeout: float = Field(300.0, gt=0)
-
-
-class Config(_Section):
-    """The whole configuration tree."""
-
-    model: ModelConfig = ModelConfig()
-    mole: MoLEConfig = MoLEConfig()
-    data: DataConfig = DataConfig()
-    partition: PartitionConfig = PartitionConfig()
-    federation: FederationConfig = FederationConfig()
-    baselines: BaselinesConfig = BaselinesConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    run: RunConfig = RunConfig()
-    flower: FlowerConfig = FlowerConfig()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples as lists, no ``None`` values) suitable for TOML."""
-        return _drop_none(self.model_dump(mode="json"))
-
-    def replace(self, **overrides: Any) -> Config:
-        """A re-validated copy with dotted overrides: ``cfg.replace(**{"run.seed": 1})``."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            set_dotted(data, key, value)
-        return _validate(data)
-
-
-def feasibility_errors(cfg: Config) -> list[str]:
-    """Cross-field constraints that the types alone cannot express (docs/config.md#validation).
-
-    Args:
-        cfg: a config whose fields each passed their own type and range checks.
-
-    Returns:
-        One message per violated constraint: the per-section checks of
-        :mod:`fedamole.config_checks` in their order, then an unknown ``federation.algorithm``;
-        empty when the config is feasible.
-    """
-    checks = (*SECTION_CHECKS, _algorithm_errors)
-    return [error for check in checks for error in check(cfg)]
-
-
-def _algorithm_errors(cfg: Config) -> list[str]:
-    """A registered algorithm: one of :data:`AlgorithmName`."""
-    names = get_args(AlgorithmName)
-    if cfg.federation.algorithm in names:
-        return []
-    return [
-        f"`federation.algorithm` ({cfg.federation.algorithm!r}) is unknown; "
-        f"choose one of {sorted(names)}"
-    ]
-
-
-def load(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Load defaults, overlay a TOML file and ``key=value`` overrides, validate everything.
-
-    Args:
-        path: an experiment TOML (a diff over the defaults), the name of a shipped one
-            (``paper/snli_dir0.1``, :func:`~fedamole.config_files.resolve_config_path`), or
-            ``None`` for the defaults alone.
-        overrides: dotted assignments such as ``"mole.num_experts=3"``; values are parsed as TOML
-            (``1e-4``, ``true``, ``["q_proj"]``) and fall back to plain strings.
-
-    Raises:
-        ConfigError: every type, range and feasibility error at once.
-        FileNotFoundError: the file does not exist (the message lists the shipped names).
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = read_with_extends(resolve_config_path(path))
-        if isinstance(data.get("sweep"), dict) and "axes" in data:
-            raise ConfigError(
-                [
-                    f"{path} is a sweep grid ([sweep], [axes]), not one experiment's config: run "
-                    f"it with `fedamole sweep {path}` (`--dry-run` lists and checks its runs)"
-                ]
-            )
-    for key, value in parse_overrides(overrides).items():
-        set_dotted(data, key, value)
-    return _validate(data)
-
-
-def dump(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as TOML."""
-    Path(path).write_text(tomli_w.dumps(cfg.to_dict()))
-
-
-def _validate(data: dict[str, Any]) -> Config:
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        errors = [_format_pydantic(err) for err in exc.errors()]
-        # Report feasibility problems too: re-check with the bad fields reset to their defaults.
-        repaired = copy.deepcopy(data)
-        for err in exc.errors():
-            _pop_dotted(repaired, err["loc"])
-        with contextlib.suppress(ValidationError):
-            errors += feasibility_errors(Config.model_validate(repaired))
-        raise ConfigError(errors) from None
-    errors = feasibility_errors(cfg)
-    if errors:
-        raise ConfigError(errors)
-    return cfg
-
-
-def _pop_dotted(data: dict[str, Any], loc: Sequence[Any]) -> None:
-    """Remove the field at ``loc``; an error inside an array (``fail_clients.0.1``) removes the
-    whole field, so that the feasibility checks still run on the rest."""
-    node: Any = data
-    for i, part in enumerate(loc):
-        if not isinstance(node, dict) or part not in node:
-            return
-        if i == len(loc) - 1 or not isinstance(node[part], dict):
-            node.pop(part)
-            return
-        node = node[part]
-
-
-def _format_pydantic(err: Mapping[str, Any]) -> str:
-    field = ".".join(str(p) for p in err["loc"])
-    moved = _MOVED.get(tuple(err["loc"]))
-    if err["type"] == "extra_forbidden" and moved:
-        table, _, leaf = moved.rpartition(".")
-        return f"`{field}` has moved: use `{moved}` (`{leaf}` in a `[{table}]` table)"
-    if err["type"] == "extra_forbidden":
-        section = ".".join(str(p) for p in err["loc"][:-1]) or "top level"
-        return f"`{field}` is not a known field (in {section}); check the spelling in defaults.toml"
-    return f"`{field}` = {_shown(err.get('input'))}: {err['msg']}"
-
-
-def _shown(value: Any, limit: int = 200) -> str:
-    """``repr(value)``, shortened; an integer too long for Python to print is described."""
-    try:
-        text = repr(value)
-    except ValueError:  # more than sys.get_int_max_str_digits() digits
-        return "<an integer too long to print>"
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def differing_fields(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]) -> list[str]:
-    """Dotted names of the fields whose values differ between two configs (or their
-    :meth:`Config.to_dict`), sorted, down to fields inside sub-tables
-    (``baselines.fdlora.sync_steps``); :data:`TRACKING_FIELDS` never differ (they change no
-    result: a run resumes with or without them). A field absent from one side (a config
-    written before the field existed) counts as its default: a new field's default keeps the
-    behaviour from before it."""
-    left = flat_fields(a.to_dict() if isinstance(a, Config) else a)
-    right = flat_fields(b.to_dict() if isinstance(b, Config) else b)
-    defaults = flat_fields(Config().to_dict())
-    return sorted(
-        key
-        for key in set(left) | set(right)
-        if left.get(key, defaults.get(key)) != right.get(key, defaults.get(key))
-        and key not in TRACKING_FIELDS
-    )
-
-
-def flat_fields(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{dotted key: value}`` of the leaves of a config dict's nested tables (lists are
-    leaves): ``{"train.lr": 0.001, "baselines.fdlora.sync_steps": ...}``."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            out.update(flat_fields(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    return value

@@ -1,0 +1,163 @@
+"""What the commands of :mod:`fedamole.cli` share: the error exit, loading a config or exiting,
+the argument and option types, and the command class whose plain help reads as written.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, get_args, get_origin, get_type_hints
+
+import click
+import typer
+from typer.core import TyperCommand
+from typer.models import ArgumentInfo
+
+from fedamole.config import Config, ConfigError, load
+
+__all__ = [
+    "FIGURES",
+    "ROUND_HELP",
+    "ConfigArg",
+    "Engine",
+    "HelpCommand",
+    "OverridesArg",
+    "Projection",
+    "ReportFormat",
+    "RoundMode",
+    "RoundOpt",
+    "RunsArg",
+    "fail",
+    "load_or_exit",
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: <message>`` to stderr and exit with ``code``: 2 for a bad input (config,
+    arguments, files), 1 when the work itself failed."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code) from None
+
+
+def load_or_exit(config: Path, overrides: list[str] | None) -> Config:
+    """The validated config, or :func:`fail` with every error (code 2)."""
+    try:
+        return load(config, overrides or [])
+    except ConfigError as exc:
+        fail(f"{config}: {exc}")
+    except FileNotFoundError as exc:
+        fail(str(exc))
+
+
+ConfigArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Experiment TOML (a diff over configs/defaults.toml), or the name of a config "
+        "shipped with fedamole, e.g. paper/snli_dir0.1 (an unknown name lists them)."
+    ),
+]
+
+
+# Choices are Enums: the one way every typer release we admit (and its click, bundled or not)
+# turns into a checked choice with the values listed in --help.
+class Engine(StrEnum):
+    embedded = "embedded"
+    flower = "flower"
+
+
+class RoundMode(StrEnum):
+    best = "best"
+    last = "last"
+
+
+class ReportFormat(StrEnum):
+    md = "md"
+    csv = "csv"
+
+
+class Projection(StrEnum):
+    pca = "pca"
+    tsne = "tsne"
+
+
+# The figures of ``fedamole plot``: fedamole.analysis.plots.FIGURES (a test keeps them equal),
+# named here so that the command line does not import matplotlib to print its help.
+FIGURES = (
+    "ablation",
+    "alpha",
+    "clients",
+    "experts",
+    "heatmap",
+    "privacy",
+    "rounds",
+    "routing",
+    "rsea",
+    "sensitivity",
+)
+
+
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Dotted overrides such as `mole.num_experts=15 train.lr=1e-4`."),
+]
+
+
+ROUND_HELP = "Per seed: the best round (the maximum client-mean score over rounds) or the last."
+RoundOpt = Annotated[RoundMode, typer.Option("--round", help=ROUND_HELP)]
+RunsArg = Annotated[
+    list[Path], typer.Argument(help="Run directories, or folders searched for them (a sweep).")
+]
+
+
+class HelpCommand(TyperCommand):
+    """A typer command whose plain help (``rich_markup_mode=None``) reads as written.
+
+    Three fixes, each a no-op where the libraries do not need it:
+
+    - typer escapes the ``[default: ...]`` and ``[required]`` notes for rich's markup whenever rich
+      is installed, even with rich markup off, so plain help showed ``\\[default: ...]``; the
+      escape is undone here.
+    - click 8.5 resets the help text typer gives an argument (``Parameter.__init__`` now takes
+      ``help`` itself and typer does not pass it on), so arguments had no description; it is
+      restored from the command function's ``typer.Argument(help=...)``.
+    - click 8.5 also lists the arguments itself ("Positional arguments"), which typer already
+      does ("Arguments"); they are listed once.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        helps = _argument_help(self.callback)
+        for param in self.params:
+            if isinstance(param, click.Argument) and not param.help:
+                param.help = helps.get(param.name or "")
+
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Nothing: click 8.5 lists the arguments here too; :meth:`format_options` lists them."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: dict[str, list[tuple[str, str]]] = {"argument": [], "option": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and param.param_type_name in rows:
+                name, text = record
+                rows[param.param_type_name].append((name, text.replace("\\[", "[")))
+        for title, kind in (("Arguments", "argument"), ("Options", "option")):
+            if rows[kind]:
+                with formatter.section(title):
+                    formatter.write_dl(rows[kind])
+
+
+def _argument_help(callback: Callable[..., Any] | None) -> dict[str, str]:
+    """``{parameter: help}`` of the ``typer.Argument`` parameters of a command function."""
+    if callback is None:
+        return {}
+    hints = get_type_hints(inspect.unwrap(callback), include_extras=True)
+    return {
+        name: info.help
+        for name, hint in hints.items()
+        if get_origin(hint) is Annotated
+        for info in get_args(hint)[1:]
+        if isinstance(info, ArgumentInfo) and info.help
+    }
