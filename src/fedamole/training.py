@@ -16,6 +16,9 @@
 - Besides the round's mean, :class:`TrainResult` keeps every step's token-weighted loss, token
   count and learning rate; :meth:`TrainResult.step_metrics` turns them into the per-step metrics
   clients report (``train/step_loss@<step>``, docs/run-directory.md#metricsjsonl).
+- Two CPU fast paths, each the same computation in another order (docs/results/performance.md):
+  the lm head gets a contiguous input (:func:`contiguous_head_input`) and attention runs as
+  float32 products on short rows (:mod:`fedamole.attention`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from fedamole.attention import training_attention
 from fedamole.config import TrainConfig
 from fedamole.data.collate import IGNORE_INDEX, Encoded, collate
 from fedamole.federated.messages import step_key
@@ -258,8 +262,12 @@ def local_train(
     step_tokens: list[int] = []
     step_lrs: list[float] = []
     steps = range(cfg.steps) if progress is None else progress(iter(range(cfg.steps)))
-    head_hook = contiguous_head_input(model)
+    fast = contextlib.ExitStack()  # the CPU fast paths, each the same computation (see below)
     try:
+        head_hook = contiguous_head_input(model)
+        if head_hook is not None:
+            fast.callback(head_hook.remove)
+        fast.enter_context(training_attention(model))
         for _ in steps:
             batch = stream.take(cfg.batch_size)
             n_tokens = sum(sum(1 for t in ex["labels"][1:] if t != IGNORE_INDEX) for ex in batch)
@@ -297,8 +305,7 @@ def local_train(
             step_losses.append(step_nll / n_tokens if n_tokens else math.nan)
             step_tokens.append(n_tokens)
     finally:
-        if head_hook is not None:
-            head_hook.remove()
+        fast.close()
         model.train(was_training)
         opt.zero_grad(set_to_none=True)
     mean = total_loss / max(total_tokens, 1)
