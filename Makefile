@@ -19,7 +19,7 @@ ifneq ($(wildcard $(DEV_DATA)/.),)
 export FEDAMOLE_DATA ?= $(DEV_DATA)
 endif
 
-.PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-quality bench-quality-rounds bench-rsea clean
+.PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-step bench-quality bench-quality-rounds bench-rsea clean
 
 install: $(STAMP)
 
@@ -83,6 +83,11 @@ bench: install
 AGAINST ?= HEAD
 bench-round: install
 	$(BIN)/fedamole bench round configs/demo.toml --against $(AGAINST) --repeats 2 --out bench-results
+
+# The demo's training step alone (FedAMoLE and FedIT): achieved GFLOP/s against this machine's
+# matrix-product rate, and a profile by op group, this checkout against AGAINST.
+bench-step: install
+	$(BIN)/fedamole bench step configs/demo.toml --against $(AGAINST) --client 1 --repeats 3 --out bench-results
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -74,10 +74,13 @@ def math_attention(
         allowed = allowed.tril(k_len - q_len)  # (T, S) causal
     else:
         allowed = attention_mask.bool()  # (B, 1, T, S)
-    # A finite floor, not -inf: a fully masked row (a left-padding query) gets finite weights
-    # whose output no real token ever reads, instead of NaN in the backward.
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)  # (B, H, T, S)
-    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=module.training)
+    # sdpa's semantics: masked keys at -inf (so scores that overflow still give NaN, and a
+    # diverged model is caught), and a query with no key at all (a left-padding position) gets
+    # zero weights: its row is made finite before the softmax, so no NaN reaches the backward.
+    empty = ~allowed.any(dim=-1, keepdim=True)  # (B, 1, T, 1) or (T, 1)
+    scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(empty, 0.0)  # (B, H, T, S)
+    probs = scores.softmax(dim=-1).masked_fill(empty, 0.0)  # (B, H, T, S)
+    probs = F.dropout(probs, p=dropout, training=module.training)
     out = torch.matmul(probs, v)  # (B, H, T, S) @ (B, H, S, d) -> (B, H, T, d)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None  # (B, T, H, d)
 
