@@ -23,8 +23,9 @@ def test_a_round_where_every_client_fails_stops_the_run_unfinished(smoke, tmp_pa
 
 def test_diverged_training_everywhere_stops_the_run(smoke, tmp_path, caplog):
     # FedAMoLE: at lr 1e30 its routing logits overflow and the loss goes NaN. (A LoRA method's
-    # tiny model no longer does: it went NaN only because the CPU flash-attention kernel overflows;
-    # the float32 attention of training stays finite on the ruined model, docs/results/performance.md.)
+    # tiny model no longer does: it went NaN only because the CPU flash-attention kernel
+    # overflows; the float32 attention of training stays finite on the ruined model,
+    # docs/results/performance.md.)
     cfg = smoke.replace(**{"train.lr": 1e30, "federation.algorithm": "fedamole"})
     with pytest.raises(RunFailedError):
         run_embedded(cfg, tmp_path / "r", progress=False)
