@@ -1,4 +1,5 @@
-"""Attention for local training on the CPU (docs/results/performance.md#attention).
+"""Attention for local training on the CPU
+(docs/results/performance.md#what-changed-each-measured-on-its-own).
 
 For the short rows of a training batch (~60 tokens) PyTorch's CPU flash-attention kernel is slow
 backward: ``fedamole bench step configs/demo.toml`` measured it at 14 % of a FedAMoLE step, for
