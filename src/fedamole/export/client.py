@@ -26,7 +26,7 @@ def export_client(run_dir: Path, client: int, out: Path, *, round: str | int = L
         client: 0-based client id.
         out: the export folder; must not exist or be empty.
         round: ``"last"``, ``"best"`` (the report's best round), or a round number that one of
-            those two checkpoints holds (see the module docstring).
+            those two checkpoints holds (see :mod:`fedamole.export`).
 
     Returns:
         ``out``.

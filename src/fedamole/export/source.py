@@ -150,6 +150,7 @@ def received_lora_state(source: Source) -> dict[str, Any]:
 
 
 def lora_client_state(source: Source) -> dict[str, Any]:
+    """A LoRA client's state as the source's ``view`` has it: as checkpointed, or received."""
     return received_lora_state(source) if source.view == "received" else source.client_state
 
 
