@@ -40,4 +40,5 @@ ALGORITHM = AlgorithmSpec(
     export=Export(kind="mole", writer="fedamole.export.writers:write_mole"),
     ablations=("-R", "-Rand", "-H", "-S", "-Homo", "-DP"),
     label_flags=ablation_flags,
+    settings="mole",
 )

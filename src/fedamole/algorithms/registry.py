@@ -73,6 +73,8 @@ class AlgorithmSpec:
             before the plain label (FedAMoLE's ``-R``, ``-H``, ...).
         label_flags: the label suffix a run's config (the ``config.toml`` mapping) adds, e.g.
             ``"-R"`` for a static assignment; ``None``: none.
+        settings: the config table of its own settings, ``"baselines"`` or ``"mole"``
+            (FedAMoLE); reports tell runs apart by it and ignore the other one.
     """
 
     name: str
@@ -83,6 +85,7 @@ class AlgorithmSpec:
     export: Export | None = None
     ablations: tuple[str, ...] = ()
     label_flags: Callable[[Mapping[str, Any]], str] | None = None
+    settings: str = "baselines"
 
     def load_class(self) -> type:
         """The algorithm class (imports its module, and so torch)."""

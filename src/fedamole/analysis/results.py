@@ -88,6 +88,8 @@ _METRICS = {"snli": _ACCURACY, "dolly": _ROUGE, "natural_instructions": _ROUGE}
 SCORE_LABEL = "test score (×100)"
 # Never part of a method's identity: the seed and bookkeeping, the scenario, the split choice.
 _NOT_METHOD = ("run", "data", "partition", "eval.timing", "model.device", "flower")
+# The tables of the algorithms' own settings (AlgorithmSpec.settings): a run's identity is its own.
+_SETTINGS = ("mole", "baselines")
 
 
 @dataclass
@@ -339,8 +341,10 @@ def mean_std(values: list[float]) -> tuple[float, float | None, int]:
 
 def _method_identity(config: Mapping[str, Any], ignore: Collection[str]) -> dict[str, Any]:
     flat = _flatten(config)
-    algo = config.get("federation", {}).get("algorithm", "fedamole")
-    skip = (*_NOT_METHOD, *ignore, "baselines" if algo == "fedamole" else "mole")
+    spec = registry().get(config.get("federation", {}).get("algorithm", "fedamole"))
+    own = "baselines" if spec is None else spec.settings
+    # the other algorithms' settings say nothing about this run's method
+    skip = (*_NOT_METHOD, *ignore, *(t for t in _SETTINGS if t != own))
     return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
 
 

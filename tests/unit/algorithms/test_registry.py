@@ -28,7 +28,12 @@ from fedamole.algorithms.registry import (
     registry,
     resolve,
 )
-from fedamole.analysis.results import METHOD_ORDER, method_labels, method_sort_key
+from fedamole.analysis.results import (
+    METHOD_ORDER,
+    _method_identity,
+    method_labels,
+    method_sort_key,
+)
 from fedamole.cli import app
 from fedamole.config import AlgorithmName, ConfigError, load
 from fedamole.export import export_kind, exportable_algorithms
@@ -179,3 +184,10 @@ def test_registrations_import_only_the_registry_and_no_torch(repo):
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_runs_identity_in_reports_is_its_own_settings_table():
+    for name, spec in registry().items():
+        config = {"federation": {"algorithm": name}, "mole": {"rank": 4}, "baselines": {"rank": 4}}
+        identity = _method_identity(config, ignore=())
+        assert {k.split(".")[0] for k in identity} == {"federation", spec.settings}
