@@ -10,10 +10,11 @@ Usage::
     python tools/behaviour.py record OUT [--engine embedded --engine flower] [--case NAME ...]
     python tools/behaviour.py compare BEFORE AFTER
 
-``record`` runs ``configs/smoke.toml`` (tiny model, 3 clients, 2 rounds) once per case and engine,
-each in its own ``fedamole`` process with one torch thread, under ``OUT/<engine>/<case>/``. The
-Flower engine needs ``make install-flower``. To record another revision of the code side by side,
-check it out in a git worktree and run its own copy of this script with ``PYTHONPATH=<tree>/src``.
+``record`` runs ``configs/smoke.toml`` (tiny model, 3 clients, 2 rounds) once per case (every
+registered algorithm has one) and engine, each in its own ``fedamole`` process with one torch
+thread, under ``OUT/<engine>/<case>/``. The Flower engine needs ``make install-flower``. To
+record another revision of the code side by side, check it out in a git worktree and run its own
+copy of this script with ``PYTHONPATH=<tree>/src``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fedamole.algorithms.registry import algorithm_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.toml"
@@ -45,6 +48,8 @@ CASES: dict[str, list[str]] = {
     "fedprompt": ["federation.algorithm=fedprompt", "eval.timing=both"],
     "fedptuning": ["federation.algorithm=fedptuning", "eval.timing=both"],
 }
+# Any other registered algorithm (fedamole.algorithms.registry), with the smoke config's settings.
+CASES |= {name: [f"federation.algorithm={name}"] for name in algorithm_names() if name not in CASES}
 COMPARED = ("metrics.jsonl", "comm.jsonl")
 TIMING = b'"metric": "round_seconds"'  # wall-clock records: never equal between two runs
 STEP = b'"step": '  # per-step training records: absent from recordings made before they existed

@@ -373,7 +373,7 @@ def test_prompt_methods_export_their_received_prompt(smoke, tmp_path, algorithm)
 
 
 def test_readme_explains_an_embedded_backbone():
-    from fedamole.export import _readme
+    from fedamole.export.readme import readme as _readme
 
     manifest = {
         "algorithm": "fedit",
@@ -397,7 +397,8 @@ def test_a_received_global_adapter_needs_no_client_state(smoke, tmp_path):
     """A Flower checkpoint holds no client state: FedIT's received model (the whole global
     adapter) is rebuilt from the server state alone, while FedSA-LoRA's (its own B) needs the
     client's snapshot, which this run directory lacks."""
-    from fedamole.export import _received_lora_state, _Source
+    from fedamole.export.source import Source as _Source
+    from fedamole.export.source import received_lora_state as _received_lora_state
 
     for algorithm in ("fedit", "fedsa_lora"):
         cfg = smoke.replace(**{"federation.algorithm": algorithm, "eval.timing": "global"})

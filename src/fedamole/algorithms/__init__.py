@@ -1,4 +1,5 @@
-"""Federated algorithms behind one protocol (:mod:`fedamole.algorithms.base`).
+"""Federated algorithms behind one protocol (:mod:`fedamole.algorithms.base`), each registered once
+beside its code (:mod:`fedamole.algorithms.registry`, docs/algorithm.md#adding-an-algorithm).
 
 ``ALGORITHMS`` maps the config's ``federation.algorithm`` to ``"module:Class"``; classes are
 imported only when a run needs them, so config validation stays cheap.
@@ -6,28 +7,17 @@ imported only when a run needs them, so config validation stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from fedamole.algorithms.registry import algorithm_spec, registry
 
 __all__ = ["ALGORITHMS", "get_algorithm"]
 
-ALGORITHMS: dict[str, str] = {
-    "fdlora": "fedamole.algorithms.fdlora:FDLoRA",
-    "fedamole": "fedamole.algorithms.fedamole:FedAMoLE",
-    "feddpa": "fedamole.algorithms.feddpa:FedDPA",
-    "fedit": "fedamole.algorithms.fedit:FedIT",
-    "fedprompt": "fedamole.algorithms.prompt_tuning:FedPrompt",
-    "fedptuning": "fedamole.algorithms.p_tuning:FedPTuning",
-    "fedsa_lora": "fedamole.algorithms.fedsa_lora:FedSALoRA",
-    "ffa_lora": "fedamole.algorithms.ffa_lora:FFALoRA",
-    "local": "fedamole.algorithms.local:LocalOnly",
-}
+ALGORITHMS: dict[str, str] = {name: spec.cls for name, spec in registry().items()}
 
 
 def get_algorithm(name: str) -> type:
-    """Import and return the algorithm class registered under ``name``."""
-    try:
-        target = ALGORITHMS[name]
-    except KeyError:
-        raise KeyError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}") from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    """Import and return the algorithm class registered under ``name``.
+
+    Raises:
+        KeyError: ``name`` is not registered (the message lists the names that are).
+    """
+    return algorithm_spec(name).load_class()

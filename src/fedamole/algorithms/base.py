@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -90,9 +90,25 @@ class RoundSummary:
 
 
 class Algorithm(Protocol):
-    """A federated algorithm: one object per process, server state only."""
+    """A federated algorithm: one object per process, server state only.
+
+    Every member is declared here; the optional ones have a default in :class:`RoundTemplate`,
+    which every algorithm of this package extends. What the rest of fedamole knows about an
+    algorithm without importing it (its name, report label, export) is its registration
+    (:mod:`fedamole.algorithms.registry`).
+
+    Attributes:
+        cfg: the run's configuration.
+        observes_partition: whether :meth:`observe_partition` uses the partition (the Flower
+            server loads the data only for such an algorithm); default ``False``.
+    """
 
     cfg: Config
+    observes_partition: ClassVar[bool]
+
+    def observe_partition(self, categories: list[frozenset[str]]) -> None:
+        """Each client's categories in the partition, from the engine, where it knows them;
+        called before :meth:`setup`. Default: ignored."""
 
     def prepare_model(self, model: PreTrainedModel) -> PreTrainedModel:
         """Install the algorithm's adapters on a freshly loaded backbone (once per process) and
@@ -200,6 +216,11 @@ class RoundTemplate(ABC):
     """
 
     cfg: Config
+    observes_partition: ClassVar[bool] = False
+
+    def observe_partition(self, categories: list[frozenset[str]]) -> None:
+        """Ignore the partition (:meth:`Algorithm.observe_partition`)."""
+        return None  # a default, not a hook to implement
 
     def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
         """Client work for one round (see :func:`client_round`)."""

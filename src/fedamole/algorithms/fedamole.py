@@ -137,7 +137,7 @@ class FedAMoLE(RoundTemplate):
     """The FedAMoLE algorithm (server state only; client state lives in :class:`ClientContext`)."""
 
     name = "fedamole"
-    export_kind = "mole"  # fedamole.export: the packed MoLE state
+    observes_partition = True  # the group-purity diagnostic and the "oracle" policy
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

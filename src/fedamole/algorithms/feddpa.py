@@ -85,7 +85,6 @@ class FedDPA(LoRAStrategy):
     """Global adapter averaged, local adapter private, instance-wise mixture at test time."""
 
     name = "feddpa"
-    export_kind = "feddpa"  # fedamole.export: two peft adapters and the mixing direction
     adapters = (DEFAULT_ADAPTER, LOCAL_ADAPTER)
     shared_parts = PARTS
     trained_parts = PARTS

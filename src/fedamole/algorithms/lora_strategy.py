@@ -93,7 +93,6 @@ class LoRAStrategy(RoundTemplate):
     trained_parts: ClassVar[tuple[str, ...]] = PARTS
     adapters: ClassVar[tuple[str, ...]] = (DEFAULT_ADAPTER,)
     broadcast_init: ClassVar[bool] = True
-    export_kind: ClassVar[str | None] = "peft"  # fedamole.export: a peft adapter folder
 
     def __init__(self, cfg: Config):
         self.cfg = cfg

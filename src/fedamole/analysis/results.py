@@ -30,6 +30,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from fedamole.algorithms.registry import registry
 from fedamole.analysis.summaries import summarize_rounds
 from fedamole.tracking import RunDir, read_jsonl
 
@@ -50,27 +51,27 @@ __all__ = [
 
 RoundMode = Literal["best", "last"]
 
-ALGORITHM_LABELS = {
-    "fedamole": "FedAMoLE",
-    "fedit": "FedIT",
-    "fedprompt": "FedPrompt",
-    "fedptuning": "FedPTuning",
-    "fdlora": "FDLoRA",
-    "ffa_lora": "FFA-LoRA",
-    "fedsa_lora": "FedSA-LoRA",
-    "feddpa": "FedDPA",
-    "local": "Local",
-}
-# Algorithms whose shared model is the product: evaluated after local training they are "-FT".
-# FDLoRA evaluates the received global adapter fused with the private one (the reference's number).
-GLOBAL_MODEL_ALGORITHMS = frozenset({"fedit", "fedprompt", "fedptuning", "ffa_lora", "fdlora"})
-# Row order of the tables: the paper's baselines, the extra ones, the ablations, FedAMoLE last.
-METHOD_ORDER = (
-    "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT",
-    "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "Local",
-    "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo", "FedAMoLE-DP",
-    "FedAMoLE",
-)  # fmt: skip
+
+def _table_blocks() -> list[tuple[str, ...]]:
+    """Each registered algorithm's table rows, algorithms by ``table_order`` (the paper's
+    baselines, the extra ones, FedAMoLE last): its ablation rows before its plain label and, for a
+    global-model algorithm, its "-FT" row after it."""
+    return [
+        (
+            *(spec.label + suffix for suffix in spec.ablations),
+            spec.label,
+            *((f"{spec.label}-FT",) if spec.global_model else ()),
+        )
+        for spec in sorted(registry().values(), key=lambda s: s.table_order)
+    ]
+
+
+_BLOCKS = _table_blocks()
+# Row order of the tables.
+METHOD_ORDER = tuple(row for block in _BLOCKS for row in block)
+# Labels no algorithm lists (other ablation flags, "X-global", unregistered algorithms) rank just
+# before the last algorithm's rows (before "FedAMoLE-R").
+_UNLISTED_RANK = len(METHOD_ORDER) - len(_BLOCKS[-1]) - 0.5
 _DATASETS = {
     "snli": "SNLI",
     "dolly": "Dolly",
@@ -87,6 +88,8 @@ _METRICS = {"snli": _ACCURACY, "dolly": _ROUGE, "natural_instructions": _ROUGE}
 SCORE_LABEL = "test score (×100)"
 # Never part of a method's identity: the seed and bookkeeping, the scenario, the split choice.
 _NOT_METHOD = ("run", "data", "partition", "eval.timing", "model.device", "flower")
+# The tables of the algorithms' own settings (AlgorithmSpec.settings): a run's identity is its own.
+_SETTINGS = ("mole", "baselines")
 
 
 @dataclass
@@ -228,24 +231,12 @@ def method_labels(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(label, split)`` pairs a run of ``config`` reports (see the module docstring)."""
     fed = config.get("federation", {})
     algo = fed.get("algorithm", "fedamole")
-    label = ALGORITHM_LABELS.get(algo, algo)
-    if algo == "fedamole":
-        mole = config.get("mole", {})
-        flags = [
-            ("-R", fed.get("assignment") == "static"),
-            ("-Rand", fed.get("assignment") == "random"),
-            ("-Oracle", fed.get("assignment") == "oracle"),
-            ("+received", mole.get("rsea_token_proj") == "received"),
-            ("+received-stats", mole.get("rsea_stats") == "received"),
-            ("+retention", float(mole.get("rsea_retention", 0.0)) > 0),
-            ("-H", mole.get("router") == "linear"),
-            ("-S", mole.get("shared_expert") is False),
-            ("-Homo", fed.get("homogeneous") is True),
-            ("-DP", fed.get("privacy") is True),
-        ]
-        label += "".join(flag for flag, on in flags if on)
+    spec = registry().get(algo)  # None: an algorithm no longer registered, labelled by its name
+    label = algo if spec is None else spec.label
+    if spec is not None and spec.label_flags is not None:
+        label += spec.label_flags(config)
     timing = config.get("eval", {}).get("timing", "personalized")
-    global_model = algo in GLOBAL_MODEL_ALGORITHMS
+    global_model = spec is not None and spec.global_model
     out = []
     if timing in ("personalized", "both"):
         out.append((f"{label}-FT" if global_model else label, "test"))
@@ -288,7 +279,7 @@ def method_sort_key(method: str) -> tuple:
     base = method.split(" [")[0]
     if base in METHOD_ORDER:
         return (METHOD_ORDER.index(base), method)
-    return (METHOD_ORDER.index("FedAMoLE-R") - 0.5, method)
+    return (_UNLISTED_RANK, method)
 
 
 def metric_name(entries_of_scenario: Iterable[Entry]) -> str:
@@ -350,8 +341,10 @@ def mean_std(values: list[float]) -> tuple[float, float | None, int]:
 
 def _method_identity(config: Mapping[str, Any], ignore: Collection[str]) -> dict[str, Any]:
     flat = _flatten(config)
-    algo = config.get("federation", {}).get("algorithm", "fedamole")
-    skip = (*_NOT_METHOD, *ignore, "baselines" if algo == "fedamole" else "mole")
+    spec = registry().get(config.get("federation", {}).get("algorithm", "fedamole"))
+    own = "baselines" if spec is None else spec.settings
+    # the other algorithms' settings say nothing about this run's method
+    skip = (*_NOT_METHOD, *ignore, *(t for t in _SETTINGS if t != own))
     return {k: v for k, v in flat.items() if not any(k == s or k.startswith(s + ".") for s in skip)}
 
 

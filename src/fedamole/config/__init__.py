@@ -10,11 +10,13 @@ The modules import in one direction, each only from those above it:
 - :mod:`~fedamole.config.files`: TOML files with ``extends``, shipped config names, dotted
   overrides, :class:`ConfigError`.
 - :mod:`~fedamole.config.schema`: the sections (types, ranges, defaults).
-- :mod:`~fedamole.config.checks`: the constraints across fields, one function per concern.
+- :mod:`~fedamole.config.checks`: the constraints across fields, one function per concern, and
+  the registered algorithms' names (:data:`AlgorithmName`, from their registrations' file names).
 - :mod:`~fedamole.config.tree`: :class:`Config`, the whole tree, and its validation.
 - :mod:`~fedamole.config.load`: :func:`load` and :func:`dump`.
 """
 
+from fedamole.config.checks import AlgorithmName
 from fedamole.config.files import (
     ConfigError,
     parse_overrides,
@@ -27,7 +29,6 @@ from fedamole.config.files import (
 from fedamole.config.load import CONFIG_DIR, dump, load
 from fedamole.config.schema import (
     TRACKING_FIELDS,
-    AlgorithmName,
     BaselinesConfig,
     DataConfig,
     EvalConfig,

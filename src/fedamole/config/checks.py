@@ -12,10 +12,9 @@ Each message names the field, its value and the fix. This module imports only th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import Literal
 
 from fedamole.config.schema import (
-    AlgorithmName,
     DataConfig,
     EvalConfig,
     FederationConfig,
@@ -26,6 +25,7 @@ from fedamole.config.schema import (
 )
 
 __all__ = [
+    "AlgorithmName",
     "algorithm_errors",
     "assignment_errors",
     "data_errors",
@@ -34,6 +34,15 @@ __all__ = [
     "model_errors",
     "train_errors",
 ]
+
+# Every algorithm is registered beside its code in ``fedamole/algorithms/<name>_spec.py``
+# (docs/algorithm.md#adding-an-algorithm). Validation takes the names from those file names, so it
+# imports no algorithm code; the registry (fedamole.algorithms.registry) imports the modules and
+# checks that each registers its own name. ``federation.algorithm`` is a ``str`` checked against
+# them by :func:`algorithm_errors`; this Literal of them is for ``typing.get_args``.
+_REGISTRATIONS = Path(__file__).resolve().parents[1] / "algorithms"
+_NAMES = tuple(sorted(p.name.removesuffix("_spec.py") for p in _REGISTRATIONS.glob("*_spec.py")))
+AlgorithmName = Literal[_NAMES]  # type: ignore[valid-type]
 
 
 def assignment_errors(mole: MoLEConfig, federation: FederationConfig) -> list[str]:
@@ -150,8 +159,8 @@ def _is_folder(name: str) -> bool:
 
 
 def algorithm_errors(federation: FederationConfig) -> list[str]:
-    """A registered algorithm: one of :data:`~fedamole.config.schema.AlgorithmName`."""
-    names, name = get_args(AlgorithmName), federation.algorithm
+    """A registered algorithm: one of :data:`AlgorithmName`."""
+    names, name = _NAMES, federation.algorithm
     if name in names:
         return []
     return [f"`federation.algorithm` ({name!r}) is unknown; choose one of {sorted(names)}"]

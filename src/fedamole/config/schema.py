@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 __all__ = [
     "TRACKING_FIELDS",
-    "AlgorithmName",
     "BaselinesConfig",
     "DataConfig",
     "EvalConfig",
@@ -32,21 +31,6 @@ __all__ = [
     "Section",
     "TrainConfig",
 ]
-
-# The registered algorithms (``fedamole.algorithms.ALGORITHMS``, which a test keeps equal): named
-# here so that validation does not import the algorithms package, which imports the config.
-AlgorithmName = Literal[
-    "fdlora",
-    "fedamole",
-    "feddpa",
-    "fedit",
-    "fedprompt",
-    "fedptuning",
-    "fedsa_lora",
-    "ffa_lora",
-    "local",
-]
-
 
 _INT64_MAX = 2**63 - 1
 
@@ -200,8 +184,9 @@ class BaselinesConfig(Section):
 class FederationConfig(Section):
     """The federated protocol (docs/algorithm.md#federated-protocol)."""
 
-    # One of AlgorithmName, checked after the types (feasibility_errors) as before: an unknown
-    # name then comes last and does not trigger the checks of the default algorithm.
+    # A registered name (fedamole.config.checks.algorithm_errors), checked after the types
+    # (feasibility_errors): an unknown name then comes last and does not trigger the checks of the
+    # default algorithm.
     algorithm: str = "fedamole"
     num_clients: int = Field(10, ge=1)
     rounds: int = Field(30, ge=1)

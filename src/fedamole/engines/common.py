@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from fedamole.algorithms.registry import algorithm_spec
 from fedamole.checkpoint import (
     BEST,
     LAST,
@@ -46,7 +47,6 @@ from fedamole.checkpoint import (
     save_checkpoint,
 )
 from fedamole.config import Config, differing_fields
-from fedamole.data.types import FederatedData
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ClientMessage, ServerMessage, split_step_key
 from fedamole.tracking import (
@@ -132,14 +132,6 @@ def check_injected_failure(cfg: Config, rnd: int, client: int) -> None:
     """Raise :class:`InjectedFailure` when ``federation.fail_clients`` lists ``(rnd, client)``."""
     if (rnd, client) in set(map(tuple, cfg.federation.fail_clients)):
         raise InjectedFailure(f"injected failure of client {client} in round {rnd}")
-
-
-def observe_partition(algo: Algorithm, data: FederatedData) -> None:
-    """Tell an algorithm that wants it (FedAMoLE's diagnostics and oracle) each client's
-    categories; call before ``algo.setup``."""
-    observe = getattr(algo, "observe_partition", None)
-    if observe is not None:
-        observe(data.client_categories())
 
 
 def open_run(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> RunDir:
@@ -243,12 +235,12 @@ def selection_split(cfg: Config) -> str:
     for the algorithms whose product is the global model (FedIT, FedPrompt, FedPTuning, FFA-LoRA,
     FDLoRA: the plain label, the other row is ``-FT``) and ``test`` for the others.
     """
-    from fedamole.analysis.results import GLOBAL_MODEL_ALGORITHMS, method_labels
+    from fedamole.analysis.results import method_labels
 
     splits = [split for _, split in method_labels(cfg.to_dict())]
     if len(splits) == 1:
         return splits[0]
-    return "test_global" if cfg.federation.algorithm in GLOBAL_MODEL_ALGORITHMS else "test"
+    return "test_global" if algorithm_spec(cfg.federation.algorithm).global_model else "test"
 
 
 class BestCheckpoint:

@@ -45,7 +45,6 @@ from fedamole.engines.common import (
     RoundCallback,
     check_injected_failure,
     last_round,
-    observe_partition,
     open_run,
     run_federation,
 )
@@ -87,7 +86,7 @@ def run_embedded(
     try:
         runtime = build_runtime(cfg)
         data = load_federated_data(cfg)
-        observe_partition(runtime.algo, data)
+        runtime.algo.observe_partition(data.client_categories())
         runtime.algo.setup(runtime.model)
         contexts = [
             ClientContext(c, data.clients[c], runtime.model, runtime.tokenizer)

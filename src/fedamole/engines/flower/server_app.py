@@ -41,6 +41,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from fedamole.algorithms.base import Algorithm
 from fedamole.algorithms.runtime import build_runtime
 from fedamole.checkpoint import BEST, CheckpointError, checkpoint_info
 from fedamole.config import Config, load
@@ -48,7 +49,6 @@ from fedamole.data import DataError, load_federated_data
 from fedamole.engines.common import (
     Outcome,
     RoundCallback,
-    observe_partition,
     open_run,
     run_federation,
 )
@@ -335,14 +335,15 @@ def _mapping(node_of: Mapping[int, int]) -> str:
     return ", ".join(f"client {c} = node {n}" for c, n in sorted(node_of.items()))
 
 
-def _observe_partition(cfg: Config, algo: Any) -> None:
-    """The partition's categories per client, where this server can load the data (simulation,
-    or a deployment whose server has a copy): FedAMoLE's group purity and ``oracle`` need them."""
-    if getattr(algo, "observe_partition", None) is None:
+def _observe_partition(cfg: Config, algo: Algorithm) -> None:
+    """The partition's categories per client, for an algorithm that observes them (FedAMoLE's
+    group purity and ``oracle``), where this server can load the data (simulation, or a deployment
+    whose server has a copy)."""
+    if not algo.observes_partition:
         return
     try:
         data = load_federated_data(cfg)
     except DataError as exc:
         log.info("the server cannot load the data (%s): no group-purity diagnostics", exc)
         return
-    observe_partition(algo, data)
+    algo.observe_partition(data.client_categories())

@@ -1,0 +1,44 @@
+"""FedAMoLE's registration (:mod:`fedamole.algorithms.registry`); the algorithm is in
+``fedamole.py``. Its ablations are config flags, and each one the run sets is a suffix of the
+report label (docs/algorithm.md#reported-metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fedamole.algorithms.registry import AlgorithmSpec, Export
+
+
+def ablation_flags(config: Mapping[str, Any]) -> str:
+    """The label suffix of a run's ablations: ``-R`` static random assignment, ``-Rand`` random
+    re-drawn each round, ``-Oracle``, ``+received``/``+received-stats``/``+retention`` (RSEA
+    variants), ``-H`` linear router, ``-S`` no shared expert, ``-Homo`` homogeneous architecture,
+    ``-DP`` privacy noise; in that order."""
+    fed, mole = config.get("federation", {}), config.get("mole", {})
+    flags = [
+        ("-R", fed.get("assignment") == "static"),
+        ("-Rand", fed.get("assignment") == "random"),
+        ("-Oracle", fed.get("assignment") == "oracle"),
+        ("+received", mole.get("rsea_token_proj") == "received"),
+        ("+received-stats", mole.get("rsea_stats") == "received"),
+        ("+retention", float(mole.get("rsea_retention", 0.0)) > 0),
+        ("-H", mole.get("router") == "linear"),
+        ("-S", mole.get("shared_expert") is False),
+        ("-Homo", fed.get("homogeneous") is True),
+        ("-DP", fed.get("privacy") is True),
+    ]
+    return "".join(flag for flag, on in flags if on)
+
+
+ALGORITHM = AlgorithmSpec(
+    name="fedamole",
+    cls="fedamole.algorithms.fedamole:FedAMoLE",
+    label="FedAMoLE",
+    table_order=100,  # last: the method the tables compare against the baselines
+    global_model=False,
+    export=Export(kind="mole", writer="fedamole.export.writers:write_mole"),
+    ablations=("-R", "-Rand", "-H", "-S", "-Homo", "-DP"),
+    label_flags=ablation_flags,
+    settings="mole",
+)

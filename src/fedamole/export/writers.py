@@ -1,0 +1,158 @@
+"""The writers of one client's model, one per export format (docs: :mod:`fedamole.export`).
+
+An algorithm's registration names its writer (``Export.writer``,
+:mod:`fedamole.algorithms.registry`); :func:`~fedamole.export.export_client` calls it as
+``writer(source, folder)`` on an empty staging folder, and it returns the manifest's extra
+entries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PromptTuningInit, get_peft_model
+from peft.functional import set_adapter
+from safetensors.torch import save_file
+
+from fedamole.algorithms import get_algorithm
+from fedamole.algorithms.fedamole import client_mole_state
+from fedamole.algorithms.feddpa import LOCAL_ADAPTER, MAX_WEIGHT, local_direction, reference_prompts
+from fedamole.algorithms.lora_common import DEFAULT_ADAPTER, lora_config, set_lora_state
+from fedamole.algorithms.lora_strategy import state_key
+from fedamole.config import Config
+from fedamole.data import load_federated_data
+from fedamole.export.formats import FEDDPA_DIRECTION, MOLE_STATE
+from fedamole.export.source import Source, base_model, lora_client_state, quiet_peft
+from fedamole.federated.messages import pack_modules
+from fedamole.models import load_model_and_tokenizer
+from fedamole.tracking import read_jsonl
+
+__all__ = ["write_fdlora", "write_feddpa", "write_mole", "write_peft", "write_prompt"]
+
+
+def write_peft(source: Source, out: Path) -> dict[str, Any]:
+    client_state = lora_client_state(source)
+    key = state_key(DEFAULT_ADAPTER)
+    if key not in client_state:
+        raise ValueError(f"the checkpoint's client state has no {key!r} adapter to export")
+    _save_lora(source.cfg, client_state[key], out)
+    return {}
+
+
+def write_fdlora(source: Source, out: Path) -> dict[str, Any]:
+    from fedamole.algorithms.fdlora import fuse
+
+    rnd = source.received_round
+    global_state = source.state["server"]["global"]
+    private = source.client_state.get("private")
+    if private is None:  # before the first sync the client is evaluated on the global adapter
+        weights, adapter = None, dict(global_state)
+    else:
+        weights = _fusion_weights(source, rnd)
+        adapter = fuse(weights, global_state, private)
+    _save_lora(source.cfg, adapter, out)
+    return {"fdlora": {"fusion_weights": weights, "fusion_round": rnd}}
+
+
+def _fusion_weights(source: Source, rnd: int) -> tuple[float, float]:
+    """FDLoRA's fusion weights of the client's received model in round ``rnd`` (metrics.jsonl)."""
+    found: dict[str, float] = {}
+    for rec in read_jsonl(source.run_dir / "metrics.jsonl"):
+        if rec["round"] == rnd and rec["client"] == source.client and rec["split"] == "fusion":
+            found[rec["metric"]] = float(rec["value"])
+    try:
+        return found["received_w0"], found["received_w1"]
+    except KeyError:
+        raise ValueError(
+            f"client {source.client} logged no fusion weights of its received model in round "
+            f"{rnd} (metrics.jsonl: fusion/received_w0, _w1); it failed that round?"
+        ) from None
+
+
+def _save_lora(cfg: Config, adapter: dict[str, torch.Tensor], out: Path) -> None:
+    model, _ = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
+    )
+    with quiet_peft():
+        peft_model = get_peft_model(model, lora_config(cfg.baselines))
+    # get_peft_model takes the name from the model (empty for tiny models); record the run's.
+    peft_model.peft_config[DEFAULT_ADAPTER].base_model_name_or_path = base_model(cfg)
+    set_lora_state(peft_model.get_base_model(), adapter)
+    # Embeddings are never trained here; False also skips peft's hub lookup of the base config.
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+
+
+def write_feddpa(source: Source, out: Path) -> dict[str, Any]:
+    cfg, client = source.cfg, source.client
+    client_state = lora_client_state(source)
+    keys = {name: state_key(name) for name in (DEFAULT_ADAPTER, LOCAL_ADAPTER)}
+    missing = [k for k in keys.values() if k not in client_state]
+    if missing:
+        raise ValueError(f"the checkpoint's client state lacks the FedDPA adapters {missing}")
+    model, tokenizer = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
+    )
+    with quiet_peft():
+        peft_model = get_peft_model(model, lora_config(cfg.baselines))
+    peft_model.add_adapter(LOCAL_ADAPTER, lora_config(cfg.baselines))
+    for adapter_config in peft_model.peft_config.values():
+        adapter_config.base_model_name_or_path = base_model(cfg)
+    base = peft_model.get_base_model()
+    set_lora_state(base, client_state[keys[DEFAULT_ADAPTER]])
+    set_lora_state(base, client_state[keys[LOCAL_ADAPTER]], LOCAL_ADAPTER)
+    set_adapter(base, [DEFAULT_ADAPTER, LOCAL_ADAPTER])
+    train = load_federated_data(cfg).clients[client].train
+    if not train:
+        raise ValueError(f"client {client} has no training data to represent its local adapter")
+    prompts = reference_prompts(train, seed=cfg.run.seed, client=client)
+    direction = local_direction(
+        base, tokenizer, prompts, max_length=cfg.model.max_length, batch_size=cfg.eval.batch_size
+    )
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    save_file({"direction": direction.contiguous()}, str(out / FEDDPA_DIRECTION))
+    return {"feddpa": {"local_adapter": LOCAL_ADAPTER, "max_weight": MAX_WEIGHT}}
+
+
+def write_prompt(source: Source, out: Path) -> dict[str, Any]:
+    cfg = source.cfg
+    if cfg.federation.algorithm == "fedptuning" and cfg.baselines.ptuning.reference_quirk:
+        raise ValueError(
+            "cannot export FedPTuning with baselines.ptuning.reference_quirk = true: its clients' "
+            "prompt MLP is the one shared process model's history, not a per-client model"
+        )
+    rnd = source.received_round
+    algo = get_algorithm(cfg.federation.algorithm)(cfg)
+    model, _ = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
+    )
+    with quiet_peft():
+        wrapped = algo.prepare_model(model)
+    algo.load_state_dict(source.state["server"])
+    algo.load_prompt(wrapped, algo.configure_round(rnd)[source.client])
+    peft_model = wrapped.peft_model
+    config = peft_model.peft_config[DEFAULT_ADAPTER]
+    config.base_model_name_or_path = base_model(cfg)
+    if getattr(config, "prompt_tuning_init", None) == PromptTuningInit.TEXT:
+        # the prompt is trained: the init text (and the temporary tokenizer copy) no longer matter
+        config.prompt_tuning_init = PromptTuningInit.RANDOM
+        config.prompt_tuning_init_text = None
+        config.tokenizer_name_or_path = None
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    return {"prompt_round": rnd}
+
+
+def write_mole(source: Source, out: Path) -> dict[str, Any]:
+    if source.view != "trained":
+        raise ValueError("FedAMoLE models are evaluated after local training only")
+    try:
+        states = client_mole_state(source.client_state)  # validates the packing
+    except KeyError as exc:
+        raise ValueError(f"nothing to export: {exc.args[0]}") from None
+    tensors = pack_modules(states)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / MOLE_STATE))
+    return {
+        "mole": source.cfg.mole.model_dump(mode="json"),
+        "expert_ids": {name: st.expert_ids.tolist() for name, st in states.items()},
+    }
