@@ -31,7 +31,7 @@ client holds about E*k_c/N experts), ``mole.shared_expert = false`` (FedAMoLE-S)
 **Diagnostics.** After every assignment the server logs (``server/rsea/...`` in ``metrics.jsonl``)
 ``affinity_spread``, ``retention``, and, when the engine knows the partition's categories per
 client, ``group_purity`` with its chance level ``group_purity_chance``
-(:func:`~fedamole.federated.assignment.assignment_diagnostics` defines them).
+(:func:`~fedamole.federated.groups.assignment_diagnostics` defines them).
 
 **Three RSEA variants beyond the paper** (their defaults keep the paper's rule). Measured on
 SmolLM2-135M with 4 clients in two pairs that share a task family, 3 local steps:
@@ -82,13 +82,9 @@ from fedamole.algorithms.base import (
 from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
 from fedamole.federated.aggregation import TensorSpec, check_update, spec_of
-from fedamole.federated.assignment import (
-    Assignment,
-    AssignmentPolicy,
-    assignment_diagnostics,
-    client_groups,
-)
+from fedamole.federated.assignment import Assignment, AssignmentPolicy
 from fedamole.federated.expert_bank import ExpertBank
+from fedamole.federated.groups import assignment_diagnostics, client_groups
 from fedamole.federated.messages import (
     ClientMessage,
     ServerMessage,

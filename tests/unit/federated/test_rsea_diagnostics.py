@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedamole.federated.assignment import (
-    Assignment,
-    AssignmentPolicy,
-    affinity,
-    assignment_diagnostics,
-    client_groups,
-    oracle_scores,
-)
+from fedamole.federated.assignment import Assignment, AssignmentPolicy, affinity
+from fedamole.federated.groups import assignment_diagnostics, client_groups, oracle_scores
 
 # 4 clients in two related pairs (0, 1) and (2, 3); 4 experts, 2 holders each.
 CATEGORIES = [{"a"}, {"a"}, {"b"}, {"b", "c"}]
