@@ -23,14 +23,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import fedamole
 from fedamole.bench import round_worker
 
-__all__ = ["BenchError", "bench_round", "compare_metrics", "run_worker", "source_tree"]
+__all__ = [
+    "BenchError",
+    "alternate",
+    "bench_round",
+    "compare_metrics",
+    "run_worker",
+    "source_tree",
+]
 
 _WORKER = Path(round_worker.__file__)
 _THIS_SRC = Path(fedamole.__file__).resolve().parents[1]
@@ -70,12 +77,11 @@ def bench_round(
         sources = (
             {"this": _THIS_SRC} if other_src is None else {"this": _THIS_SRC, "other": other_src}
         )
-        runs: dict[str, list[dict]] = {name: [] for name in sources}
-        names = list(sources)
-        for rep in range(repeats):
-            order = names if rep % 2 == 0 else names[::-1]
-            for name in order:
-                runs[name].append(_run_worker(sources[name], config, overrides, client, out_dir))
+        runs = alternate(
+            list(sources),
+            repeats,
+            lambda name: _run_worker(sources[name], config, overrides, client, out_dir),
+        )
     result = {
         "config": str(config),
         "overrides": list(overrides),
@@ -138,6 +144,18 @@ def source_tree(against: str | None) -> Iterator[Path | None]:
             capture_output=True,
         )
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def alternate(
+    names: Sequence[str], repeats: int, run: Callable[[str], dict]
+) -> dict[str, list[dict]]:
+    """``run(name)`` ``repeats`` times for each of ``names``, alternating (A B B A A B ...) so
+    that load on the machine falls on every revision alike; the results per name, in order."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for rep in range(repeats):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            runs[name].append(run(name))
+    return runs
 
 
 def _run_worker(

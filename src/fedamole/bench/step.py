@@ -27,7 +27,7 @@ from pathlib import Path
 
 import fedamole
 from fedamole.bench import step_worker
-from fedamole.bench.round import compare_metrics, run_worker, source_tree
+from fedamole.bench.round import alternate, compare_metrics, run_worker, source_tree
 
 __all__ = ["DEFAULT_ALGORITHMS", "bench_step", "format_table", "summarize"]
 
@@ -81,12 +81,12 @@ def bench_step(
         if other_src is not None:
             sources["other"] = other_src
         for algorithm in algorithms:
-            runs[algorithm] = {name: [] for name in sources}
-            for rep in range(repeats):
-                names = list(sources) if rep % 2 == 0 else list(sources)[::-1]
-                for name in names:
-                    args = [*base, "--algorithm", algorithm]
-                    runs[algorithm][name].append(run_worker(_WORKER, sources[name], args, out_dir))
+            args = [*base, "--algorithm", algorithm]
+            runs[algorithm] = alternate(
+                list(sources),
+                repeats,
+                lambda name, args=args: run_worker(_WORKER, sources[name], args, out_dir),
+            )
     result = {
         "config": str(config),
         "overrides": list(overrides),

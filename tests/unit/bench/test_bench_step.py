@@ -139,3 +139,12 @@ def test_bench_step_against_a_folder_times_both_and_compares(repo, tmp_path, cap
     table = capsys.readouterr().out
     assert "speed-up" in table and "matrix products" in table
     assert format_table(result) in table
+
+
+def test_revisions_alternate_so_that_load_falls_on_both():
+    from fedamole.bench.round import alternate
+
+    calls: list[str] = []
+    runs = alternate(["this", "other"], 3, lambda name: calls.append(name) or {"n": len(calls)})
+    assert calls == ["this", "other", "other", "this", "this", "other"]
+    assert [r["n"] for r in runs["this"]] == [1, 4, 5] and len(runs["other"]) == 3
