@@ -55,11 +55,11 @@ def bench(
     test scoring, generation, test and eval loss, server aggregation and assignment); with
     --against it times another revision in the same run and prints the speed-up per phase.
 
-    Example: fedamole bench assign --out bench-results
-
     `step` times the training step alone for FedAMoLE and FedIT: tokens, model FLOPs, achieved
     GFLOP/s against this machine's matrix-product rate on the model's own shapes, and a profile
     by op group (docs/results/performance.md).
+
+    Example: fedamole bench assign --out bench-results
 
     Example: fedamole bench round configs/demo.toml --against main --repeats 3
 

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from fedamole.attention import training_attention
 from fedamole.config import TrainConfig
@@ -146,9 +145,10 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return loss, int((shift_labels != IGNORE_INDEX).sum())
 
 
-def contiguous_head_input(model: nn.Module) -> RemovableHandle | None:
-    """Make the lm head's input contiguous while training: returns the hook's handle (call
-    ``remove()``), or ``None`` for a model without output embeddings.
+@contextlib.contextmanager
+def contiguous_head_input(model: nn.Module) -> Iterator[bool]:
+    """Make the lm head's input contiguous inside the block; yields whether the model has an
+    output embedding to hook.
 
     With ``logits_to_keep`` the head sees ``hidden[:, -K:]``, a strided view. For an input that
     requires a gradient and is not contiguous, ``torch.matmul`` does not fold ``(B, K, d)`` into
@@ -160,14 +160,19 @@ def contiguous_head_input(model: nn.Module) -> RemovableHandle | None:
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, nn.Module):
-        return None
+        yield False
+        return
 
     def contiguous(_module: nn.Module, args: tuple) -> tuple | None:
         if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
             return (args[0].contiguous(), *args[1:])
         return None
 
-    return head.register_forward_pre_hook(contiguous)
+    handle = head.register_forward_pre_hook(contiguous)
+    try:
+        yield True
+    finally:
+        handle.remove()
 
 
 @dataclass(frozen=True)
@@ -262,11 +267,9 @@ def local_train(
     step_tokens: list[int] = []
     step_lrs: list[float] = []
     steps = range(cfg.steps) if progress is None else progress(iter(range(cfg.steps)))
-    fast = contextlib.ExitStack()  # the CPU fast paths, each the same computation (see below)
+    fast = contextlib.ExitStack()  # the CPU fast paths (module docstring)
     try:
-        head_hook = contiguous_head_input(model)
-        if head_hook is not None:
-            fast.callback(head_hook.remove)
+        fast.enter_context(contiguous_head_input(model))
         fast.enter_context(training_attention(model))
         for _ in steps:
             batch = stream.take(cfg.batch_size)

@@ -143,7 +143,7 @@ def test_the_cpu_fast_paths_train_like_the_plain_path(monkeypatch):
     assert not head._forward_pre_hooks  # and it is gone after training
 
     new, new_result = _train_frozen_head()
-    monkeypatch.setattr(training, "contiguous_head_input", lambda model: None)
+    monkeypatch.setattr(training, "contiguous_head_input", lambda model: contextlib.nullcontext())
     monkeypatch.setattr(training, "training_attention", lambda model: contextlib.nullcontext())
     old, old_result = _train_frozen_head()
     init = dict(_fresh()[0].named_parameters())

@@ -35,6 +35,7 @@ __all__ = [
     "alternate",
     "bench_round",
     "compare_metrics",
+    "revisions",
     "run_worker",
     "source_tree",
 ]
@@ -73,10 +74,7 @@ def bench_round(
     if repeats < 1:
         raise ValueError(f"repeats = {repeats}: give at least 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with source_tree(against) as other_src:
-        sources = (
-            {"this": _THIS_SRC} if other_src is None else {"this": _THIS_SRC, "other": other_src}
-        )
+    with revisions(against) as sources:
         runs = alternate(
             list(sources),
             repeats,
@@ -105,6 +103,14 @@ def bench_round(
     (out_dir / "round.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     return result
+
+
+@contextmanager
+def revisions(against: str | None) -> Iterator[dict[str, Path]]:
+    """The ``src`` folders timed: ``{"this": ...}``, and ``"other"`` with ``against``
+    (:func:`source_tree`), valid inside the block."""
+    with source_tree(against) as other_src:
+        yield {"this": _THIS_SRC} if other_src is None else {"this": _THIS_SRC, "other": other_src}
 
 
 @contextmanager

@@ -25,9 +25,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-import fedamole
 from fedamole.bench import step_worker
-from fedamole.bench.round import alternate, compare_metrics, run_worker, source_tree
+from fedamole.bench.round import alternate, compare_metrics, revisions, run_worker
 
 __all__ = ["DEFAULT_ALGORITHMS", "bench_step", "format_table", "summarize"]
 
@@ -76,10 +75,7 @@ def bench_step(
     base += ["--steps", str(steps), "--profiled", str(profiled)]
     base += [arg for item in overrides for arg in ("--override", item)]
     runs: dict[str, dict[str, list[dict]]] = {}
-    with source_tree(against) as other_src:
-        sources = {"this": Path(fedamole.__file__).resolve().parents[1]}
-        if other_src is not None:
-            sources["other"] = other_src
+    with revisions(against) as sources:
         for algorithm in algorithms:
             args = [*base, "--algorithm", algorithm]
             runs[algorithm] = alternate(
