@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -37,6 +38,7 @@ __all__ = [
     "Progress",
     "PromptPass",
     "batches",
+    "contiguous_head_input",
     "generate_whole_rows",
     "greedy",
     "inference",
@@ -60,14 +62,46 @@ _CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else 
 
 @contextmanager
 def inference(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode without autograd for the duration; the previous train/eval mode is restored."""
+    """Eval mode without autograd for the duration, the lm head's input contiguous
+    (:func:`contiguous_head_input`); the previous train/eval mode is restored."""
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), contiguous_head_input(model):
             yield
     finally:
         model.train(was_training)
+
+
+@contextmanager
+def contiguous_head_input(model: nn.Module) -> Iterator[bool]:
+    """Make the lm head's input contiguous inside the block; yields whether the model has an
+    output embedding to hook. Local training and :func:`inference` both enter it.
+
+    With ``logits_to_keep`` the head sees ``hidden[:, -K:]``, a strided view. For an input that
+    requires a gradient and is not contiguous, ``torch.matmul`` does not fold ``(B, K, d)`` into
+    ``(B*K, d)``: it expands the ``(V, d)`` weight to ``(B, d, V)``, copies it, and runs ``B``
+    small products forward and again backward (~900 MB copied per step of 4 rows with SmolLM2's
+    49k-word head). A contiguous ``(B, K, d)`` input (a copy of ``B*K*d`` numbers) takes one
+    ``(B*K, d) @ (d, V)`` product each way. Same numbers, one GEMM instead of ``B``: rounding may
+    differ in the last bits (docs/results/performance.md). Without autograd the strided input is
+    slow too: scoring 16 eight-choice examples spent 14 s in the head alone (bf16, one thread).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Module):
+        yield False
+        return
+
+    def contiguous(_module: nn.Module, args: tuple) -> tuple | None:
+        if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+            return (args[0].contiguous(), *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(contiguous)
+    try:
+        yield True
+    finally:
+        handle.remove()
 
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

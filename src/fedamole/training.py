@@ -37,6 +37,7 @@ from fedamole.attention import training_attention
 from fedamole.config import TrainConfig
 from fedamole.data.collate import IGNORE_INDEX, Encoded, collate
 from fedamole.federated.messages import step_key
+from fedamole.inference import contiguous_head_input
 
 __all__ = [
     "BatchStream",
@@ -143,36 +144,6 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
         reduction="sum",
     )
     return loss, int((shift_labels != IGNORE_INDEX).sum())
-
-
-@contextlib.contextmanager
-def contiguous_head_input(model: nn.Module) -> Iterator[bool]:
-    """Make the lm head's input contiguous inside the block; yields whether the model has an
-    output embedding to hook.
-
-    With ``logits_to_keep`` the head sees ``hidden[:, -K:]``, a strided view. For an input that
-    requires a gradient and is not contiguous, ``torch.matmul`` does not fold ``(B, K, d)`` into
-    ``(B*K, d)``: it expands the ``(V, d)`` weight to ``(B, d, V)``, copies it, and runs ``B``
-    small products forward and again backward (~900 MB copied per step of 4 rows with SmolLM2's
-    49k-word head). A contiguous ``(B, K, d)`` input (a copy of ``B*K*d`` numbers) takes one
-    ``(B*K, d) @ (d, V)`` product each way. Same numbers, one GEMM instead of ``B``: rounding may
-    differ in the last bits (docs/results/performance.md).
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, nn.Module):
-        yield False
-        return
-
-    def contiguous(_module: nn.Module, args: tuple) -> tuple | None:
-        if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
-            return (args[0].contiguous(), *args[1:])
-        return None
-
-    handle = head.register_forward_pre_hook(contiguous)
-    try:
-        yield True
-    finally:
-        handle.remove()
 
 
 @dataclass(frozen=True)

@@ -504,3 +504,25 @@ def test_progress_counts_every_scored_example_once(tokenizer):
     )
     assert done == [2, 1]
     assert loss == mean_loss(model, tokenizer, TEXT_EXAMPLES, batch_size=2, max_length=128)
+
+
+def test_inference_gives_the_lm_head_a_contiguous_input():
+    """With ``logits_to_keep`` the head sees a strided slice of the hidden states, which
+    ``torch.matmul`` multiplies row by row over an expanded weight copy (14 s instead of 0.13 s
+    for 128 rows of SmolLM2 in bf16); inside ``inference`` it gets a contiguous copy, and the
+    hook is gone afterwards."""
+    from fedamole.inference import inference
+
+    model = tiny_causal_lm()
+    head = model.get_output_embeddings()
+    seen: list[bool] = []
+    # a forward hook sees the arguments as the pre-hooks left them
+    head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(3, 200, (4, 9))
+    with torch.no_grad():
+        plain = model(input_ids=ids, logits_to_keep=3).logits
+    with inference(model):
+        fast = model(input_ids=ids, logits_to_keep=3).logits
+    assert seen == [False, True]
+    assert not head._forward_pre_hooks
+    torch.testing.assert_close(fast, plain)

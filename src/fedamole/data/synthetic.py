@@ -31,6 +31,15 @@ steps. Words to reverse are pronounceable pseudo-words, so reversal cannot be me
 SmolLM2 (GPT-2-style BPE) tokenizer every prompt is at most 59 tokens (45 of them the Alpaca
 template) and every answer at most 10, because the embedded demo trains on two CPU cores.
 
+**Conflicting families** (opt-in: named in ``data.families``, never part of the default ten):
+``topic_code_0`` ... ``topic_code_7`` share one instruction and one input vocabulary (96 common
+nouns, 12 in each of 8 topics: animals, fruits, vehicles, ...) and answer with a letter ``A``-``H``
+chosen by the noun's topic through a fixed per-family code (``TOPIC_CODES``). The codes form a
+Latin square, so any two of these families give different answers to every input: a model pooled
+over two of them is confused, while one trained on more examples of its own family learns more
+of its code. They exist for the collaboration benchmark (docs/results/collaboration.md), where
+whom a client shares with decides its score. The codes do not depend on ``seed``.
+
 Generation is deterministic in ``seed``: families are interleaved round-robin (sizes differ by at
 most one) and the result is shuffled.
 """
@@ -45,7 +54,7 @@ import numpy as np
 from fedamole.data.prompts import alpaca_prompt
 from fedamole.data.types import Example
 
-__all__ = ["FAMILIES", "generate_synthetic"]
+__all__ = ["CONFLICTING_FAMILIES", "FAMILIES", "TOPIC_CODES", "generate_synthetic"]
 
 
 class _Item(NamedTuple):
@@ -201,7 +210,63 @@ FAMILIES: dict[str, Callable[[np.random.Generator], _Item]] = {
     "entailment": _entailment,
     "parity": _parity,
 }
-"""Family name -> generator of one item; the name is the example's category."""
+"""The default families: name -> generator of one item; the name is the example's category."""
+
+_TOPICS: dict[str, tuple[str, ...]] = {
+    "animal": ("tiger", "horse", "rabbit", "eagle", "shark", "monkey", "sheep", "snake", "wolf",
+               "camel", "frog", "zebra"),
+    "fruit": ("apple", "banana", "cherry", "mango", "peach", "lemon", "grape", "melon", "plum",
+              "orange", "pear", "kiwi"),
+    "vehicle": ("truck", "bicycle", "train", "bus", "boat", "taxi", "tractor", "scooter", "van",
+                "ship", "tram", "plane"),
+    "instrument": ("guitar", "piano", "violin", "drum", "flute", "trumpet", "harp", "cello",
+                   "banjo", "organ", "clarinet", "saxophone"),
+    "sport": ("tennis", "soccer", "hockey", "golf", "boxing", "rugby", "cricket", "skiing",
+              "rowing", "baseball", "volleyball", "cycling"),
+    "clothing": ("shirt", "jacket", "scarf", "sock", "dress", "coat", "sweater", "glove", "skirt",
+                 "hat", "boot", "vest"),
+    "furniture": ("chair", "table", "sofa", "bed", "desk", "shelf", "stool", "bench", "cabinet",
+                  "wardrobe", "dresser", "couch"),
+    "body": ("elbow", "knee", "shoulder", "ankle", "finger", "wrist", "thumb", "chin", "neck",
+             "toe", "forehead", "hip"),
+}  # fmt: skip
+_CODE_LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
+_CODE_INSTRUCTION = "Which letter is the code of this word? Answer A, B, C, D, E, F, G or H."
+_CODE_SEED = 20261206  # fixes the codes; independent of the data seed
+
+
+def _topic_codes() -> tuple[dict[str, str], ...]:
+    """Eight codes topic -> letter forming a Latin square: code v sends topic t to letter
+    ``sigma[(tau[t] + v) % 8]``, so two codes never give one topic the same letter."""
+    rng = np.random.default_rng(_CODE_SEED)
+    sigma, tau = rng.permutation(len(_CODE_LETTERS)), rng.permutation(len(_TOPICS))
+    return tuple(
+        {
+            topic: _CODE_LETTERS[int(sigma[(int(tau[t]) + v) % len(_CODE_LETTERS)])]
+            for t, topic in enumerate(_TOPICS)
+        }
+        for v in range(len(_CODE_LETTERS))
+    )
+
+
+TOPIC_CODES: tuple[dict[str, str], ...] = _topic_codes()
+"""``TOPIC_CODES[v]``: topic -> answer letter of family ``topic_code_<v>``."""
+
+
+def _topic_code(code: dict[str, str]) -> Callable[[np.random.Generator], _Item]:
+    def generate(rng: np.random.Generator) -> _Item:
+        topic = _pick(rng, tuple(_TOPICS))
+        return _Item(_CODE_INSTRUCTION, _pick(rng, _TOPICS[topic]), code[topic], _CODE_LETTERS)
+
+    return generate
+
+
+CONFLICTING_FAMILIES: dict[str, Callable[[np.random.Generator], _Item]] = {
+    f"topic_code_{v}": _topic_code(code) for v, code in enumerate(TOPIC_CODES)
+}
+"""Opt-in families that answer one shared prompt differently (see the module docstring)."""
+
+_ALL_FAMILIES = FAMILIES | CONFLICTING_FAMILIES
 
 
 def generate_synthetic(
@@ -212,7 +277,8 @@ def generate_synthetic(
     Args:
         num_examples: how many examples in total; families get equal shares (differing by <= 1).
         seed: the generator seed; the same seed always gives the same list.
-        families: the family names to use (see :data:`FAMILIES`); empty means all of them.
+        families: the family names to use (:data:`FAMILIES`, :data:`CONFLICTING_FAMILIES`);
+            empty means the ten of :data:`FAMILIES`.
 
     Returns:
         ``num_examples`` examples in shuffled order, prompts rendered with the Alpaca template.
@@ -222,18 +288,18 @@ def generate_synthetic(
     """
     if num_examples < 1:
         raise ValueError(f"`data.num_examples` ({num_examples}) must be >= 1")
-    unknown = [name for name in families if name not in FAMILIES]
+    unknown = [name for name in families if name not in _ALL_FAMILIES]
     if unknown:
         raise ValueError(
-            f"`data.families` has unknown name(s) {unknown}; choose from {sorted(FAMILIES)} "
-            "or leave it empty for all"
+            f"`data.families` has unknown name(s) {unknown}; choose from {sorted(_ALL_FAMILIES)} "
+            "or leave it empty for the default ten"
         )
     names = list(dict.fromkeys(families)) or list(FAMILIES)
     rng = np.random.default_rng(seed)
     examples = []
     for i in range(num_examples):
         name = names[i % len(names)]
-        item = FAMILIES[name](rng)
+        item = _ALL_FAMILIES[name](rng)
         examples.append(
             Example(
                 prompt=alpaca_prompt(item.instruction, item.context),

@@ -84,3 +84,30 @@ def test_family_subset_and_unknown_family():
     assert {ex.category for ex in examples} == {"parity", "arithmetic"}
     with pytest.raises(ValueError, match=r"unknown name\(s\) \['nope'\]"):
         generate_synthetic(10, families=("parity", "nope"))
+
+
+def test_conflicting_families_answer_one_prompt_differently():
+    """The topic-code families share instruction and inputs; every pair of them answers every
+    input differently (a Latin square of codes), each answer is the code of the word's topic."""
+    from itertools import combinations
+
+    from fedamole.data.synthetic import _TOPICS, CONFLICTING_FAMILIES, TOPIC_CODES
+
+    names = sorted(CONFLICTING_FAMILIES)
+    assert len(names) >= 8 and not set(names) & set(FAMILIES)  # opt-in, not in the default ten
+    topic_of = {word: topic for topic, words in _TOPICS.items() for word in words}
+    answers: dict[str, dict[str, str]] = {}
+    for v, name in enumerate(names):
+        examples = generate_synthetic(400, seed=7, families=(name,))
+        assert examples == generate_synthetic(400, seed=7, families=(name,))
+        for ex in examples:
+            assert ex.category == name and ex.response in ex.choices
+            assert ex.response == TOPIC_CODES[v][topic_of[ex.context]]
+            assert answers.setdefault(name, {}).setdefault(ex.prompt, ex.response) == ex.response
+    prompts = {p for a in answers.values() for p in a}
+    assert len({ex.instruction for ex in generate_synthetic(80, families=tuple(names))}) == 1
+    for a, b in combinations(names, 2):
+        shared = set(answers[a]) & set(answers[b])
+        assert len(shared) > 20  # the same prompts occur in both families
+        assert all(answers[a][p] != answers[b][p] for p in shared)
+    assert len(prompts) > 80
