@@ -135,7 +135,7 @@ class LoRAStrategy(RoundTemplate):
         self.missed = set(range(self.num_clients)) - set(updates)
         if upload:
             if accepted:
-                self.global_state.update(self._average(accepted))
+                self.merge(accepted)
             self.dirty = True  # clients trained away from the global parts: always resend them
         return RoundSummary(rnd, tuple(accepted), rejected)
 
@@ -165,6 +165,11 @@ class LoRAStrategy(RoundTemplate):
             self.dirty = False
             return select_parts(self.global_state, self.shared_parts)
         return {}
+
+    def merge(self, accepted: Mapping[int, ClientMessage]) -> None:
+        """Fold this round's accepted uploads into the server state: their average replaces the
+        global shared parts (a subclass may average within groups of clients instead)."""
+        self.global_state.update(self._average(accepted))
 
     def _average(self, accepted: Mapping[int, ClientMessage]) -> dict[str, torch.Tensor]:
         clients = sorted(accepted)

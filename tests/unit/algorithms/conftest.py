@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedamole.algorithms import get_algorithm
+from fedamole.data import load_federated_data
 from fedamole.models import load_model_and_tokenizer
 
 
@@ -19,6 +20,8 @@ def make_algo(smoke):
         )
         algo = get_algorithm(name)(cfg)
         model = algo.prepare_model(model)
+        if algo.observes_partition:  # as the engines do: the partition before setup
+            algo.observe_partition(load_federated_data(cfg).client_categories())
         algo.setup(model)
         return algo, model, tokenizer
 

@@ -43,8 +43,8 @@ from fedamole.export import export_kind, exportable_algorithms
 HAND_WRITTEN_ORDER = (
     "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT",
     "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "Local",
-    "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo", "FedAMoLE-DP",
-    "FedAMoLE",
+    "FedIT-clustered", "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo",
+    "FedAMoLE-DP", "FedAMoLE",
 )  # fmt: skip
 # What fedamole.export.load_exported can read back.
 LOADABLE_KINDS = {"peft", "feddpa", "prompt", "mole"}
@@ -135,7 +135,7 @@ def test_the_optional_hooks_have_defaults():
     for name in algorithm_names():
         cls = get_algorithm(name)
         overrides = cls.observe_partition is not RoundTemplate.observe_partition
-        assert cls.observes_partition == overrides == (name == "fedamole")
+        assert cls.observes_partition == overrides == (name in {"fedamole", "fedit_clustered"})
 
 
 def test_the_behaviour_recording_covers_every_registered_algorithm(repo):
