@@ -32,13 +32,16 @@ SmolLM2 (GPT-2-style BPE) tokenizer every prompt is at most 59 tokens (45 of the
 template) and every answer at most 10, because the embedded demo trains on two CPU cores.
 
 **Conflicting families** (opt-in: named in ``data.families``, never part of the default ten):
-``topic_code_0`` ... ``topic_code_7`` share one instruction and one input vocabulary (96 common
-nouns, 12 in each of 8 topics: animals, fruits, vehicles, ...) and answer with a letter ``A``-``H``
-chosen by the noun's topic through a fixed per-family code (``TOPIC_CODES``). The codes form a
-Latin square, so any two of these families give different answers to every input: a model pooled
-over two of them is confused, while one trained on more examples of its own family learns more
-of its code. They exist for the collaboration benchmark (docs/results/collaboration.md), where
-whom a client shares with decides its score. The codes do not depend on ``seed``.
+``topic_code_0`` ... ``topic_code_7`` share one instruction and one input vocabulary (48 common
+nouns, 12 in each of 4 topics: animals, fruits, vehicles, instruments) and answer with a letter
+``A``-``D`` chosen by the noun's topic through a fixed per-family code (``TOPIC_CODES``). Any two
+of these families answer at least 3 of the 4 topics differently, and ``topic_code_0`` ... ``_3``
+all 4 (a Latin square): a model pooled over two of them is confused, while one trained on more
+examples of its own family learns more of its code. (Measured before choosing, local training at
+lr 5e-3, 40 steps of 4 on 22 examples: this 4-topic code reached 0.75 test accuracy, chance 0.25;
+an 8-topic code with letters or with the topic names permuted stayed at chance.) They exist for
+the collaboration benchmark (docs/results/collaboration.md), where whom a client shares with
+decides its score. The codes do not depend on ``seed``.
 
 Generation is deterministic in ``seed``: families are interleaved round-robin (sizes differ by at
 most one) and the result is shuffled.
@@ -221,31 +224,24 @@ _TOPICS: dict[str, tuple[str, ...]] = {
                 "ship", "tram", "plane"),
     "instrument": ("guitar", "piano", "violin", "drum", "flute", "trumpet", "harp", "cello",
                    "banjo", "organ", "clarinet", "saxophone"),
-    "sport": ("tennis", "soccer", "hockey", "golf", "boxing", "rugby", "cricket", "skiing",
-              "rowing", "baseball", "volleyball", "cycling"),
-    "clothing": ("shirt", "jacket", "scarf", "sock", "dress", "coat", "sweater", "glove", "skirt",
-                 "hat", "boot", "vest"),
-    "furniture": ("chair", "table", "sofa", "bed", "desk", "shelf", "stool", "bench", "cabinet",
-                  "wardrobe", "dresser", "couch"),
-    "body": ("elbow", "knee", "shoulder", "ankle", "finger", "wrist", "thumb", "chin", "neck",
-             "toe", "forehead", "hip"),
 }  # fmt: skip
-_CODE_LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
-_CODE_INSTRUCTION = "Which letter is the code of this word? Answer A, B, C, D, E, F, G or H."
-_CODE_SEED = 20261206  # fixes the codes; independent of the data seed
+_CODE_LETTERS = ("A", "B", "C", "D")
+_CODE_INSTRUCTION = "Which letter is the code of this word? Answer A, B, C or D."
+# Eight permutations of the four letters, all even: any two differ in at least 3 of 4 places
+# (two even permutations never differ by one swap), and within each half, the Klein group and its
+# coset by a 3-cycle, in all 4 (Latin squares).
+_KLEIN = ((0, 1, 2, 3), (1, 0, 3, 2), (2, 3, 0, 1), (3, 2, 1, 0))
+_CODE_PERMUTATIONS = _KLEIN + tuple(tuple((1, 2, 0, 3)[k] for k in v) for v in _KLEIN)
+_CODE_SEED = 20261206  # fixes which letter starts where; independent of the data seed
 
 
 def _topic_codes() -> tuple[dict[str, str], ...]:
-    """Eight codes topic -> letter forming a Latin square: code v sends topic t to letter
-    ``sigma[(tau[t] + v) % 8]``, so two codes never give one topic the same letter."""
-    rng = np.random.default_rng(_CODE_SEED)
-    sigma, tau = rng.permutation(len(_CODE_LETTERS)), rng.permutation(len(_TOPICS))
+    """The eight codes topic -> letter: ``_CODE_PERMUTATIONS`` relabelled by a fixed shuffle of
+    the letters (so that code 0 is not alphabetical)."""
+    letters = [_CODE_LETTERS[int(i)] for i in np.random.default_rng(_CODE_SEED).permutation(4)]
     return tuple(
-        {
-            topic: _CODE_LETTERS[int(sigma[(int(tau[t]) + v) % len(_CODE_LETTERS)])]
-            for t, topic in enumerate(_TOPICS)
-        }
-        for v in range(len(_CODE_LETTERS))
+        {topic: letters[perm[t]] for t, topic in enumerate(_TOPICS)}
+        for perm in _CODE_PERMUTATIONS
     )
 
 

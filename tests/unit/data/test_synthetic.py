@@ -87,8 +87,9 @@ def test_family_subset_and_unknown_family():
 
 
 def test_conflicting_families_answer_one_prompt_differently():
-    """The topic-code families share instruction and inputs; every pair of them answers every
-    input differently (a Latin square of codes), each answer is the code of the word's topic."""
+    """The topic-code families share instruction and inputs; any two answer most inputs
+    differently (at least 3 topics of 4; topic_code_0..3 all 4), each answer is the code of the
+    word's topic."""
     from itertools import combinations
 
     from fedamole.data.synthetic import _TOPICS, CONFLICTING_FAMILIES, TOPIC_CODES
@@ -109,5 +110,8 @@ def test_conflicting_families_answer_one_prompt_differently():
     for a, b in combinations(names, 2):
         shared = set(answers[a]) & set(answers[b])
         assert len(shared) > 20  # the same prompts occur in both families
-        assert all(answers[a][p] != answers[b][p] for p in shared)
-    assert len(prompts) > 80
+        differ = sum(answers[a][p] != answers[b][p] for p in shared) / len(shared)
+        assert differ > 0.6, (a, b)
+        if {a, b} <= {f"topic_code_{v}" for v in range(4)}:
+            assert differ == 1.0, (a, b)
+    assert len(prompts) == 48
