@@ -63,6 +63,7 @@ from fedamole.analysis.results import (
     scenario_sort_key,
     score_definition,
 )
+from fedamole.rundir import RunDir
 
 __all__ = ["FIGURES", "plot"]
 
@@ -373,7 +374,7 @@ def plot_routing(
     chosen = [
         r
         for r in runs
-        if r.get("federation.algorithm") == "fedamole" and (r.path / "checkpoints").is_dir()
+        if r.get("federation.algorithm") == "fedamole" and RunDir(r.path).checkpoints.is_dir()
     ]
     _need(chosen, "FedAMoLE runs with a checkpoints/ folder")
     fig, axes = _panels(len(chosen), width=4.4)
