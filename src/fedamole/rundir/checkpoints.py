@@ -42,8 +42,6 @@ from fedamole.rundir.layout import (
 )
 
 __all__ = [
-    "BEST",
-    "LAST",
     "CheckpointError",
     "checkpoint_info",
     "checkpoint_rounds",
