@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from fedamole.algorithms.registry import registry
 from fedamole.analysis.summaries import summarize_rounds
-from fedamole.rundir import CONFIG, Fold, RunDir, fold, is_backup, read_jsonl
+from fedamole.rundir import CONFIG, SERVER_CLIENT, Fold, RunDir, fold, is_backup, read_jsonl
 
 __all__ = [
     "SCORE_LABEL",
@@ -125,12 +125,10 @@ class Run:
         return list(read_jsonl(RunDir(self.path).metrics, steps=True))
 
     def server_metric(self, metric: str) -> dict[int, float]:
-        """round -> value of a server metric (e.g. ``rsea/group_purity``)."""
-        return {
-            int(rec["round"]): float(rec["value"])
-            for rec in self.metrics
-            if rec["split"] == "server" and rec["metric"] == metric
-        }
+        """round -> value of a server metric about the whole round (client
+        :data:`~fedamole.rundir.SERVER_CLIENT`, e.g. ``rsea/group_purity``)."""
+        by_round = fold(self.metrics, "server", metric)
+        return {rnd: v[SERVER_CLIENT] for rnd, v in by_round.items() if SERVER_CLIENT in v}
 
     def scores(self, split: str, metric: str = "score") -> Fold:
         """round -> client -> value of ``split/metric`` (:func:`~fedamole.rundir.fold`)."""
@@ -318,7 +316,7 @@ def entries(runs: Iterable[Run], *, ignore: Collection[str] = ()) -> list[Entry]
     for run in runs:
         variant = _method_identity(run.config, ignore)
         for label, split in method_labels(run.config):
-            if any(r["split"] == split and r["metric"] == "score" for r in run.metrics):
+            if run.scores(split):
                 seed = int(run.get("run.seed", 0))
                 out.append(
                     Entry(run, label, scenario_label(run.config), split, seed, label, variant)
