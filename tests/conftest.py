@@ -61,7 +61,7 @@ def _one_torch_thread():
 def result_records(path: Path) -> list[dict]:
     """``path/metrics.jsonl`` without the wall-clock ``server/round_seconds`` records, which no two
     runs share: what resumed, uninterrupted and other-engine runs must agree on."""
-    from fedamole.tracking import read_jsonl
+    from fedamole.rundir import read_jsonl
 
     return [r for r in read_jsonl(path / "metrics.jsonl") if r["metric"] != "round_seconds"]
 

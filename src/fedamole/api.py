@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from fedamole.config import Config, ConfigError, differing_fields, load, parse_overrides
+from fedamole.config import Config, ConfigError, load, parse_overrides
+from fedamole.rundir import RunDir, config_mismatch, default_run_dir
 
 if TYPE_CHECKING:
     from fedamole.analysis.results import Run
@@ -110,10 +111,10 @@ def run(
         ConfigError: a bad config or override (nothing has started).
         ValueError: an unknown engine, ``resume`` and ``overwrite`` together, or ``resume`` of a
             run started with another configuration.
-        fedamole.tracking.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
+        fedamole.rundir.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
             or ``run.tensorboard`` is set without TensorBoard installed (nothing has started).
         TypeError: ``on_record`` is not callable.
-        fedamole.tracking.RunDirError: ``run_dir`` exists (pass ``resume`` or ``overwrite``), or
+        fedamole.rundir.RunDirError: ``run_dir`` exists (pass ``resume`` or ``overwrite``), or
             is in use by another process.
         fedamole.engines.common.RunFailedError: a round in which no client succeeded.
     """
@@ -146,7 +147,7 @@ class ResumeMismatchError(ValueError):
         super().__init__(
             f"{run_dir} was started with another configuration (differs in "
             f"{', '.join(self.fields)}); resume it with the same config and overrides, or with its "
-            f"own: fedamole.run({str(run_dir / 'config.toml')!r}, run_dir={str(run_dir)!r}, "
+            f"own: fedamole.run({str(RunDir(run_dir).config)!r}, run_dir={str(run_dir)!r}, "
             "resume=True)"
         )
 
@@ -162,7 +163,7 @@ class StoredConfigError(ConfigError):
 def run_path(cfg: Config, run_dir: str | Path | None = None) -> Path:
     """The run directory: ``run_dir`` when given, else ``run.out_dir/run.name`` (relative to the
     current directory)."""
-    return Path(run_dir) if run_dir is not None else Path(cfg.run.out_dir) / cfg.run.name
+    return Path(run_dir) if run_dir is not None else default_run_dir(cfg.run)
 
 
 def start_run(
@@ -183,19 +184,19 @@ def start_run(
             directory whose ``config.toml`` does not validate.
         ResumeMismatchError: (a ``ValueError``) ``resume`` of a run started with another
             configuration.
-        ValueError, fedamole.tracking.RunDirError, fedamole.engines.common.RunFailedError: as
+        ValueError, fedamole.rundir.RunDirError, fedamole.engines.common.RunFailedError: as
             :func:`run` says.
     """
     target = run_path(cfg, run_dir)
-    stored = target / "config.toml"
+    stored = RunDir(target).config
     if resume and stored.exists():
         try:
             before = load(stored)
         except ConfigError as exc:
             raise StoredConfigError(stored, exc.errors) from None
-        differs = differing_fields(before, cfg)
-        if differs:
-            raise ResumeMismatchError(target, differs)
+        mismatch = config_mismatch(before, cfg)
+        if mismatch is not None:
+            raise ResumeMismatchError(target, mismatch.fields)
     from fedamole.engines import run_experiment
 
     return run_experiment(

@@ -108,9 +108,8 @@ def run(
     Example: fedamole run configs/demo.toml --tensorboard tb
     """
     from fedamole.api import ResumeMismatchError, StoredConfigError, run_path, start_run
-    from fedamole.checkpoint import CheckpointError
     from fedamole.engines.common import RunFailedError
-    from fedamole.tracking import RunDirError
+    from fedamole.rundir import CheckpointError, RunDir, RunDirError
 
     if resume and overwrite:
         _fail("--resume continues the run and --overwrite starts it again: choose one")
@@ -129,7 +128,7 @@ def run(
         _fail(
             f"{target} was started with another configuration (differs in "
             f"{', '.join(exc.fields)}); resume it with the same CONFIG and overrides, or with "
-            f"its own: fedamole run {target / 'config.toml'} --resume --run-dir {target}"
+            f"its own: fedamole run {RunDir(target).config} --resume --run-dir {target}"
         )
     except (RunDirError, CheckpointError, ValueError) as exc:
         _fail(str(exc))
@@ -196,7 +195,7 @@ def sweep(
     """
     from fedamole.experiments.grid import GridError, load_grid
     from fedamole.experiments.sweep import format_plan, plan, run_sweep
-    from fedamole.tracking import setup_logging
+    from fedamole.rundir import setup_logging
 
     selection: dict[str, list[str]] = {}
     for item in only or []:
@@ -247,7 +246,7 @@ def deploy_local(
 
     from fedamole.engines.flower import FlowerUnavailableError, require_flower
     from fedamole.engines.summary import format_summary
-    from fedamole.tracking import setup_logging
+    from fedamole.rundir import setup_logging
 
     try:
         require_flower()
@@ -288,8 +287,8 @@ def export(
 
     Example: fedamole export runs/demo --client 0 --out exports/demo-client0 --round best
     """
-    from fedamole.checkpoint import CheckpointError
     from fedamole.export import export_client
+    from fedamole.rundir import CheckpointError
 
     try:
         path = export_client(run, client, out, round=round_)

@@ -79,7 +79,7 @@ def plot(
     Example: fedamole plot rounds runs/sweeps/main --out figures
     """
     from fedamole.analysis.plots import plot as draw
-    from fedamole.checkpoint import CheckpointError
+    from fedamole.rundir import CheckpointError
 
     try:
         paths = draw(figure, runs, out, round_mode=round_mode.value, projection=projection.value)

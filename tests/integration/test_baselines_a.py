@@ -11,7 +11,6 @@ from fedamole.algorithms import get_algorithm
 from fedamole.algorithms.base import ClientContext
 from fedamole.algorithms.feddpa import instance_weights, mixture
 from fedamole.algorithms.lora_common import adapter_scales, initial_lora_state, set_lora_state
-from fedamole.checkpoint import load_checkpoint
 from fedamole.data import load_federated_data
 from fedamole.data.prompts import alpaca_prompt
 from fedamole.data.types import Example
@@ -28,7 +27,7 @@ from fedamole.export import (
 from fedamole.federated.messages import unpack_modules
 from fedamole.models import load_model_and_tokenizer
 from fedamole.mole import set_mole_state
-from fedamole.tracking import read_jsonl
+from fedamole.rundir import load_checkpoint, read_jsonl
 from tests.conftest import result_records, run_killed
 
 ALGORITHMS = ("local", "fedit", "ffa_lora", "fedsa_lora", "feddpa")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fedamole.engines.embedded import run_embedded
-from fedamole.tracking import read_jsonl
+from fedamole.rundir import read_jsonl
 from tests.conftest import result_records, run_killed
 
 SMALL = {

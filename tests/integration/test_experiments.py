@@ -26,7 +26,7 @@ from fedamole.cli import app
 from fedamole.config import dump, load
 from fedamole.experiments.grid import GridError, load_grid
 from fedamole.experiments.sweep import plan, run_sweep
-from fedamole.tracking import read_jsonl
+from fedamole.rundir import read_jsonl
 from tests.conftest import result_records, run_killed
 
 runner = CliRunner()
@@ -287,8 +287,8 @@ def test_a_run_with_both_timings_gives_two_rows(repo, tmp_path):
 
 def test_routing_vectors_are_probabilities_over_held_experts(swept):
     from fedamole.analysis.routing import client_separability, project, routing_points
-    from fedamole.checkpoint import load_checkpoint
     from fedamole.federated.messages import unpack_modules
+    from fedamole.rundir import load_checkpoint
 
     run_dir = swept["main"][1] / "task__FedAMoLE__seed1"
     found = routing_points(run_dir, every=1, max_batches=3, batch_size=2)

@@ -20,7 +20,6 @@ from fedamole.algorithms.lora_common import select_parts, set_lora_state
 from fedamole.algorithms.prompt_tuning import PROMPT_KIND, prompt_encoder, tensors_of_kind
 from fedamole.algorithms.virtual_tokens import VirtualTokenLM
 from fedamole.analysis.results import entries, load_runs
-from fedamole.checkpoint import CheckpointError, checkpoint_info, checkpoint_rounds, load_checkpoint
 from fedamole.cli import app
 from fedamole.data import load_federated_data
 from fedamole.engines import common
@@ -30,7 +29,13 @@ from fedamole.export import MANIFEST, README, export_client, load_exported
 from fedamole.federated.messages import unpack_modules
 from fedamole.models import load_model_and_tokenizer, tiny_causal_lm, tiny_tokenizer
 from fedamole.mole import set_mole_state
-from fedamole.tracking import read_jsonl
+from fedamole.rundir import (
+    CheckpointError,
+    checkpoint_info,
+    checkpoint_rounds,
+    load_checkpoint,
+    read_jsonl,
+)
 from tests.conftest import run_killed
 
 FAST = {

@@ -77,7 +77,7 @@ def test_a_kill_mid_round_leaves_no_duplicate_after_resume(smoke, tmp_path, monk
 
 
 def test_resume_drops_a_half_written_last_line_and_refuses_without_metrics(smoke, tmp_path):
-    from fedamole.checkpoint import CheckpointError
+    from fedamole.rundir import CheckpointError
     from tests.conftest import run_killed
 
     run_embedded(smoke, tmp_path / "full", progress=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedamole.engines.embedded import run_embedded
-from fedamole.tracking import read_jsonl
+from fedamole.rundir import read_jsonl
 from tests.conftest import result_records, run_killed
 
 
@@ -63,7 +63,7 @@ def test_resume_after_kill_equals_uninterrupted(full_run, smoke, tmp_path, monke
 
 
 def test_resume_with_another_config_is_refused(full_run, smoke, tmp_path):
-    from fedamole.checkpoint import CheckpointError
+    from fedamole.rundir import CheckpointError
 
     run_embedded(smoke.replace(**{"federation.rounds": 1}), tmp_path / "r", progress=False)
     other = smoke.replace(**{"federation.rounds": 1, "train.lr": 0.5})

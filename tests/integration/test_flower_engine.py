@@ -19,7 +19,6 @@ flwr = pytest.importorskip("flwr", reason="the Flower engine needs `make install
 from fedamole.algorithms import ALGORITHMS, get_algorithm  # noqa: E402
 from fedamole.algorithms.base import ClientContext  # noqa: E402
 from fedamole.algorithms.lora_common import select_parts, set_lora_state  # noqa: E402
-from fedamole.checkpoint import checkpoint_info, load_checkpoint  # noqa: E402
 from fedamole.data import load_federated_data  # noqa: E402
 from fedamole.engines.embedded import run_embedded  # noqa: E402
 from fedamole.engines.flower import client_app  # noqa: E402
@@ -33,7 +32,11 @@ from fedamole.engines.flower.records import (  # noqa: E402
 from fedamole.export import MANIFEST, README, export_client, load_exported  # noqa: E402
 from fedamole.federated.messages import ClientMessage, ServerMessage  # noqa: E402
 from fedamole.models import load_model_and_tokenizer  # noqa: E402
-from fedamole.tracking import read_jsonl  # noqa: E402
+from fedamole.rundir import (  # noqa: E402
+    checkpoint_info,
+    load_checkpoint,
+    read_jsonl,
+)
 from tests.conftest import result_records  # noqa: E402
 
 from .flower_grid import FakeGrid, wire  # noqa: E402

@@ -9,9 +9,9 @@ import pytest
 pytest.importorskip("flwr", reason="the Flower engine needs `make install-flower`")
 
 from fedamole.analysis.routing import routing_points
-from fedamole.checkpoint import load_checkpoint
 from fedamole.engines.embedded import run_embedded
 from fedamole.engines.flower import server_app as flower_server
+from fedamole.rundir import load_checkpoint
 
 from .flower_grid import FakeGrid
 

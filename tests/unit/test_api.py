@@ -14,7 +14,7 @@ import fedamole
 from fedamole.cli import app
 from fedamole.config import Config, ConfigError
 from fedamole.engines.summary import RunResult
-from fedamole.tracking import RunDirError
+from fedamole.rundir import RunDirError
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedamole.checkpoint import (
+from fedamole.rundir import (
     CheckpointError,
+    RunDir,
     client_snapshot,
     client_state,
     load_checkpoint,
     save_checkpoint,
 )
-from fedamole.tracking import RunDir
 
 
 def _state(v: float):

@@ -9,16 +9,17 @@ import json
 import pytest
 import torch
 
-from fedamole.checkpoint import (
+from fedamole.engines.common import BestCheckpoint, selection_split
+from fedamole.rundir import (
     CheckpointError,
+    JsonlLogger,
+    RunDir,
     checkpoint_info,
     checkpoint_rounds,
     load_checkpoint,
     promote_checkpoint,
     save_checkpoint,
 )
-from fedamole.engines.common import BestCheckpoint, selection_split
-from fedamole.tracking import JsonlLogger, RunDir
 
 
 def _state(rnd: int) -> dict:

@@ -65,7 +65,7 @@ def test_env_json_records_the_lock(tmp_path):
     import json
 
     from fedamole.config import Config
-    from fedamole.tracking import RunDir
+    from fedamole.rundir import RunDir
 
     run = RunDir.prepare(Config(), tmp_path / "r")
     env = json.loads(run.env.read_text())

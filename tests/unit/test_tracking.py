@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fedamole.config import Config, load
-from fedamole.tracking import JsonlLogger, RunDir, RunDirError, read_jsonl
+from fedamole.rundir import JsonlLogger, RunDir, RunDirError, read_jsonl
 
 
 def test_prepare_writes_config_and_env(tmp_path):
@@ -65,7 +65,7 @@ def test_run_dir_owns_assignments_and_the_done_marker(tmp_path):
 _HOLD = """
 import sys, time
 from pathlib import Path
-from fedamole.tracking import RunDir
+from fedamole.rundir import RunDir
 RunDir(Path(sys.argv[1])).acquire()
 print("held", flush=True)
 time.sleep(60)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import fedamole
 from fedamole.config import ConfigError, differing_fields
 from fedamole.federated.messages import ClientMessage, split_step_key, step_key
-from fedamole.tracking import (
+from fedamole.rundir import (
     HookError,
     JsonlLogger,
     RecordHooks,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from fedamole.algorithms.registry import registry
 from fedamole.analysis.summaries import summarize_rounds
-from fedamole.tracking import RunDir, read_jsonl
+from fedamole.rundir import CONFIG, SERVER_CLIENT, Fold, RunDir, fold, is_backup, read_jsonl
 
 __all__ = [
     "SCORE_LABEL",
@@ -117,28 +117,22 @@ class Run:
     def metrics(self) -> list[dict[str, Any]]:
         """Every ``metrics.jsonl`` record but the per-step training ones (:attr:`step_metrics`),
         which no table or figure reads and which are most of a long run's file."""
-        return list(read_jsonl(self.path / "metrics.jsonl", steps=False))
+        return list(read_jsonl(RunDir(self.path).metrics, steps=False))
 
     @property
     def step_metrics(self) -> list[dict[str, Any]]:
         """The per-step training records (``step_loss``, ``step_tokens``, ``step_lr``, ...)."""
-        return list(read_jsonl(self.path / "metrics.jsonl", steps=True))
+        return list(read_jsonl(RunDir(self.path).metrics, steps=True))
 
     def server_metric(self, metric: str) -> dict[int, float]:
-        """round -> value of a server metric (e.g. ``rsea/group_purity``)."""
-        return {
-            int(rec["round"]): float(rec["value"])
-            for rec in self.metrics
-            if rec["split"] == "server" and rec["metric"] == metric
-        }
+        """round -> value of a server metric about the whole round (client
+        :data:`~fedamole.rundir.SERVER_CLIENT`, e.g. ``rsea/group_purity``)."""
+        by_round = fold(self.metrics, "server", metric)
+        return {rnd: v[SERVER_CLIENT] for rnd, v in by_round.items() if SERVER_CLIENT in v}
 
-    def scores(self, split: str, metric: str = "score") -> dict[int, dict[int, float]]:
-        """round -> client -> value of ``split/metric``."""
-        out: dict[int, dict[int, float]] = {}
-        for rec in self.metrics:
-            if rec["split"] == split and rec["metric"] == metric:
-                out.setdefault(int(rec["round"]), {})[int(rec["client"])] = float(rec["value"])
-        return out
+    def scores(self, split: str, metric: str = "score") -> Fold:
+        """round -> client -> value of ``split/metric`` (:func:`~fedamole.rundir.fold`)."""
+        return fold(self.metrics, split, metric)
 
     def mean_by_round(self, split: str, metric: str = "score") -> dict[int, float]:
         """round -> unweighted mean over the clients that reported."""
@@ -147,10 +141,11 @@ class Run:
     def comm_per_client_round(self) -> tuple[float, float] | None:
         """Mean (up, down) bytes per client per training round (rounds 1..R)."""
         rounds, clients = int(self.get("federation.rounds", 0)), self.get("federation.num_clients")
-        if not rounds or not clients or not (self.path / "comm.jsonl").exists():
+        comm = RunDir(self.path).comm
+        if not rounds or not clients or not comm.exists():
             return None
         up = down = 0
-        for rec in read_jsonl(self.path / "comm.jsonl"):
+        for rec in read_jsonl(comm):
             if 1 <= rec["round"] <= rounds:
                 if rec["direction"] == "up":
                     up += rec["bytes"]
@@ -209,11 +204,11 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-        if (path / "config.toml").is_file():
+        if RunDir(path).config.is_file():
             found.append(path)
             continue
-        for cfg in sorted(path.rglob("config.toml")):
-            if not any(".old-" in part for part in cfg.relative_to(path).parts):
+        for cfg in sorted(path.rglob(CONFIG)):
+            if not is_backup(cfg.relative_to(path)):
                 found.append(cfg.parent)
     return list(dict.fromkeys(found))
 
@@ -222,8 +217,8 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """:class:`Run` objects for every run directory under ``paths`` (see :func:`find_run_dirs`)."""
     runs = []
     for path in find_run_dirs(paths):
-        config = tomllib.loads((path / "config.toml").read_text())
-        runs.append(Run(path, config, RunDir(path).finished))
+        run = RunDir(path)
+        runs.append(Run(path, tomllib.loads(run.config.read_text()), run.finished))
     return runs
 
 
@@ -321,7 +316,7 @@ def entries(runs: Iterable[Run], *, ignore: Collection[str] = ()) -> list[Entry]
     for run in runs:
         variant = _method_identity(run.config, ignore)
         for label, split in method_labels(run.config):
-            if any(r["split"] == split and r["metric"] == "score" for r in run.metrics):
+            if run.scores(split):
                 seed = int(run.get("run.seed", 0))
                 out.append(
                     Entry(run, label, scenario_label(run.config), split, seed, label, variant)

@@ -2,7 +2,7 @@
 
 For every client of a FedAMoLE run, the client's model at the end of the run (its MoLE state in
 the run's last checkpoint, or on the Flower engine in the client's own snapshot of that round:
-:func:`fedamole.checkpoint.client_state`) reads batches of that client's own data without
+:func:`fedamole.rundir.client_state`) reads batches of that client's own data without
 gradients. Per batch and per sampled MoLE module, the routing probabilities (softmax over the
 experts the client holds, docs/algorithm.md#routing) are averaged over the batch's real tokens and
 written at the experts' global ids, 0 for the experts the client does not hold. The concatenation
@@ -47,14 +47,13 @@ from torch import nn
 
 from fedamole.algorithms.fedamole import client_mole_state
 from fedamole.algorithms.runtime import build_runtime
-from fedamole.checkpoint import client_state, load_checkpoint
 from fedamole.config import load
 from fedamole.data import load_federated_data
 from fedamole.data.collate import collate, encode_train
 from fedamole.mole import set_mole_state
 from fedamole.mole.layer import MoLELinear
 from fedamole.mole.router import Routing
-from fedamole.tracking import RunDir
+from fedamole.rundir import RunDir, client_state, load_checkpoint
 from fedamole.training import model_inputs
 
 __all__ = [
@@ -115,13 +114,14 @@ def routing_points(
             f"{batch_size}"
         )
     run_dir = Path(run_dir)
-    cfg = load(run_dir / "config.toml")
+    run = RunDir(run_dir)
+    cfg = load(run.config)
     if cfg.federation.algorithm != "fedamole":
         raise ValueError(
             f"{run_dir.name}: routing needs a FedAMoLE run, this one ran "
             f"{cfg.federation.algorithm!r}"
         )
-    state = load_checkpoint(RunDir(run_dir).checkpoints)
+    state = load_checkpoint(run.checkpoints)
     runtime = build_runtime(cfg)  # the MoLE layers, as in training
     model, tokenizer = runtime.model, runtime.tokenizer
     model.requires_grad_(False)

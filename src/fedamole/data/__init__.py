@@ -13,16 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedamole.config import Config
-from fedamole.data.datasets import (
-    DATASETS,
+from fedamole.data.datasets import DATASETS, load_examples
+from fedamole.data.partition import partition
+from fedamole.data.paths import resolve_data_path
+from fedamole.data.splits import resolve_test_cap, split_client, split_ratios
+from fedamole.data.types import (
+    ClientData,
     DataError,
     DataFileNotFoundError,
-    load_examples,
-    resolve_data_path,
+    Example,
+    FederatedData,
 )
-from fedamole.data.partition import partition
-from fedamole.data.splits import resolve_test_cap, split_client, split_ratios
-from fedamole.data.types import ClientData, Example, FederatedData
 
 __all__ = [
     "DATASETS",

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fedamole.config import PartitionConfig
-from fedamole.data.datasets import DataError
+from fedamole.data.types import DataError
 
 __all__ = [
     "PARTITIONERS",

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedamole.config import DataConfig
-from fedamole.data.datasets import DataError
-from fedamole.data.types import ClientData, Example
+from fedamole.data.types import ClientData, DataError, Example
 
 __all__ = [
     "CHOICE_TEST_CAP",

@@ -1,10 +1,11 @@
-"""The record every dataset is converted to, and the per-client bundle of splits."""
+"""The record every dataset is converted to, the per-client bundle of splits, and the errors of
+the data modules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["ClientData", "Example", "FederatedData"]
+__all__ = ["ClientData", "DataError", "DataFileNotFoundError", "Example", "FederatedData"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,11 @@ class FederatedData:
             frozenset(name for name, n in zip(self.categories, row, strict=True) if n)
             for row in counts
         ]
+
+
+class DataError(ValueError):
+    """A dataset or partition problem, naming the file or field, the value and the fix."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file or folder that does not exist."""

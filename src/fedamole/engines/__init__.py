@@ -27,15 +27,15 @@ def run_experiment(
     ``embedded`` runs every client in this process; ``flower`` runs the same algorithm on
     Flower's simulation engine (needs ``fedamole[flower]``; see :mod:`fedamole.engines.flower`).
     ``on_record`` is called with every record written to ``metrics.jsonl``
-    (:func:`fedamole.tracking.open_hooks`); the hooks the config names (``run.tensorboard``,
+    (:func:`fedamole.rundir.open_hooks`); the hooks the config names (``run.tensorboard``,
     ``run.hooks``) are checked before anything starts.
 
     Raises:
         ValueError: an unknown engine, or ``flower`` without ``flwr`` installed.
-        fedamole.tracking.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
+        fedamole.rundir.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
             or ``run.tensorboard`` is set without TensorBoard installed.
     """
-    from fedamole.tracking import check_hooks
+    from fedamole.rundir import check_hooks
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")

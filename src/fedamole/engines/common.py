@@ -10,7 +10,7 @@ both engines write the same run directory (``metrics.jsonl``, ``comm.jsonl``, ``
 1. :func:`open_run`: create (or reopen) the run directory, set up logging, seed torch.
 2. :func:`run_federation`: restore a checkpoint on resume, open the record hooks that mirror
    ``metrics.jsonl`` (TensorBoard, ``run.hooks``, ``on_record``:
-   :func:`~fedamole.tracking.open_hooks`), then for every round call the
+   :func:`~fedamole.rundir.open_hooks`), then for every round call the
    ``on_round`` callback (progress, or a test's simulated kill), :func:`play_round`, write the
    assignment and an atomic checkpoint (``checkpoints/last``, and ``checkpoints/best`` when the
    round is the best so far, :class:`BestCheckpoint`); after the last round mark the run done
@@ -32,29 +32,33 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
 from fedamole.algorithms.registry import algorithm_spec
-from fedamole.checkpoint import (
-    BEST,
-    LAST,
-    CheckpointError,
-    checkpoint_info,
-    load_checkpoint,
-    promote_checkpoint,
-    save_checkpoint,
-)
-from fedamole.config import Config, differing_fields
+from fedamole.config import Config
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ClientMessage, ServerMessage, split_step_key
-from fedamole.tracking import (
+from fedamole.rundir import (
+    BEST,
+    LAST,
+    SERVER_CLIENT,
+    CheckpointError,
     JsonlLogger,
+    JsonlTail,
     RecordHook,
     RecordHooks,
     RunDir,
+    checkpoint_info,
+    comm_record,
+    config_mismatch,
+    fold,
+    load_checkpoint,
+    metric_record,
     open_hooks,
+    promote_checkpoint,
+    save_checkpoint,
     setup_logging,
 )
 
@@ -124,9 +128,6 @@ class RoundLogs:
 RoundCallback = Callable[[int], None]
 """Called with the round number before each round runs."""
 
-SERVER_CLIENT = -1
-"""The ``client`` of server-side records in ``metrics.jsonl`` (``server/round_seconds``)."""
-
 
 def check_injected_failure(cfg: Config, rnd: int, client: int) -> None:
     """Raise :class:`InjectedFailure` when ``federation.fail_clients`` lists ``(rnd, client)``."""
@@ -164,11 +165,11 @@ def run_federation(
         on_round: called with the round number before each round (an exception it raises stops
             the run as a kill would: rounds before it are checkpointed).
         on_record: called with every record written to ``metrics.jsonl`` from now on, after the
-            hooks the config names (:func:`~fedamole.tracking.open_hooks`).
+            hooks the config names (:func:`~fedamole.rundir.open_hooks`).
 
     Raises:
         CheckpointError: ``resume`` without a usable checkpoint, or one of another config.
-        fedamole.tracking.HookError: a ``run.hooks`` entry does not import, or
+        fedamole.rundir.HookError: a ``run.hooks`` entry does not import, or
             ``run.tensorboard`` is set without TensorBoard installed.
     """
     start = 0 if cfg.eval.test_init else 1
@@ -253,7 +254,7 @@ class BestCheckpoint:
     in round ``r``, ``test_global`` scores of round ``r`` (the global model after its aggregation)
     in round ``r + 1``. :meth:`update` is called before and after each save of ``last``; whenever
     the best complete round is the one ``last`` holds and ``best`` holds another, ``last`` is
-    copied to ``best`` (:func:`~fedamole.checkpoint.promote_checkpoint`, atomic). Everything is
+    copied to ``best`` (:func:`~fedamole.rundir.promote_checkpoint`, atomic). Everything is
     derived from ``metrics.jsonl`` and the checkpoints on disk, so a resumed run (whose
     ``metrics.jsonl`` was cut back to its checkpoint) keeps the same ``best`` as an uninterrupted
     one; a kill between saving ``last`` and promoting it is repaired on resume.
@@ -262,17 +263,17 @@ class BestCheckpoint:
     def __init__(self, cfg: Config, run: RunDir):
         self.split = selection_split(cfg)
         self.folder = run.checkpoints
-        self.metrics = run.metrics
-        self._offset = 0  # metrics.jsonl is read incrementally: bytes already parsed
+        self._metrics = JsonlTail(run.metrics)  # read incrementally, as it grows
         self._scores: dict[int, dict[int, float]] = {}  # round -> client -> score
 
     def update(self, played: int) -> None:
         """Promote ``last`` to ``best`` when it holds the best complete round, given that every
         round up to ``played`` has run."""
         complete = played if self.split == "test" else played - 1
+        fold(self._metrics.read(), self.split, "score", into=self._scores)
         means = {
             rnd: sum(v.values()) / len(v)
-            for rnd, v in self._read_scores().items()
+            for rnd, v in self._scores.items()
             if rnd <= complete and v
         }
         if not means:
@@ -289,25 +290,6 @@ class BestCheckpoint:
         selection = {"rule": "best", "round": rnd, "split": self.split, "metric": "score"}
         promote_checkpoint(self.folder, {**selection, "value": value}, source=LAST, target=BEST)
         log.info("checkpoints/best: round %d (%s/score %.4f)", rnd, self.split, value)
-
-    def _read_scores(self) -> dict[int, dict[int, float]]:
-        """Fold the complete lines appended to ``metrics.jsonl`` since the last call."""
-        if not self.metrics.exists():
-            return self._scores
-        with self.metrics.open("rb") as fh:
-            fh.seek(self._offset)
-            chunk = fh.read()
-        end = chunk.rfind(b"\n") + 1  # a line being written is read next time
-        self._offset += end
-        for line in chunk[:end].splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if rec.get("split") == self.split and rec.get("metric") == "score":
-                self._scores.setdefault(int(rec["round"]), {})[int(rec["client"])] = float(
-                    rec["value"]
-                )
-        return self._scores
 
 
 def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: RoundLogs) -> int:
@@ -350,32 +332,14 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
     summary = algo.aggregate(rnd, updates)
     server = summary.info.get("metrics", {}) if isinstance(summary.info, Mapping) else {}
     for metric, value in sorted(server.items()):  # e.g. FedAMoLE's rsea/... diagnostics
-        logs.metrics.log(
-            {
-                "round": rnd,
-                "client": SERVER_CLIENT,
-                "split": "server",
-                "metric": metric,
-                "value": value,
-            }
-        )
+        logs.metrics.log(metric_record(rnd, SERVER_CLIENT, "server", metric, value))
     if server:
         log.info("server  %s", "  ".join(f"{k} {v:.4f}" for k, v in sorted(server.items())))
     for client, reason in summary.rejected.items():
-        logs.metrics.log(
-            {"round": rnd, "client": client, "split": "server", "metric": "rejected", "value": 1.0}
-        )
+        logs.metrics.log(metric_record(rnd, client, "server", "rejected", 1.0))
         log.warning("round %d: update of client %d rejected: %s", rnd, client, reason)
     seconds = time.perf_counter() - t0
-    logs.metrics.log(
-        {
-            "round": rnd,
-            "client": SERVER_CLIENT,
-            "split": "server",
-            "metric": "round_seconds",
-            "value": seconds,
-        }
-    )
+    logs.metrics.log(metric_record(rnd, SERVER_CLIENT, "server", "round_seconds", seconds))
     log.info(
         "round %d done in %.1f s (%d failed, %d rejected)",
         rnd,
@@ -396,19 +360,18 @@ def _log_metrics(metrics_log: JsonlLogger, rnd: int, client: int, update: Client
         at = rnd
         if split == "received":  # the model received this round = the global one of rnd-1
             split, at = "test_global", rnd - 1
-        record = {"round": at, "client": client, "split": split, "metric": metric, "value": value}
-        if step is not None:
-            record["step"] = step
-        metrics_log.log(record)
+        metrics_log.log(metric_record(at, client, split, metric, value, step))
 
 
 def _log_comm(
-    comm_log: JsonlLogger, rnd: int, client: int, direction: str, msg: ServerMessage | ClientMessage
+    comm_log: JsonlLogger,
+    rnd: int,
+    client: int,
+    direction: Literal["down", "up"],
+    msg: ServerMessage | ClientMessage,
 ) -> None:
     for kind, nbytes in sorted(msg.nbytes().items()):
-        comm_log.log(
-            {"round": rnd, "client": client, "direction": direction, "kind": kind, "bytes": nbytes}
-        )
+        comm_log.log(comm_record(rnd, client, direction, kind, nbytes))
 
 
 def _client_line(client: int, update: ClientMessage, msg: ServerMessage) -> str:
@@ -429,11 +392,11 @@ def _write_assignment(run: RunDir, rnd: int, record: Mapping[str, Any] | None) -
 def _restore(run: RunDir, cfg: Config, algo: Algorithm, clients: Clients) -> int:
     state = load_checkpoint(run.checkpoints)
     saved = json.loads(state["config"])  # a dict: an older version's config may not validate
-    differs = differing_fields(saved, cfg)  # run.tensorboard and run.hooks may change
-    if differs:
+    mismatch = config_mismatch(saved, cfg)  # run.tensorboard and run.hooks may change
+    if mismatch is not None:
         raise CheckpointError(
             f"the checkpoint in {run.checkpoints} was written with another configuration "
-            f"(differs in {', '.join(differs)}); resume with the run's own config.toml"
+            f"({mismatch}); resume with the run's own {run.config.name}"
         )
     algo.load_state_dict(state["server"])
     clients.load_states(state["clients"])

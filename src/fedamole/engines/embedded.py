@@ -50,7 +50,7 @@ from fedamole.engines.common import (
 )
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import ServerMessage
-from fedamole.tracking import RecordHook
+from fedamole.rundir import RecordHook
 
 __all__ = [
     "InjectedFailure",

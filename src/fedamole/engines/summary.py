@@ -1,7 +1,7 @@
 """What a finished run reports: per-client first and last scores, bytes, experts held.
 
-Read back from the run directory (:class:`~fedamole.tracking.RunDir`), so both engines and a
-resumed run print the same summary.
+Read back from the run directory (:class:`~fedamole.rundir.RunDir`, scores through
+:func:`~fedamole.rundir.fold`), so both engines and a resumed run print the same summary.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedamole.tracking import RunDir, read_jsonl
+from fedamole.rundir import RunDir, fold, read_jsonl
 
 __all__ = ["RunResult", "format_summary", "summarize_run"]
 
@@ -34,17 +34,14 @@ class RunResult:
 def summarize_run(run_dir: Path) -> RunResult:
     """First/last-round test metrics per client and total bytes, from a run directory's logs."""
     run = RunDir(run_dir)
-    by_round: dict[int, dict[int, dict[str, float]]] = {}
-    records = list(read_jsonl(run.metrics))
+    by_round: dict[int, dict[int, dict[str, float]]] = {}  # round -> client -> metric -> value
+    records = list(read_jsonl(run.metrics, steps=False))
     primary = "test" if any(r["split"] == "test" for r in records) else "test_global"
-    for rec in records:
-        if rec["split"] == primary:
-            by_round.setdefault(rec["round"], {}).setdefault(rec["client"], {})[rec["metric"]] = (
-                rec["value"]
-            )
-    for rec in records:  # the eval-set loss beside the test metrics of the same round
-        if rec["split"] == "eval" and rec["metric"] == "loss" and rec["round"] in by_round:
-            by_round[rec["round"]].setdefault(rec["client"], {})["eval_loss"] = rec["value"]
+    for metric in sorted({r["metric"] for r in records if r["split"] == primary}):
+        _add(by_round, fold(records, primary, metric), metric)
+    # the eval-set loss beside the test metrics of the same round
+    eval_loss = fold(records, "eval", "loss")
+    _add(by_round, {rnd: eval_loss[rnd] for rnd in eval_loss.keys() & by_round.keys()}, "eval_loss")
     up = down = 0
     for rec in read_jsonl(run.comm):
         if rec["direction"] == "up":
@@ -62,6 +59,15 @@ def summarize_run(run_dir: Path) -> RunResult:
             for client, ids in enumerate(per_client):
                 result.experts.setdefault(client, []).append(len(ids))
     return result
+
+
+def _add(
+    by_round: dict[int, dict[int, dict[str, float]]], values: dict[int, dict[int, float]], name: str
+) -> None:
+    """Put a fold's ``round -> client -> value`` into ``by_round`` as metric ``name``."""
+    for rnd, clients in values.items():
+        for client, value in clients.items():
+            by_round.setdefault(rnd, {}).setdefault(client, {})[name] = value
 
 
 def format_summary(result: RunResult) -> str:

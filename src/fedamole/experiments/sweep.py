@@ -35,9 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedamole.config import Config, ConfigError, differing_fields, dump, load
+from fedamole.config import Config, ConfigError, dump, load
 from fedamole.experiments.grid import Grid, GridError, GridRun, expand, resolve_config, select
-from fedamole.tracking import RunDir
+from fedamole.rundir import RunDir, config_mismatch, has_checkpoint
 
 __all__ = [
     "PlannedRun",
@@ -64,7 +64,7 @@ class PlannedRun:
     def action(self) -> str:
         """What the sweep does with it: start, resume, restart, skip or refuse."""
         if self.status == "partial":
-            return "resume" if _has_checkpoint(self.run.run_dir) else "restart"
+            return "resume" if has_checkpoint(RunDir(self.run.run_dir).checkpoints) else "restart"
         return {"new": "start", "finished": "skip"}.get(self.status, "refuse")
 
 
@@ -102,18 +102,18 @@ def run_status(run_dir: Path, cfg: Config) -> str:
 
     The saved ``config.toml`` is read through today's config model, so that a field added to
     the defaults since the run started does not count as a change; neither do the tracking
-    fields (``run.tensorboard``, ``run.hooks``: :func:`~fedamole.config.differing_fields`).
+    fields (``run.tensorboard``, ``run.hooks``: :func:`~fedamole.rundir.config_mismatch`).
     """
-    saved = run_dir / "config.toml"
-    if not saved.exists():
+    run = RunDir(run_dir)
+    if not run.config.exists():
         return "new"
     try:
-        on_disk = load(saved).to_dict()
+        on_disk = load(run.config)
     except (ConfigError, ValueError):
         return "changed"
-    if differing_fields(on_disk, cfg):
+    if config_mismatch(on_disk, cfg) is not None:
         return "changed"
-    return "finished" if RunDir(run_dir).finished else "partial"
+    return "finished" if run.finished else "partial"
 
 
 def format_plan(grid: Grid, planned: Sequence[PlannedRun]) -> str:
@@ -219,10 +219,6 @@ def _changed_message(grid: Grid, names: list[str]) -> str:
     )
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints" / n / "state.json").exists() for n in ("last", "last.old"))
-
-
 def _resume_flags(p: PlannedRun) -> tuple[bool, bool]:
     """``(resume, overwrite)`` for a run to start."""
     resume = p.action == "resume"
@@ -256,7 +252,7 @@ class _Progress:
 
 def _run_sequential(todo: list[PlannedRun], engine: str, result: SweepResult) -> None:
     from fedamole.engines import run_experiment
-    from fedamole.tracking import setup_logging
+    from fedamole.rundir import setup_logging
 
     progress, level = _Progress(len(todo), 1), logging.getLogger().level
     for p in todo:

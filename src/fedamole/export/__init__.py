@@ -1,7 +1,7 @@
 """Export a client's personalized model from a run directory, load it back, answer prompts with it.
 
 :func:`export_client` reads the run's resolved ``config.toml`` and one of its checkpoints
-(:func:`fedamole.checkpoint.load_checkpoint`, chosen by ``round``) and writes the model client
+(:func:`fedamole.rundir.load_checkpoint`, chosen by ``round``) and writes the model client
 ``c`` was scored with:
 
 - ``round="last"`` (the default): ``checkpoints/last``, the model the client held at the end of the

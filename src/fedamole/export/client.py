@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from fedamole.algorithms.registry import algorithm_spec, resolve
-from fedamole.checkpoint import LAST, load_checkpoint
 from fedamole.config import Config, load
 from fedamole.export.formats import FORMAT, MANIFEST, README, VERSION, exportable_algorithms
 from fedamole.export.readme import readme
 from fedamole.export.source import Source, base_model, pick_checkpoint
+from fedamole.rundir import LAST, RunDir, load_checkpoint
 
 __all__ = ["export_client"]
 
@@ -41,7 +41,8 @@ def export_client(run_dir: Path, client: int, out: Path, *, round: str | int = L
         FileExistsError: ``out`` is a non-empty folder (nothing is overwritten).
     """
     run_dir = Path(run_dir)
-    cfg = load(run_dir / "config.toml")
+    run = RunDir(run_dir)
+    cfg = load(run.config)
     algorithm = cfg.federation.algorithm
     export = algorithm_spec(algorithm).export
     if export is None:
@@ -49,7 +50,7 @@ def export_client(run_dir: Path, client: int, out: Path, *, round: str | int = L
             f"cannot export a {algorithm!r} client: export supports {exportable_algorithms()}"
         )
     name, view, selection = pick_checkpoint(run_dir, cfg, round)
-    state = load_checkpoint(run_dir / "checkpoints", name)
+    state = load_checkpoint(run.checkpoints, name)
     # the embedded engine checkpoints every client's state; on Flower it is empty (the clients'
     # own snapshots hold it, read when the export needs it: Source.client_state)
     clients = state["clients"] or range(cfg.federation.num_clients)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedamole.checkpoint import BEST
 from fedamole.export.formats import FEDDPA_DIRECTION, MANIFEST
+from fedamole.rundir import BEST
 
 __all__ = ["readme"]
 

@@ -15,16 +15,17 @@ from fedamole.algorithms import get_algorithm
 from fedamole.algorithms.base import ClientContext
 from fedamole.algorithms.lora_common import select_parts
 from fedamole.algorithms.lora_strategy import LoRAStrategy
-from fedamole.checkpoint import (
+from fedamole.config import Config
+from fedamole.export.formats import FEDAMOLE_PREFIXES, exportable_algorithms
+from fedamole.rundir import (
     BEST,
     LAST,
     CheckpointError,
+    RunDir,
     checkpoint_info,
     checkpoint_rounds,
     client_state,
 )
-from fedamole.config import Config
-from fedamole.export.formats import FEDAMOLE_PREFIXES, exportable_algorithms
 
 __all__ = [
     "Source",
@@ -66,7 +67,7 @@ class Source:
     def client_state(self) -> dict[str, Any]:
         """The client's private state after ``round``: the checkpoint's on the embedded engine,
         the client's own snapshot of that round on Flower
-        (:func:`fedamole.checkpoint.client_state`)."""
+        (:func:`fedamole.rundir.client_state`)."""
         return client_state(self.run_dir, self.state, self.client)
 
     @property
@@ -96,7 +97,7 @@ def pick_checkpoint(
     run_dir: Path, cfg: Config, which: str | int
 ) -> tuple[str, str, dict[str, Any] | None]:
     """``(checkpoint name, view, selection)`` for ``--round which``."""
-    folder = run_dir / "checkpoints"
+    folder = RunDir(run_dir).checkpoints
     kept = checkpoint_rounds(folder)
     listing = ", ".join(f"{n} (round {r})" for n, r in kept.items()) or "none"
     if isinstance(which, str) and which.strip().lstrip("-").isdigit():

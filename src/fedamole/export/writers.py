@@ -27,7 +27,7 @@ from fedamole.export.formats import FEDDPA_DIRECTION, MOLE_STATE
 from fedamole.export.source import Source, base_model, lora_client_state, quiet_peft
 from fedamole.federated.messages import pack_modules
 from fedamole.models import load_model_and_tokenizer
-from fedamole.tracking import read_jsonl
+from fedamole.rundir import RunDir, fold, read_jsonl
 
 __all__ = ["write_fdlora", "write_feddpa", "write_mole", "write_peft", "write_prompt"]
 
@@ -58,17 +58,16 @@ def write_fdlora(source: Source, out: Path) -> dict[str, Any]:
 
 def _fusion_weights(source: Source, rnd: int) -> tuple[float, float]:
     """FDLoRA's fusion weights of the client's received model in round ``rnd`` (metrics.jsonl)."""
-    found: dict[str, float] = {}
-    for rec in read_jsonl(source.run_dir / "metrics.jsonl"):
-        if rec["round"] == rnd and rec["client"] == source.client and rec["split"] == "fusion":
-            found[rec["metric"]] = float(rec["value"])
+    records = list(read_jsonl(RunDir(source.run_dir).metrics, steps=False))
     try:
-        return found["received_w0"], found["received_w1"]
+        w0 = fold(records, "fusion", "received_w0")[rnd][source.client]
+        w1 = fold(records, "fusion", "received_w1")[rnd][source.client]
     except KeyError:
         raise ValueError(
             f"client {source.client} logged no fusion weights of its received model in round "
             f"{rnd} (metrics.jsonl: fusion/received_w0, _w1); it failed that round?"
         ) from None
+    return w0, w1
 
 
 def _save_lora(cfg: Config, adapter: dict[str, torch.Tensor], out: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from fedamole.config import DataConfig
 from fedamole.data import DataError, DataFileNotFoundError, load_examples, resolve_data_path
-from fedamole.data.datasets import DATA_ROOT_ENV, data_root
+from fedamole.data.paths import DATA_ROOT_ENV, data_root
 
 from ._util import FIXTURES
 

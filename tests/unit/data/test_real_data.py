@@ -9,7 +9,7 @@ import pytest
 
 from fedamole.config import DataConfig, load
 from fedamole.data import load_examples, load_federated_data, resolve_data_path
-from fedamole.data.datasets import DATA_ROOT_ENV
+from fedamole.data.paths import DATA_ROOT_ENV
 from fedamole.experiments.grid import expand, load_grid, resolve_config
 
 from ._util import config

@@ -46,12 +46,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedamole.algorithms.base import Algorithm, ClientContext
 from fedamole.algorithms.runtime import build_runtime
-from fedamole.checkpoint import (
-    client_snapshot,
-    client_snapshots,
-    load_checkpoint,
-    save_checkpoint,
-)
 from fedamole.config import Config
 from fedamole.data.types import ClientData
 from fedamole.engines.common import check_injected_failure
@@ -64,6 +58,7 @@ from fedamole.engines.flower.records import (
     state_to_records,
 )
 from fedamole.federated.messages import ServerMessage
+from fedamole.rundir import client_snapshot, client_snapshots, load_checkpoint, save_checkpoint
 
 __all__ = ["KEEP_KEY", "RUNTIME_KEY", "SETUP_KEY", "app"]
 

@@ -46,6 +46,7 @@ from fedamole.engines.flower.processes import (
     wait_for_port,
 )
 from fedamole.engines.summary import RunResult, summarize_run
+from fedamole.rundir import RunDir
 
 __all__ = ["APP_DIR", "LocalDeployment", "deploy_local", "write_node_files"]
 
@@ -170,7 +171,7 @@ def deploy_local(
             log_file=workdir / "logs" / "flwr-run.log",
         )
         log.info("flwr run finished in %.1f s", time.perf_counter() - t0)
-    if not (run_dir / "metrics.jsonl").exists():
+    if not RunDir(run_dir).metrics.exists():
         raise RuntimeError(f"the run wrote no metrics to {run_dir}; see {workdir / 'logs'}")
     return summarize_run(run_dir)
 

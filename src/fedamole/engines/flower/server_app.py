@@ -43,8 +43,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedamole.algorithms.base import Algorithm
 from fedamole.algorithms.runtime import build_runtime
-from fedamole.checkpoint import BEST, CheckpointError, checkpoint_info
-from fedamole.config import Config, load
+from fedamole.config import Config, ConfigError, load
 from fedamole.data import DataError, load_federated_data
 from fedamole.engines.common import (
     Outcome,
@@ -56,7 +55,16 @@ from fedamole.engines.flower.client_app import KEEP_KEY, NODE_KEY, RUNTIME_KEY, 
 from fedamole.engines.flower.records import message_from_record, message_to_record
 from fedamole.engines.summary import RunResult
 from fedamole.federated.messages import ClientMessage, ServerMessage
-from fedamole.tracking import JsonlLogger, RecordHook
+from fedamole.rundir import (
+    BEST,
+    CheckpointError,
+    JsonlLogger,
+    RecordHook,
+    RunDir,
+    checkpoint_info,
+    config_mismatch,
+    default_run_dir,
+)
 
 __all__ = ["FlowerClients", "ServerSettings", "app", "make_server_app", "serve", "wire_size"]
 
@@ -98,8 +106,13 @@ class ServerSettings:
 
         Keys: ``config`` (the fedamole TOML; relative paths are taken from the current folder),
         ``overrides`` (``"key=value ..."``), ``run-dir`` (default ``run.out_dir/run.name``),
-        ``resume`` and ``overwrite`` (booleans). With ``resume`` the run directory's own
-        ``config.toml`` is used, as ``fedamole run --resume`` does.
+        ``resume`` and ``overwrite`` (booleans). A ``resume`` needs the config the run was started
+        with, as ``fedamole run --resume`` does (:func:`~fedamole.rundir.config_mismatch`): the
+        same TOML and overrides, or the run directory's own ``config.toml``.
+
+        Raises:
+            ValueError: no ``config``, or ``resume`` with a config other than the run's (the
+                message names the differing fields and the run config that resumes it).
         """
         if not run_config.get("config"):
             raise ValueError(
@@ -107,10 +120,10 @@ class ServerSettings:
             )
         overrides = shlex.split(str(run_config.get("overrides", "")))
         cfg = load(Path(str(run_config["config"])).expanduser(), overrides)
-        run_dir = Path(str(run_config.get("run-dir") or Path(cfg.run.out_dir) / cfg.run.name))
+        run_dir = Path(str(run_config.get("run-dir") or default_run_dir(cfg.run)))
         resume = bool(run_config.get("resume", False))
-        if resume and (run_dir / "config.toml").exists():
-            cfg = load(run_dir / "config.toml")
+        if resume:
+            _check_resume(cfg, RunDir(run_dir))
         return cls(cfg, run_dir, resume=resume, overwrite=bool(run_config.get("overwrite", False)))
 
 
@@ -324,6 +337,31 @@ class FlowerClients:
                 log.warning("client %d rejoined as node %d (was node %d)", client, node, old)
             self.node_of[client] = node
         return live
+
+
+def _check_resume(cfg: Config, run: RunDir) -> None:
+    """Refuse to resume ``run`` with a config other than the one it was started with.
+
+    Raises:
+        ValueError: its ``config.toml`` differs from ``cfg`` (or does not validate); the message
+            names the fields and the run config that resumes the run with its own config.
+    """
+    if not run.config.exists():
+        return  # RunDir.prepare says that there is nothing to resume
+    own = f'--run-config \'config="{run.config.resolve()}" run-dir="{run.path}" resume=true\''
+    try:
+        saved = load(run.config)
+    except ConfigError as exc:
+        raise ValueError(
+            f"cannot resume {run.path}: its {run.config.name} is not a valid config "
+            f"({'; '.join(exc.errors)}); start the run again with overwrite=true"
+        ) from None
+    mismatch = config_mismatch(saved, cfg)
+    if mismatch is not None:
+        raise ValueError(
+            f"{run.path} was started with another configuration ({mismatch}); resume it with the "
+            f"same config and overrides, or with its own: {own}"
+        )
 
 
 def wire_size(message: Message) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from fedamole.config import Config
 from fedamole.engines.flower import require_flower
 from fedamole.engines.summary import RunResult
-from fedamole.tracking import RecordHook, RunDir
+from fedamole.rundir import RecordHook, RunDir
 
 __all__ = ["backend_config", "run_flower_simulation"]
 

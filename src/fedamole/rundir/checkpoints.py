@@ -28,23 +28,33 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedamole.tracking import RunDir
+from fedamole.rundir.layout import (
+    BEST,
+    CHECKPOINT_STATE,
+    CHECKPOINT_TENSORS,
+    LAST,
+    OLD_SUFFIX,
+    SNAPSHOT_GLOB,
+    TMP_SUFFIX,
+    RunLayout,
+    snapshot_folder,
+    snapshot_round,
+)
 
 __all__ = [
     "CheckpointError",
     "checkpoint_info",
     "checkpoint_rounds",
-    "client_snapshot",
     "client_snapshots",
     "client_state",
+    "has_checkpoint",
     "load_checkpoint",
     "promote_checkpoint",
     "save_checkpoint",
 ]
 
 _FORMAT = 1
-LAST, BEST = "last", "best"
-_TENSORS, _STATE = "tensors.safetensors", "state.json"
+_TENSORS, _STATE = CHECKPOINT_TENSORS, CHECKPOINT_STATE
 
 
 class CheckpointError(RuntimeError):
@@ -150,9 +160,15 @@ def checkpoint_rounds(folder: Path) -> dict[str, int | None]:
     return out
 
 
+def has_checkpoint(folder: Path, name: str = LAST) -> bool:
+    """Whether ``folder/<name>`` (or the ``<name>.old`` a crash left) holds a checkpoint that
+    :func:`load_checkpoint` would try (its ``state.json`` exists)."""
+    return _existing(folder, name) is not None
+
+
 def _existing(folder: Path, name: str) -> Path | None:
     """``folder/<name>``, or ``<name>.old`` when a crash left only that; ``None`` if neither."""
-    for candidate in (name, f"{name}.old"):
+    for candidate in (name, f"{name}{OLD_SUFFIX}"):
         path = folder / candidate
         if (path / _STATE).exists():
             return path
@@ -161,7 +177,7 @@ def _existing(folder: Path, name: str) -> Path | None:
 
 def _fresh_tmp(folder: Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{name}.tmp"
+    tmp = folder / f"{name}{TMP_SUFFIX}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -176,7 +192,7 @@ def _write_body(tmp: Path, body: Mapping[str, Any]) -> None:
 def _swap_in(folder: Path, name: str) -> Path:
     """Replace ``folder/<name>`` by the complete ``<name>.tmp`` with two renames (a crash between
     them leaves ``<name>.old``, which loading falls back to)."""
-    final, tmp, old = folder / name, folder / f"{name}.tmp", folder / f"{name}.old"
+    final, tmp, old = folder / name, folder / f"{name}{TMP_SUFFIX}", folder / f"{name}{OLD_SUFFIX}"
     if final.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -202,18 +218,16 @@ def _read_body(path: Path) -> dict[str, Any]:
 def _read(path: Path) -> dict[str, Any]:
     body = _read_body(path)
     expected = body.get("sha256")  # checkpoints written before checksums have none
-    if expected is not None and _sha256(path / "tensors.safetensors") != expected:
+    if expected is not None and _sha256(path / _TENSORS) != expected:
         raise CheckpointError(
-            f"{path / 'tensors.safetensors'} does not match the checksum in state.json: it changed "
+            f"{path / _TENSORS} does not match the checksum in state.json: it changed "
             "after it was written (disk corruption, a copy or an edit), so resuming from it could "
             "give wrong results. Restore the file, or start the run again with --overwrite"
         )
     try:
-        tensors = load_file(str(path / "tensors.safetensors"))
+        tensors = load_file(str(path / _TENSORS))
     except Exception as exc:  # safetensors raises several types for truncated/corrupt files
-        raise CheckpointError(
-            f"{path / 'tensors.safetensors'} is corrupt ({exc}); cannot resume"
-        ) from None
+        raise CheckpointError(f"{path / _TENSORS} is corrupt ({exc}); cannot resume") from None
     try:
         return _decode(body["state"], tensors)
     except KeyError as exc:
@@ -273,21 +287,16 @@ def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 # per client and round, ``<state dir>/client_NNN/round_RRR``, numbered as the server's checkpoints.
 
 
-def client_snapshot(state_dir: Path, client: int, rnd: int) -> Path:
-    """The folder of client ``client``'s state snapshot after round ``rnd``."""
-    return state_dir / f"client_{client:03d}" / f"round_{rnd:03d}"
-
-
 def client_snapshots(state_dir: Path | None, client: int) -> dict[int, Path]:
     """``{round: folder}`` of client ``client``'s snapshot folders (complete or not), by round."""
-    folder = None if state_dir is None else state_dir / f"client_{client:03d}"
+    folder = None if state_dir is None else snapshot_folder(state_dir, client)
     if folder is None or not folder.is_dir():
         return {}
     found = {}
-    for path in folder.glob("round_*"):
-        digits = path.name.removeprefix("round_")
-        if digits.isdigit() and path.is_dir():
-            found[int(digits)] = path
+    for path in folder.glob(SNAPSHOT_GLOB):
+        rnd = snapshot_round(path)
+        if rnd is not None and path.is_dir():
+            found[rnd] = path
     return dict(sorted(found.items()))
 
 
@@ -319,8 +328,8 @@ def _snapshot_state(run_dir: Path, client: int, rnd: int) -> dict[str, Any]:
             to each SuperNode's ``state-dir``), or none up to ``rnd`` (pruned); the message names
             the rounds kept and the fix.
     """
-    state_dir = RunDir(run_dir).client_checkpoints
-    folder = client_snapshot(state_dir, client, 0).parent
+    state_dir = RunLayout(run_dir).client_checkpoints
+    folder = snapshot_folder(state_dir, client)
     kept = {
         r: path
         for r, path in client_snapshots(state_dir, client).items()
@@ -330,7 +339,7 @@ def _snapshot_state(run_dir: Path, client: int, rnd: int) -> dict[str, Any]:
         raise ValueError(
             f"client {client}'s state is not in the checkpoint of round {rnd}: on the Flower "
             f"engine each client keeps its own, and {folder} holds no snapshot of it. A deployment "
-            f"writes them to each SuperNode's `state-dir`: copy that node's client_{client:03d}/ "
+            f"writes them to each SuperNode's `state-dir`: copy that node's {folder.name}/ "
             f"folder to {folder.parent}/ and export again"
         )
     earlier = [r for r in kept if r <= rnd]
