@@ -240,8 +240,7 @@ def _topic_codes() -> tuple[dict[str, str], ...]:
     the letters (so that code 0 is not alphabetical)."""
     letters = [_CODE_LETTERS[int(i)] for i in np.random.default_rng(_CODE_SEED).permutation(4)]
     return tuple(
-        {topic: letters[perm[t]] for t, topic in enumerate(_TOPICS)}
-        for perm in _CODE_PERMUTATIONS
+        {topic: letters[perm[t]] for t, topic in enumerate(_TOPICS)} for perm in _CODE_PERMUTATIONS
     )
 
 
