@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -55,11 +55,14 @@ __all__ = [
     "evaluate_examples",
     "generate_responses",
     "mean_loss",
+    "prediction_record",
     "rouge_l",
     "score_choices",
 ]
 
 log = logging.getLogger(__name__)
+
+BOTH = (True, False)  # answer-choice examples first, then free-text ones
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,6 +321,22 @@ def _free_text(
 # One evaluation set
 
 
+def prediction_record(
+    index: int, example: Example, answer: tuple[str, float] | None
+) -> dict[str, Any]:
+    """One example's result as ``predictions.jsonl`` holds it (docs/run-directory.md):
+    ``example`` (its index in the evaluated split), ``answer`` (the chosen choice, or the
+    generated text), ``score`` (1/0, or the ROUGE-L F) and, for an answer choice, ``correct``;
+    ``{"example": i, "skipped": true}`` for an example whose prompt was too long."""
+    if answer is None:
+        return {"example": index, "skipped": True}
+    text, score = answer
+    record: dict[str, Any] = {"example": index, "answer": text, "score": score}
+    if example.is_choice:
+        record["correct"] = score == 1.0
+    return record
+
+
 def evaluate_examples(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -326,6 +345,7 @@ def evaluate_examples(
     *,
     max_length: int,
     progress: Progress | None = None,
+    per_example: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Score one client's evaluation examples (docs/algorithm.md#evaluation).
 
@@ -336,6 +356,10 @@ def evaluate_examples(
         cfg: batch size, generation budget and ROUGE implementation.
         max_length: examples whose prompt is ``>= max_length`` tokens are skipped.
         progress: called with ``n`` as each batch of ``n`` examples is done (a progress bar).
+        per_example: if given, one record per example is appended to it, in the order of
+            ``examples`` (:func:`prediction_record`): what the model answered and its score. The
+            mean ``score`` of the answer-choice records, then of the free-text ones, summed in
+            that order, is the returned ``score`` exactly.
 
     Returns:
         ``accuracy`` (mean over answer-choice examples), ``rouge_l`` (mean F over free-text
@@ -343,23 +367,30 @@ def evaluate_examples(
         (token-weighted response NLL, :func:`mean_loss`), ``num_examples`` (scored) and
         ``num_skipped``. A metric is absent when no example of its kind was scored.
     """
-    choice = [ex for ex in examples if ex.is_choice]
-    text = [ex for ex in examples if not ex.is_choice]
+    where = {kind: [i for i, ex in enumerate(examples) if ex.is_choice is kind] for kind in BOTH}
+    choice, text = ([examples[i] for i in where[kind]] for kind in BOTH)
     kw = dict(batch_size=cfg.batch_size, max_length=max_length, progress=progress)
     correct, total, count = [], 0.0, 0
-    for example, nll in zip(choice, _choice_nll(model, tokenizer, choice, **kw), strict=True):
+    answers: dict[int, tuple[str, float]] = {}  # index in examples -> (answer, score)
+    scored = _choice_nll(model, tokenizer, choice, **kw)
+    for index, example, nll in zip(where[True], choice, scored, strict=True):
         if nll is not None:  # its test loss is the correct choice's NLL: no pass of its own
-            right = _correct_index(example)
-            correct.append(_argmin(nll.mean) == right)
+            right, picked = _correct_index(example), _argmin(nll.mean)
+            correct.append(picked == right)
             total, count = total + nll.total[right], count + nll.count[right]
+            answers[index] = (example.choices[picked], float(picked == right))
     hyps, text_total, text_count = _free_text(
         model, tokenizer, text, max_new_tokens=cfg.max_new_tokens, with_loss=True, **kw
     )
-    rouge = [
-        rouge_l(hyp, ex.response, impl=cfg.rouge_impl)
-        for ex, hyp in zip(text, hyps, strict=True)
-        if hyp is not None
-    ]
+    rouge = []
+    for index, ex, hyp in zip(where[False], text, hyps, strict=True):
+        if hyp is not None:
+            rouge.append(rouge_l(hyp, ex.response, impl=cfg.rouge_impl))
+            answers[index] = (hyp, rouge[-1])
+    if per_example is not None:
+        per_example.extend(
+            prediction_record(i, ex, answers.get(i)) for i, ex in enumerate(examples)
+        )
     per_example = [float(c) for c in correct] + rouge
     out: dict[str, float] = {
         "num_examples": len(per_example),

@@ -151,6 +151,11 @@ def _assert_same_run(a, b, rel=1e-5) -> None:
     for x, y in zip(ma, mb, strict=True):
         assert y[5] == pytest.approx(x[5], rel=rel, abs=1e-12), x[:5]
     assert (a / "comm.jsonl").read_text() == (b / "comm.jsonl").read_text()
+    pa, pb = (list(read_jsonl(run / "predictions.jsonl")) for run in (a, b))
+    keys = ("round", "client", "split", "example")
+    assert pa and [[r[k] for k in keys] for r in pa] == [[r[k] for k in keys] for r in pb]
+    for x, y in zip(pa, pb, strict=True):
+        assert y.get("score") == pytest.approx(x.get("score"), rel=rel, abs=1e-12), x
     names = sorted(p.name for p in (a / "assignments").iterdir())
     assert names == sorted(p.name for p in (b / "assignments").iterdir())
     for name in names:

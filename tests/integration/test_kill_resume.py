@@ -47,7 +47,8 @@ def _outcome(run_dir) -> tuple[list, dict]:
     assignments = {
         p.name: p.read_text() for p in sorted((run_dir / "assignments").glob("round_*.json"))
     }
-    return result_records(run_dir), assignments
+    predictions = (run_dir / "predictions.jsonl").read_text()
+    return result_records(run_dir), {**assignments, "predictions.jsonl": predictions}
 
 
 @pytest.fixture(scope="module")

@@ -526,3 +526,23 @@ def test_inference_gives_the_lm_head_a_contiguous_input():
     assert seen == [False, True]
     assert not head._forward_pre_hooks
     torch.testing.assert_close(fast, plain)
+
+
+def test_per_example_records_say_what_the_model_answered(tokenizer):
+    """The biased model answers "No" to every choice and "" to every text; records come in
+    example order (text first here), and a too-long prompt is marked skipped."""
+    model = _biased_model(tokenizer, {"</s>": 10.0, "N": 9.0, "o": 9.0})
+    cfg = EvalConfig(batch_size=2, max_new_tokens=5)
+    long = Example("word " * 200, "No", "long", choices=("Yes", "No"))
+    examples = [TEXT_EXAMPLES[0], *CHOICE_EXAMPLES, long]
+    records: list = []
+    out = evaluate_examples(model, tokenizer, examples, cfg, max_length=128, per_example=records)
+    assert [r["example"] for r in records] == list(range(len(examples)))
+    assert records[0] == {"example": 0, "answer": "", "score": 0.0}
+    for r, ex in zip(records[1:-1], CHOICE_EXAMPLES, strict=True):
+        assert r == {"example": r["example"], "answer": "No", "score": float(ex.response == "No"),
+                     "correct": ex.response == "No"}  # fmt: skip
+    assert records[-1] == {"example": len(examples) - 1, "skipped": True}
+    kept = [r for r in records if not r.get("skipped")]
+    assert (out["num_examples"], out["num_skipped"]) == (len(kept), 1)
+    assert out["score"] == pytest.approx(sum(r["score"] for r in kept) / len(kept))

@@ -24,7 +24,12 @@ from fedamole.config import Config
 from fedamole.data.collate import Encoded, encode_train
 from fedamole.data.types import ClientData
 from fedamole.evaluation import evaluate_examples, mean_loss
-from fedamole.federated.messages import ClientMessage, ServerMessage
+from fedamole.federated.messages import (
+    PREDICTIONS,
+    ClientMessage,
+    ServerMessage,
+    pack_predictions,
+)
 from fedamole.training import BatchStream, round_lr
 
 __all__ = [
@@ -63,6 +68,8 @@ class ClientContext:
         phase: the engine's progress display of another phase (evaluation, statistics), or
             ``None``: ``phase(label, total)`` is a context manager yielding ``advance(n)``, to be
             called as ``n`` of the ``total`` items are done (see :func:`phase_progress`).
+        predictions: while :func:`client_round` runs an evaluation, the list its test-split
+            evaluation appends one record per example to (:func:`evaluate_test`); else ``None``.
     """
 
     client_id: int
@@ -73,6 +80,7 @@ class ClientContext:
     cache: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[Iterator[int]], Iterator[int]] | None = None
     phase: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None
+    predictions: list[dict[str, Any]] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -266,16 +274,36 @@ def client_round(
     job = ClientJob(rnd, msg, plan)
     algo.load(ctx, job)
     metrics: dict[str, float] = {}
+    predictions: dict[str, list[dict[str, Any]]] = {}
     if plan.eval_received:
-        metrics.update(algo.evaluate_received(ctx, job))
+        with _collecting(ctx, predictions, "received"):
+            metrics.update(algo.evaluate_received(ctx, job))
     if plan.train:
         torch.manual_seed(client_seed(algo.cfg.run.seed, rnd, ctx.client_id))
         metrics.update(algo.train_round(ctx, job))
     tensors = algo.upload(ctx, job)
     if plan.eval_personalized:
-        metrics.update(algo.evaluate_personalized(ctx, job))
-    config = {"num_examples": len(ctx.data.train)}
+        with _collecting(ctx, predictions, "test"):
+            metrics.update(algo.evaluate_personalized(ctx, job))
+    config: dict[str, Any] = {"num_examples": len(ctx.data.train)}
+    if predictions:
+        config[PREDICTIONS] = pack_predictions(predictions)
     return ClientMessage(rnd, ctx.client_id, tensors, config, metrics)
+
+
+@contextlib.contextmanager
+def _collecting(
+    ctx: ClientContext, into: dict[str, list[dict[str, Any]]], split: str
+) -> Iterator[None]:
+    """Collect the per-example records of the test evaluation inside the block as
+    ``into[split]`` (left out when the block evaluated no test example)."""
+    ctx.predictions = []
+    try:
+        yield
+        if ctx.predictions:
+            into[split] = ctx.predictions
+    finally:
+        ctx.predictions = None
 
 
 def screen_updates(
@@ -380,6 +408,7 @@ def evaluate_test(ctx: ClientContext, cfg: Config) -> dict[str, float]:
             cfg.eval,
             max_length=cfg.model.max_length,
             progress=advance,
+            per_example=ctx.predictions,
         )
     return {k: float(v) for k, v in scores.items()}
 

@@ -36,6 +36,7 @@ Deviations:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,7 +110,8 @@ class FedDPA(LoRAStrategy):
             return {}
         weights = instance_weights(ctx, self.cfg, ctx.data.test)
         per_example = []
-        for example, w in zip(ctx.data.test, weights, strict=True):
+        for index, (example, w) in enumerate(zip(ctx.data.test, weights, strict=True)):
+            records: list[dict[str, Any]] = []
             with adapter_scales(ctx.model, mixture(w)):
                 per_example.append(
                     evaluate_examples(
@@ -118,8 +120,11 @@ class FedDPA(LoRAStrategy):
                         [example],
                         self.cfg.eval,
                         max_length=self.cfg.model.max_length,
+                        per_example=records,
                     )
                 )
+            if ctx.predictions is not None:  # the example's index in the test split
+                ctx.predictions.extend({**r, "example": index} for r in records)
         out = _combine(per_example, _label_counts(ctx, self.cfg, ctx.data.test))
         out["mix_weight"] = float(np.mean(weights))
         return out

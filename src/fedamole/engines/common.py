@@ -39,7 +39,12 @@ import torch
 from fedamole.algorithms.registry import algorithm_spec
 from fedamole.config import Config
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
-from fedamole.federated.messages import ClientMessage, ServerMessage, split_step_key
+from fedamole.federated.messages import (
+    ClientMessage,
+    ServerMessage,
+    split_step_key,
+    unpack_predictions,
+)
 from fedamole.rundir import (
     BEST,
     LAST,
@@ -57,6 +62,7 @@ from fedamole.rundir import (
     load_checkpoint,
     metric_record,
     open_hooks,
+    prediction_records,
     promote_checkpoint,
     save_checkpoint,
     setup_logging,
@@ -117,10 +123,13 @@ class RoundLogs:
     metrics: JsonlLogger
     comm: JsonlLogger
     hooks: RecordHooks | None = None
+    predictions: JsonlLogger | None = None  # per test example (docs/run-directory.md)
 
     def close(self) -> None:
         self.metrics.close()
         self.comm.close()
+        if self.predictions is not None:
+            self.predictions.close()
         if self.hooks is not None:
             self.hooks.close()
 
@@ -183,14 +192,18 @@ def run_federation(
             )
     else:
         _write_assignment(run, start - 1, algo.assignment_record())
-    logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm))
+    logs = RoundLogs(
+        JsonlLogger(run.metrics), JsonlLogger(run.comm), predictions=JsonlLogger(run.predictions)
+    )
     try:
         if resume:
             # the received-model metrics of round ``start`` are logged as ``test_global`` of
             # round ``start - 1``: a kill during round ``start`` may have left some of them
-            logs.metrics.truncate_after(
-                start - 1, drop=lambda r: r["round"] == start - 1 and r["split"] == "test_global"
-            )
+            def received_too_late(record: Mapping[str, Any]) -> bool:
+                return record["round"] == start - 1 and record["split"] == "test_global"
+
+            logs.metrics.truncate_after(start - 1, drop=received_too_late)
+            logs.predictions.truncate_after(start - 1, drop=received_too_late)
             logs.comm.truncate_after(start - 1)
         # after the truncation: the TensorBoard mirror is rebuilt from what metrics.jsonl keeps
         logs.hooks = logs.metrics.on_record = open_hooks(cfg, run, on_record) or None
@@ -321,6 +334,8 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
         updates[client] = outcome
         _log_comm(logs.comm, rnd, client, "up", outcome)
         _log_metrics(logs.metrics, rnd, client, outcome)
+        if logs.predictions is not None:
+            _log_predictions(logs.predictions, rnd, client, outcome)
         log.info("%s", _client_line(client, outcome, msg))
     if messages and not updates:
         raise RunFailedError(
@@ -361,6 +376,15 @@ def _log_metrics(metrics_log: JsonlLogger, rnd: int, client: int, update: Client
         if split == "received":  # the model received this round = the global one of rnd-1
             split, at = "test_global", rnd - 1
         metrics_log.log(metric_record(at, client, split, metric, value, step))
+
+
+def _log_predictions(log_: JsonlLogger, rnd: int, client: int, update: ClientMessage) -> None:
+    """The reply's per-example results, split as :func:`_log_metrics` splits its metrics (the
+    received model's as ``test_global`` of round ``rnd - 1``)."""
+    for name, results in sorted(unpack_predictions(update.config).items()):
+        split, at = ("test_global", rnd - 1) if name == "received" else (name, rnd)
+        for record in prediction_records(at, client, split, results):
+            log_.log(record)
 
 
 def _log_comm(

@@ -28,23 +28,28 @@ from 1; :func:`step_key`, :func:`split_step_key`). The engines write each as one
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from fedamole.mole import ModuleState, ModuleStats
 
 __all__ = [
+    "PREDICTIONS",
     "STEP_SEPARATOR",
     "ClientMessage",
     "ServerMessage",
     "pack_modules",
+    "pack_predictions",
     "pack_stats",
     "split_step_key",
     "step_key",
     "unpack_modules",
+    "unpack_predictions",
     "unpack_stats",
 ]
 
@@ -52,6 +57,22 @@ Scalar = int | float | str | bool
 
 STEP_SEPARATOR = "@"
 """Between a per-step metric's name and its step in a metric key (``train/step_loss@3``)."""
+
+
+PREDICTIONS = "predictions"
+"""The reply ``config`` key of a round's per-example test results (:func:`pack_predictions`)."""
+
+
+def pack_predictions(predictions: Mapping[str, list[dict[str, Any]]]) -> str:
+    """A round's per-example results, ``{"test" | "received": [record, ...]}``, as one string (a
+    config value crosses every transport; docs/run-directory.md#predictionsjsonl)."""
+    return json.dumps(predictions, separators=(",", ":"))
+
+
+def unpack_predictions(config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The per-example results a reply carries (``{}`` when it carries none)."""
+    packed = config.get(PREDICTIONS)
+    return json.loads(packed) if isinstance(packed, str) else {}
 
 
 def step_key(name: str, step: int) -> str:

@@ -50,7 +50,9 @@ from fedamole.rundir.records import (
     comm_record,
     fold,
     metric_record,
+    prediction_records,
     read_jsonl,
+    read_predictions,
 )
 
 # :mod:`~fedamole.rundir.checkpoints` needs torch: imported on first use (PEP 562), so that
@@ -125,8 +127,10 @@ __all__ = [
     "load_hook",
     "metric_record",
     "open_hooks",
+    "prediction_records",
     "promote_checkpoint",
     "read_jsonl",
+    "read_predictions",
     "save_checkpoint",
     "setup_logging",
     "tensorboard_step",

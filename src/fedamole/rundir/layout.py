@@ -5,6 +5,7 @@
     config.toml      the resolved config          env.json       versions, device, git sha, start
     metrics.jsonl    one record per (round, client, split, metric), per step, and server records
     comm.jsonl       bytes up/down per client per round, by payload kind
+    predictions.jsonl  one record per (round, client, split, test example): the answer, its score
     assignments/     round_NNN.json                checkpoints/   last/, best/ (atomic), clients/
     log.txt          the console log                done.json      written after the last round
     wire.jsonl       Flower only: serialized message sizes
@@ -39,6 +40,7 @@ __all__ = [
     "LOG",
     "METRICS",
     "OLD_SUFFIX",
+    "PREDICTIONS",
     "PROCESS_LOCK",
     "SNAPSHOT_GLOB",
     "TMP_SUFFIX",
@@ -54,6 +56,7 @@ CONFIG = "config.toml"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
 COMM = "comm.jsonl"
+PREDICTIONS = "predictions.jsonl"
 ASSIGNMENTS = "assignments"
 CHECKPOINTS = "checkpoints"
 CLIENT_CHECKPOINTS = "clients"
@@ -100,6 +103,11 @@ class RunLayout:
     @property
     def comm(self) -> Path:
         return self.path / COMM
+
+    @property
+    def predictions(self) -> Path:
+        """One record per test example per evaluation (absent in runs made before it existed)."""
+        return self.path / PREDICTIONS
 
     @property
     def assignments(self) -> Path:

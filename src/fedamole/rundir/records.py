@@ -30,11 +30,14 @@ __all__ = [
     "JsonlLogger",
     "JsonlTail",
     "MetricRecord",
+    "PredictionRecord",
     "comm_record",
     "fold",
     "metric_record",
+    "prediction_records",
     "read_assignments",
     "read_jsonl",
+    "read_predictions",
     "write_assignment",
 ]
 
@@ -79,6 +82,46 @@ def metric_record(
     if step is not None:
         record["step"] = step
     return record
+
+
+class PredictionRecord(TypedDict, total=False):
+    """One line of ``predictions.jsonl``: one test example of one evaluation. ``answer``,
+    ``score`` (and ``correct`` for an answer choice) unless ``skipped``."""
+
+    round: int
+    client: int
+    split: str
+    example: int
+    answer: str
+    score: float
+    correct: bool
+    skipped: bool
+
+
+def prediction_records(
+    rnd: int, client: int, split: str, results: Iterable[Mapping[str, Any]]
+) -> list[PredictionRecord]:
+    """``predictions.jsonl`` records of one evaluation: ``results`` are the evaluation's
+    per-example records (``example``, ``answer``, ``score``, ...), in example order."""
+    head = {"round": rnd, "client": client, "split": split}
+    return [{**head, **result} for result in results]  # type: ignore[typeddict-item]
+
+
+def read_predictions(
+    path: Path, split: str = "test"
+) -> dict[int, dict[int, list[PredictionRecord]]]:
+    """``round -> client -> records`` of ``split`` in a ``predictions.jsonl`` (example order; a
+    later evaluation of the same round and client replaces an earlier one); ``{}`` if absent."""
+    out: dict[int, dict[int, list[PredictionRecord]]] = {}
+    if not path.exists():
+        return out
+    for rec in read_jsonl(path):
+        if rec["split"] == split:
+            rows = out.setdefault(int(rec["round"]), {}).setdefault(int(rec["client"]), [])
+            if rows and int(rec["example"]) <= int(rows[-1]["example"]):
+                rows.clear()  # the same evaluation again (a resumed round): keep the later one
+            rows.append(rec)  # type: ignore[arg-type]
+    return out
 
 
 def comm_record(
