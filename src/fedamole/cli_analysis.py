@@ -28,6 +28,13 @@ def report(
     round_mode: RoundOpt = RoundMode.best,
     fmt: Annotated[ReportFormat, typer.Option("--format", help="Output.")] = ReportFormat.md,
     ours: Annotated[str, typer.Option(help="Method whose relative gain is reported.")] = "FedAMoLE",
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="Method every other one is compared with in the paired intervals "
+            "(default: --ours).",
+        ),
+    ] = None,
     rsea: Annotated[
         bool,
         typer.Option(
@@ -51,7 +58,7 @@ def report(
             fail(str(exc))
         return
     try:
-        result = build_report(runs, round_mode=round_mode.value, ours=ours)
+        result = build_report(runs, round_mode=round_mode.value, ours=ours, against=against)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     typer.echo(format_markdown(result) if fmt is ReportFormat.md else format_csv(result), nl=False)

@@ -19,6 +19,9 @@
   means in points, and the same difference seed by seed (runs of one seed share the partition and
   the initial weights, so the per-seed difference is the paired comparison), with the number of
   seeds ours wins. Small differences within the seed spread are said to be so.
+- **Paired intervals** (:mod:`~.paired`): every method against one (``against``, default ours):
+  the difference in client-mean score with a 95 % bootstrap interval over seeds and test examples,
+  and the verdict the interval allows (ahead, behind, cannot tell).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedamole.analysis.paired import Paired, paired_intervals
 from fedamole.analysis.results import (
     Entry,
     RoundMode,
@@ -73,6 +77,8 @@ class Report:
     unfinished: list[str] = field(default_factory=list)
     seeds: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)  # seed -> × 100
     eval_loss: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (method, scenario)
+    against: str = ""  # the reference of the paired intervals
+    paired: dict[tuple[str, str], Paired] = field(default_factory=dict)  # (method, scenario)
 
     @property
     def n_max(self) -> int:
@@ -80,9 +86,14 @@ class Report:
 
 
 def build_report(
-    paths: Iterable[str | Path], *, round_mode: RoundMode = "best", ours: str = "FedAMoLE"
+    paths: Iterable[str | Path],
+    *,
+    round_mode: RoundMode = "best",
+    ours: str = "FedAMoLE",
+    against: str | None = None,
 ) -> Report:
-    """Read every run under ``paths`` and compute the tables.
+    """Read every run under ``paths`` and compute the tables; the paired intervals compare every
+    method with ``against`` (default ``ours``).
 
     Raises:
         ValueError: no run with test scores under ``paths``.
@@ -129,6 +140,8 @@ def build_report(
         eval_loss,
     )
     report.gain = _gains(report)
+    report.against = against or ours
+    report.paired = paired_intervals(items, report.against, mode=round_mode)
     return report
 
 
@@ -147,6 +160,8 @@ def format_markdown(report: Report) -> str:
     lines += [*_main_table(report), ""]
     if verdict := verdict_lines(report):
         lines += [f"### Verdict: {report.ours} against the best baseline", "", *verdict, ""]
+    if report.paired:
+        lines += [f"### Paired differences against {report.against}", "", *_paired_lines(report)]
     if report.eval_loss:
         lines += ["### Eval loss: client mean at the last round (lower is better)", ""]
         lines += [*_loss_table(report), ""]
@@ -177,11 +192,48 @@ def format_csv(report: Report) -> str:
     for (method, scenario), per_client in sorted(report.clients.items()):
         for client, cell in sorted(per_client.items()):
             out.writerow(["client", scenario, method, client, cell.mean, _blank(cell.std), cell.n])
+    for (method, scenario), paired in sorted(report.paired.items()):
+        d = paired.difference
+        for name, value in (("mean", d.mean), ("low", d.low), ("high", d.high)):
+            row = [f"paired_{name}", scenario, method, "", value * 100, "", len(d.seeds)]
+            out.writerow(row)
     for (method, scenario), values in sorted(report.overhead.items()):
         names = ("up_mb_per_round", "down_mb_per_round", "s_per_round")
         for name, value in zip(names, values, strict=True):
             out.writerow([name, scenario, method, "", _blank(value), "", ""])
     return buf.getvalue()
+
+
+def _paired_lines(report: Report) -> list[str]:
+    """The paired-interval table and its reading."""
+    methods = [m for m in report.methods if any((m, s) in report.paired for s in report.scenarios)]
+    rows = []
+    for m in methods:
+        row = [m]
+        for s in report.scenarios:
+            p = report.paired.get((m, s))
+            if p is None:
+                row.append("—")
+                continue
+            d, star = p.difference, "" if p.examples else "*"
+            row.append(
+                f"{d.mean * 100:+.2f} [{d.low * 100:+.2f}, {d.high * 100:+.2f}] "
+                f"{d.verdict}{star} (n={len(d.seeds)})"
+            )
+        rows.append(row)
+    seeds_only = any(not p.examples for p in report.paired.values())
+    notes = [
+        "",
+        f"Method − {report.against} in client-mean score, × 100, at the round the table uses; "
+        "[95 % interval] from a bootstrap that resamples seeds and, within them, test examples, "
+        "paired across the two methods (docs/results/collaboration.md); ahead / behind: the "
+        "interval excludes 0; n: seeds both ran.",
+    ]
+    if seeds_only:
+        notes.append(
+            "*: a run without predictions.jsonl (made before it existed): seeds resampled only."
+        )
+    return [*_markdown(["method", *report.scenarios], rows), *notes, ""]
 
 
 def _by_unit(report: Report) -> dict[str, list[str]]:

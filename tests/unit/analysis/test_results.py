@@ -205,3 +205,49 @@ def test_eval_loss_table_takes_the_last_round_of_personalized_rows(tmp_path):
     text = format_markdown(report)
     assert "| FedAMoLE | **0.700 ± 0.141** |" in re.sub(" +", " ", text)
     assert "eval_loss,SNLI α=1,FedAMoLE,,0.7" in format_csv(report)
+
+
+def _with_predictions(path, per_client, rnd=1):
+    """Write ``predictions.jsonl``: client -> per-example scores (answer choices) at ``rnd``."""
+    lines = [
+        json.dumps(
+            {
+                "round": rnd,
+                "client": c,
+                "split": "test",
+                "example": i,
+                "answer": "A",
+                "score": float(v),
+                "correct": bool(v),
+            }
+        )
+        for c, scores in per_client.items()
+        for i, v in enumerate(scores)
+    ]
+    (path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_paired_intervals_by_hand_and_seeds_only_without_predictions(tmp_path):
+    # per seed: FedAMoLE wins every example of both clients against Local, client means 1 vs 0
+    for seed in (1, 2):
+        ours = _fake_run(
+            tmp_path, f"a{seed}", _config("fedamole", seed), {(1, 0): 1.0, (1, 1): 1.0}
+        )
+        theirs = _fake_run(tmp_path, f"l{seed}", _config("local", seed), {(1, 0): 0.0, (1, 1): 0.0})
+        _with_predictions(ours, {0: [1, 1, 1], 1: [1, 1]})
+        _with_predictions(theirs, {0: [0, 0, 0], 1: [0, 0]})
+    report = build_report([tmp_path], against="Local")
+    paired = report.paired["FedAMoLE", "SNLI α=1"]
+    assert paired.examples and paired.difference.seeds == (1, 2)
+    assert (paired.difference.mean, paired.difference.low, paired.difference.high) == (1, 1, 1)
+    assert paired.difference.verdict == "ahead"
+    text = format_markdown(report)
+    assert "### Paired differences against Local" in text
+    assert "+100.00 [+100.00, +100.00] ahead (n=2)" in text
+    assert "paired_low,SNLI α=1,FedAMoLE,,100.0,,2" in format_csv(report)
+    # a run without predictions.jsonl: its pair resamples seeds only, and says so
+    (tmp_path / "l2" / "predictions.jsonl").unlink()
+    report = build_report([tmp_path], against="Local")
+    assert not report.paired["FedAMoLE", "SNLI α=1"].examples
+    assert "ahead* (n=2)" in format_markdown(report)
+    assert build_report([tmp_path]).paired["Local", "SNLI α=1"].difference.mean == -1.0
