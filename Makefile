@@ -19,7 +19,7 @@ ifneq ($(wildcard $(DEV_DATA)/.),)
 export FEDAMOLE_DATA ?= $(DEV_DATA)
 endif
 
-.PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-step bench-quality bench-quality-rounds bench-rsea clean
+.PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-step bench-quality bench-quality-rounds bench-rsea bench-collab clean
 
 install: $(STAMP)
 
@@ -113,6 +113,21 @@ bench-quality-rounds: install
 	mkdir -p $(QUALITY)/rounds5
 	$(BIN)/fedamole report runs/sweeps/cpu_quality_rounds --round best > $(QUALITY)/rounds5/table.md
 	$(BIN)/fedamole plot rounds runs/sweeps/cpu_quality_rounds --out $(QUALITY)/rounds5
+
+# The collaboration benchmark: 8 clients in 4 pairs of conflicting families, 7 arms x 3 seeds on
+# the embedded model; the tables (paired intervals against Local and against FedAMoLE), the
+# per-round figure and the RSEA diagnostics that docs/results/collaboration.md discusses.
+COLLAB := docs/results/collaboration
+CRUNS := runs/sweeps/collab
+bench-collab: install
+	$(BIN)/fedamole sweep configs/sweeps/collab.toml --jobs 2
+	mkdir -p $(COLLAB)
+	$(BIN)/fedamole report $(CRUNS) --round last --against Local > $(COLLAB)/table.md
+	$(BIN)/fedamole report $(CRUNS) --round last --against Local --format csv > $(COLLAB)/table.csv
+	$(BIN)/fedamole report $(CRUNS) --round last --against FedAMoLE > $(COLLAB)/table_vs_fedamole.md
+	$(BIN)/fedamole report $(CRUNS) --rsea --ours FedAMoLE > $(COLLAB)/rsea.md
+	$(BIN)/fedamole plot rounds $(CRUNS) --out $(COLLAB)
+	$(BIN)/fedamole plot rsea $(CRUNS) --out $(COLLAB)
 
 # The RSEA benchmark (issue 17): related clients (8 clients in 4 pairs), 10 arms x 3 seeds on the
 # embedded model, then its diagnostic arm at the paper's lr (2 arms x 3 seeds). Writes the tables
