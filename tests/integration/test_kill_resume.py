@@ -27,6 +27,13 @@ CASES = int(os.environ.get("FEDAMOLE_KILL_CASES", "1"))
 CONFIGS = {
     "fedamole": ["federation.rounds=3"],
     "fedit-both": ["federation.algorithm=fedit", "eval.timing=both", "federation.rounds=3"],
+    # rounds 1 and 3 of 4 untested: a kill may land after a round without test records
+    "fedit-every2": [
+        "federation.algorithm=fedit",
+        "eval.timing=both",
+        "eval.every=2",
+        "federation.rounds=4",
+    ],
     "fedprompt-both": ["federation.algorithm=fedprompt", "eval.timing=both"],
 }
 
