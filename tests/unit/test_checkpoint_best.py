@@ -181,3 +181,34 @@ def test_a_line_being_written_is_read_on_the_next_update(tmp_path, smoke):
         fh.write('ue": 0.5}\n')
     run.best.update(0)
     assert run.best_round() == 0
+
+
+def test_untested_rounds_are_never_promoted(tmp_path, smoke):
+    """``eval.every = 2`` over 3 rounds: round 1 has no scores. It never becomes ``best`` even
+    while ``last`` holds it; round 2, tested and better, is promoted while ``last`` holds it."""
+    cfg = smoke.replace(**{"federation.rounds": 3, "eval.every": 2})
+    run = _Run(tmp_path, cfg)
+    scores = {0: [0.2, 0.2], 2: [0.6, 0.4], 3: [0.1, 0.3]}
+    history = []
+    for rnd in range(4):
+        if rnd in scores:
+            run.score(rnd, "test", scores[rnd])
+        run.end_round(rnd)
+        history.append(run.best_round())
+    assert history == [0, 0, 2, 2]
+
+
+def test_untested_global_rounds_are_never_promoted(tmp_path, smoke):
+    """The same with ``test_global``: round 1's global model is not tested in round 2, round 2's
+    is (in round 3) and is the best; round 3's arrives in the evaluation-only round 4."""
+    overrides = {"federation.algorithm": "fedit", "eval.timing": "global", "eval.every": 2}
+    cfg = smoke.replace(**{**overrides, "federation.rounds": 3})
+    run = _Run(tmp_path, cfg)
+    scores = {0: [0.1, 0.1], 2: [0.5, 0.5], 3: [0.2, 0.2]}  # test_global of the tested rounds
+    history = []
+    for rnd in range(1, 5):  # rounds 1..R+1; round r brings test_global of r-1 if it is tested
+        if rnd - 1 in scores:
+            run.score(rnd - 1, "test_global", scores[rnd - 1])
+        run.end_round(rnd)
+        history.append(run.best_round())
+    assert history == [None, None, 2, 2]

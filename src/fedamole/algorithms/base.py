@@ -42,6 +42,7 @@ __all__ = [
     "client_round",
     "client_seed",
     "client_stream",
+    "evaluated_round",
     "personalized_metrics",
     "phase_progress",
     "prefixed",
@@ -172,22 +173,24 @@ class RoundPlan:
 
     @classmethod
     def for_round(cls, cfg: Config, rnd: int) -> RoundPlan:
-        """The plan every algorithm starts from (``eval.timing``).
+        """The plan every algorithm starts from (``eval.timing``, ``eval.every``).
 
         ``train``/``upload``: rounds ``1..R``; ``eval_personalized``: after training (or on the
-        initial model in round 0) unless ``eval.timing = "global"``, never in the evaluation-only
-        round ``R+1``; ``eval_received``: before training, rounds ``>= 1`` unless ``eval.timing =
-        "personalized"`` (round 1's received model is the initial one, evaluated only with
-        ``eval.test_init``).
+        initial model in round 0) in an :func:`evaluated_round` unless ``eval.timing =
+        "global"``, never in the evaluation-only round ``R+1``; ``eval_received``: before
+        training unless ``eval.timing = "personalized"``, when the received model (the global
+        model of round ``rnd - 1``, logged as ``test_global`` of that round) is of an evaluated
+        round (round 1's is the initial one: evaluated only with ``eval.test_init``; round
+        ``R+1``'s is round ``R``'s, always evaluated).
         """
         rounds, timing = cfg.federation.rounds, cfg.eval.timing
         train = 1 <= rnd <= rounds
-        received = timing != "personalized" and (rnd >= 2 or (rnd == 1 and cfg.eval.test_init))
+        received = timing != "personalized" and rnd >= 1 and evaluated_round(cfg, rnd - 1)
         return cls(
             train=train,
             upload=train,
             lr=round_lr(cfg.train.lr, cfg.train.lr_decay, rnd),
-            eval_personalized=timing != "global" and rnd <= rounds,
+            eval_personalized=timing != "global" and evaluated_round(cfg, rnd),
             eval_received=received,
         )
 
@@ -204,6 +207,22 @@ class RoundPlan:
     def from_config(cls, config: Mapping[str, Any]) -> RoundPlan:
         """Read a plan back from a message ``config`` (extra keys are ignored)."""
         return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+
+
+def evaluated_round(cfg: Config, rnd: int) -> bool:
+    """Whether the models of round ``rnd`` are tested (``eval.every = k``;
+    docs/algorithm.md#evaluation-timing).
+
+    Round 0 (the initial model) with ``eval.test_init``; of the training rounds ``1..R``, every
+    ``k``-th (``k, 2k, ...``) and the last, ``R``; with ``k = 1`` every round. Whatever
+    ``eval.timing`` names is tested in these rounds: the personalized model after training in
+    round ``rnd``, and the global model after round ``rnd``'s aggregation (evaluated by the
+    clients as they receive it, in round ``rnd + 1``).
+    """
+    rounds = cfg.federation.rounds
+    if rnd == 0:
+        return cfg.eval.test_init
+    return 1 <= rnd <= rounds and (rnd % cfg.eval.every == 0 or rnd == rounds)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,9 @@ fuses the *received* global adapter with its private one before training, logged
 ``"personalized"`` fuses the adapter right after local training with the private one instead (an
 "-FT"-style variant the reference does not have); ``"both"`` does both. A client without a private
 adapter (before the first sync) is evaluated on the global adapter unfused (the reference never
-evaluates then). Fusion weights are logged as ``fusion/<when>_w0``, ``_w1``, ``_objective``
-(``<when>`` = ``received`` or ``local``).
+evaluates then). With ``eval.every = k`` only the rounds it selects are evaluated, so only they
+fuse and advance the fusion data's position. Fusion weights are logged as ``fusion/<when>_w0``,
+``_w1``, ``_objective`` (``<when>`` = ``received`` or ``local``).
 
 Deviations from the reference:
 

@@ -8,7 +8,8 @@ last known RSEA embeddings. Each round:
    expert and token projection) whenever the bank changed since the last dispatch (round 0 and after
    every aggregation); otherwise it continues with what it holds.
 2. ``local_update`` (on the client): load, train (rounds >= 1), evaluate on the test split right
-   after training (the personalized metric, docs/algorithm.md#evaluation-timing), compute mean
+   after training (the personalized metric, in the rounds ``eval.every`` selects,
+   docs/algorithm.md#evaluation-timing), compute mean
    embeddings on the embedding split (rounds 1..R-1, RSEA only), optionally add privacy noise,
    upload.
 3. ``aggregate`` (rounds 1..R-1 only: nothing after the last round): per expert id, the mean over
@@ -75,6 +76,7 @@ from fedamole.algorithms.base import (
     RoundTemplate,
     client_seed,
     client_stream,
+    evaluated_round,
     phase_progress,
     screen_updates,
     train_examples,
@@ -187,7 +189,7 @@ class FedAMoLE(RoundTemplate):
             train=rnd > 0,
             upload=0 < rnd < rounds,
             lr=RoundPlan.for_round(self.cfg, rnd).lr,
-            eval_personalized=True,
+            eval_personalized=evaluated_round(self.cfg, rnd),
             stats=0 < rnd < rounds and self.policy.needs_embeddings,
         )
         out = {}

@@ -29,6 +29,8 @@ federated LoRA adapter, some halves shared": an algorithm names which halves (``
 the initial model when ``eval.test_init``); ``global`` evaluates the received global model before
 training, which the engine completes with an evaluation-only round ``R+1`` (no training, no upload)
 for the model after the last aggregation; ``both`` does both, as the reference's ``--do_ft``.
+``eval.every = k`` tests only every k-th round and the last
+(:func:`~fedamole.algorithms.base.evaluated_round`), whichever model the timing names.
 
 Randomness: dropout is seeded with ``client_seed(run.seed, round, client)`` before training; the
 training order persists across rounds (:class:`~fedamole.training.BatchStream`, its position kept

@@ -17,7 +17,8 @@ before that metric existed have no time per round).
   differing fields appended, e.g. ``FedAMoLE [lr=0.0001]``, so different configs never pool.
 - **Per-seed value** (docs/algorithm.md#reported-metrics): per round, the unweighted mean over
   clients of ``score``; then the maximum over rounds (``best``; round 0, the untrained model, is
-  included when ``eval.test_init`` evaluated it, as in the reference) or the last round.
+  included when ``eval.test_init`` evaluated it, as in the reference) or the last round. Only
+  rounds with scores count: with ``eval.every > 1`` the tested ones.
 """
 
 from __future__ import annotations

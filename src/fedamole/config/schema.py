@@ -220,6 +220,8 @@ class EvalConfig(Section):
 
     test_init: bool = True
     timing: Literal["personalized", "global", "both"] = "personalized"
+    # test every k-th round and the last (rounds k, 2k, ..., R; round 0 with test_init)
+    every: int = Field(1, ge=1)
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(8, ge=1)
     rouge_impl: Literal["rouge", "rouge-score"] = "rouge"

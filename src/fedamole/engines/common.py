@@ -261,7 +261,9 @@ class BestCheckpoint:
     """Keeps ``checkpoints/best`` = the checkpoint of the round ``fedamole report --round best``
     names: the maximum over rounds of the unweighted client mean of ``<split>/score``
     (:func:`selection_split`; the earliest round on ties, as
-    :func:`fedamole.analysis.summaries.summarize_rounds`).
+    :func:`fedamole.analysis.summaries.summarize_rounds`). Only rounds with scores compete: with
+    ``eval.every > 1`` an untested round is never promoted, and ``last`` holds a later tested
+    round when its scores complete (below), so the promotion happens then.
 
     A round's mean is final once every client reported it: ``test`` scores of round ``r`` arrive
     in round ``r``, ``test_global`` scores of round ``r`` (the global model after its aggregation)

@@ -2,8 +2,9 @@
 
 Timing (docs/algorithm.md#rounds): round 0 evaluates the initial model (``eval.test_init``); in
 every round ``1..R`` each client loads its experts (swapped into the shared backbone in place),
-trains, is evaluated right after training, and uploads; the server then aggregates and re-assigns
-(the algorithm decides what happens after the last round: FedAMoLE aggregates nothing there).
+trains, is evaluated right after training (in the rounds ``eval.every`` selects), and uploads;
+the server then aggregates and re-assigns (the algorithm decides what happens after the last
+round: FedAMoLE aggregates nothing there).
 
 Global evaluation (``eval.timing`` = ``global`` or ``both``, for the baselines' plain variants): a
 client reports metrics of the model it *received* in round ``r`` under the key prefix ``received/``;

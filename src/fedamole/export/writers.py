@@ -65,7 +65,8 @@ def _fusion_weights(source: Source, rnd: int) -> tuple[float, float]:
     except KeyError:
         raise ValueError(
             f"client {source.client} logged no fusion weights of its received model in round "
-            f"{rnd} (metrics.jsonl: fusion/received_w0, _w1); it failed that round?"
+            f"{rnd} (metrics.jsonl: fusion/received_w0, _w1): it failed that round, or the "
+            "round's received model was not tested (eval.every); export a tested round"
         ) from None
     return w0, w1
 
