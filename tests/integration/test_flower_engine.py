@@ -78,8 +78,10 @@ def test_every_message_of_every_algorithm_round_trips(name, smoke):
     model, tokenizer = load_model_and_tokenizer(cfg.model.name, dtype="float32", device="cpu")
     algo = get_algorithm(name)(cfg)
     model = algo.prepare_model(model)
-    algo.setup(model)
     data = load_federated_data(cfg)
+    if algo.observes_partition:  # as the engines do: the partition before setup
+        algo.observe_partition(data.client_categories())
+    algo.setup(model)
     contexts = [ClientContext(c, data.clients[c], model, tokenizer) for c in range(3)]
     seen = set()
     for rnd in range(cfg.federation.rounds + 1):
