@@ -62,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BOTH = (True, False)  # answer-choice examples first, then free-text ones
-
 
 # --------------------------------------------------------------------------------------------------
 # Scoring
@@ -367,13 +365,14 @@ def evaluate_examples(
         (token-weighted response NLL, :func:`mean_loss`), ``num_examples`` (scored) and
         ``num_skipped``. A metric is absent when no example of its kind was scored.
     """
-    where = {kind: [i for i, ex in enumerate(examples) if ex.is_choice is kind] for kind in BOTH}
-    choice, text = ([examples[i] for i in where[kind]] for kind in BOTH)
+    choice_at = [i for i, ex in enumerate(examples) if ex.is_choice]  # indices in examples
+    text_at = [i for i, ex in enumerate(examples) if not ex.is_choice]
+    choice, text = [examples[i] for i in choice_at], [examples[i] for i in text_at]
     kw = dict(batch_size=cfg.batch_size, max_length=max_length, progress=progress)
     correct, total, count = [], 0.0, 0
     answers: dict[int, tuple[str, float]] = {}  # index in examples -> (answer, score)
     scored = _choice_nll(model, tokenizer, choice, **kw)
-    for index, example, nll in zip(where[True], choice, scored, strict=True):
+    for index, example, nll in zip(choice_at, choice, scored, strict=True):
         if nll is not None:  # its test loss is the correct choice's NLL: no pass of its own
             right, picked = _correct_index(example), _argmin(nll.mean)
             correct.append(picked == right)
@@ -383,7 +382,7 @@ def evaluate_examples(
         model, tokenizer, text, max_new_tokens=cfg.max_new_tokens, with_loss=True, **kw
     )
     rouge = []
-    for index, ex, hyp in zip(where[False], text, hyps, strict=True):
+    for index, ex, hyp in zip(text_at, text, hyps, strict=True):
         if hyp is not None:
             rouge.append(rouge_l(hyp, ex.response, impl=cfg.rouge_impl))
             answers[index] = (hyp, rouge[-1])

@@ -122,14 +122,13 @@ class RoundLogs:
 
     metrics: JsonlLogger
     comm: JsonlLogger
+    predictions: JsonlLogger  # per test example (docs/run-directory.md)
     hooks: RecordHooks | None = None
-    predictions: JsonlLogger | None = None  # per test example (docs/run-directory.md)
 
     def close(self) -> None:
         self.metrics.close()
         self.comm.close()
-        if self.predictions is not None:
-            self.predictions.close()
+        self.predictions.close()
         if self.hooks is not None:
             self.hooks.close()
 
@@ -192,9 +191,7 @@ def run_federation(
             )
     else:
         _write_assignment(run, start - 1, algo.assignment_record())
-    logs = RoundLogs(
-        JsonlLogger(run.metrics), JsonlLogger(run.comm), predictions=JsonlLogger(run.predictions)
-    )
+    logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm), JsonlLogger(run.predictions))
     try:
         if resume:
             # the received-model metrics of round ``start`` are logged as ``test_global`` of
@@ -336,8 +333,7 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
         updates[client] = outcome
         _log_comm(logs.comm, rnd, client, "up", outcome)
         _log_metrics(logs.metrics, rnd, client, outcome)
-        if logs.predictions is not None:
-            _log_predictions(logs.predictions, rnd, client, outcome)
+        _log_predictions(logs.predictions, rnd, client, outcome)
         log.info("%s", _client_line(client, outcome, msg))
     if messages and not updates:
         raise RunFailedError(
@@ -374,17 +370,21 @@ def _log_metrics(metrics_log: JsonlLogger, rnd: int, client: int, update: Client
     keyed = [(split_step_key(key), value) for key, value in update.metrics.items()]
     for (name, step), value in sorted(keyed, key=lambda item: (item[0][0], item[0][1] or 0)):
         split, _, metric = name.partition("/")
-        at = rnd
-        if split == "received":  # the model received this round = the global one of rnd-1
-            split, at = "test_global", rnd - 1
+        split, at = _logged_as(split, rnd)
         metrics_log.log(metric_record(at, client, split, metric, value, step))
+
+
+def _logged_as(split: str, rnd: int) -> tuple[str, int]:
+    """Where a reply's result of round ``rnd`` is logged: the model received this round is the
+    global one of round ``rnd - 1``, logged as its ``test_global``; other splits as they are."""
+    return ("test_global", rnd - 1) if split == "received" else (split, rnd)
 
 
 def _log_predictions(log_: JsonlLogger, rnd: int, client: int, update: ClientMessage) -> None:
     """The reply's per-example results, split as :func:`_log_metrics` splits its metrics (the
     received model's as ``test_global`` of round ``rnd - 1``)."""
     for name, results in sorted(unpack_predictions(update.config).items()):
-        split, at = ("test_global", rnd - 1) if name == "received" else (name, rnd)
+        split, at = _logged_as(name, rnd)
         for record in prediction_records(at, client, split, results):
             log_.log(record)
 
