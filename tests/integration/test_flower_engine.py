@@ -178,6 +178,15 @@ def test_apps_on_an_in_process_grid_equal_the_embedded_engine(smoke, embedded_ru
     assert all(w["load_s"] > 0 for w in wire_log)  # ephemeral: every message loads the backbone
 
 
+def test_flexlora_on_the_grid_equals_the_embedded_engine(smoke, tmp_path):
+    """Clients of different ranks (each message its own shapes) through the apps."""
+    cfg = smoke.replace(**{"federation.algorithm": "flexlora", "baselines.ranks.values": [2, 5, 3]})
+    run_embedded(cfg, tmp_path / "embedded", progress=False)
+    result = _serve(cfg, tmp_path / "grid", FakeGrid(3))
+    assert result.failures == 0
+    _assert_same_run(tmp_path / "embedded", tmp_path / "grid")
+
+
 def test_killed_server_resumes_exactly(smoke, embedded_run, tmp_path, monkeypatch):
     """A ServerApp killed in round 2 resumes from the checkpoint in a new Flower run (new node
     ids, empty context.state): the clients' snapshots make it equal the uninterrupted run."""

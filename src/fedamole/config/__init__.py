@@ -40,6 +40,7 @@ from fedamole.config.schema import (
     MoLEConfig,
     PartitionConfig,
     PTuningConfig,
+    RanksConfig,
     RunConfig,
     TrainConfig,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "ModelConfig",
     "PTuningConfig",
     "PartitionConfig",
+    "RanksConfig",
     "RunConfig",
     "TrainConfig",
     "differing_fields",

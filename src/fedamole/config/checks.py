@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from fedamole.config.schema import (
+    BaselinesConfig,
     DataConfig,
     EvalConfig,
     FederationConfig,
@@ -32,6 +33,7 @@ __all__ = [
     "eval_timing_errors",
     "federation_errors",
     "model_errors",
+    "rank_errors",
     "train_errors",
 ]
 
@@ -84,6 +86,39 @@ def assignment_errors(mole: MoLEConfig, federation: FederationConfig) -> list[st
             f"fewer than `mole.top_k` ({m.top_k}); raise `mole.num_experts`"
         )
     return errors
+
+
+RANKED = ("flexlora",)
+"""The algorithms whose clients hold LoRA adapters of different ranks (``[baselines.ranks]``)."""
+
+
+def rank_errors(
+    baselines: BaselinesConfig, mole: MoLEConfig, federation: FederationConfig
+) -> list[str]:
+    """The heterogeneous-rank baselines: one rank per client, or a distribution that can be drawn
+    (every distribution but ``"homo"`` draws from FedAMoLE's per-client budgets, so FedAMoLE's
+    assignment must be feasible; docs/algorithm.md#heterogeneous-ranks)."""
+    r, n = baselines.ranks, federation.num_clients
+    if federation.algorithm not in RANKED:
+        return []
+    if r.values:
+        if len(r.values) != n:
+            return [
+                f"`baselines.ranks.values` has {len(r.values)} ranks for {n} clients "
+                f"(`federation.num_clients`): give one rank per client, or [] to draw them from "
+                f"`baselines.ranks.distribution` ({r.distribution!r})"
+            ]
+        return []
+    if r.distribution == "homo":
+        return []
+    as_fedamole = federation.model_copy(update={"algorithm": "fedamole"})
+    return [
+        f"`baselines.ranks.distribution` = {r.distribution!r} draws ranks from FedAMoLE's "
+        f"per-client budgets (the [mole] expert counts), which are infeasible: {problem}; fix "
+        "[mole], or choose 'homo' (every client `baselines.lora_rank`) or explicit "
+        "`baselines.ranks.values`"
+        for problem in assignment_errors(mole, as_fedamole)
+    ]
 
 
 def eval_timing_errors(federation: FederationConfig, evaluation: EvalConfig) -> list[str]:

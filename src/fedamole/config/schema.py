@@ -27,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "PTuningConfig",
     "PartitionConfig",
+    "RanksConfig",
     "RunConfig",
     "Section",
     "TrainConfig",
@@ -166,6 +167,14 @@ class FedDPAConfig(Section):
     local_steps: int | None = Field(None, ge=1)
 
 
+class RanksConfig(Section):
+    """``[baselines.ranks]``: each client's LoRA rank in the heterogeneous-rank baselines
+    (FlexLoRA; docs/algorithm.md#heterogeneous-ranks)."""
+
+    distribution: Literal["budget", "homo", "random", "heavy_tail"] = "budget"
+    values: tuple[Annotated[int, Field(ge=1)], ...] = ()
+
+
 class BaselinesConfig(Section):
     """Settings of the baseline algorithms (docs/algorithm.md#baselines); FedAMoLE ignores them.
     Shared LoRA and prompt settings are flat; one algorithm's own settings are its sub-table."""
@@ -179,6 +188,7 @@ class BaselinesConfig(Section):
     ptuning: PTuningConfig = PTuningConfig()
     fdlora: FDLoRAConfig = FDLoRAConfig()
     feddpa: FedDPAConfig = FedDPAConfig()
+    ranks: RanksConfig = RanksConfig()
 
 
 class FederationConfig(Section):

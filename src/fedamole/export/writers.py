@@ -20,6 +20,7 @@ from fedamole.algorithms import get_algorithm
 from fedamole.algorithms.fedamole import client_mole_state
 from fedamole.algorithms.feddpa import LOCAL_ADAPTER, MAX_WEIGHT, local_direction, reference_prompts
 from fedamole.algorithms.lora_common import DEFAULT_ADAPTER, lora_config, set_lora_state
+from fedamole.algorithms.lora_ranks import client_ranks, truncate
 from fedamole.algorithms.lora_strategy import state_key
 from fedamole.config import Config
 from fedamole.data import load_federated_data
@@ -29,16 +30,35 @@ from fedamole.federated.messages import pack_modules
 from fedamole.models import load_model_and_tokenizer
 from fedamole.rundir import RunDir, fold, read_jsonl
 
-__all__ = ["write_fdlora", "write_feddpa", "write_mole", "write_peft", "write_prompt"]
+__all__ = [
+    "write_fdlora",
+    "write_feddpa",
+    "write_flexlora",
+    "write_mole",
+    "write_peft",
+    "write_prompt",
+]
 
 
 def write_peft(source: Source, out: Path) -> dict[str, Any]:
+    _save_lora(source.cfg, _federated_adapter(source), out)
+    return {}
+
+
+def write_flexlora(source: Source, out: Path) -> dict[str, Any]:
+    """The client's own rank-r_i adapter (its first r_i components, alpha / r_i scaling)."""
+    rank = client_ranks(source.cfg)[source.client]
+    adapter = truncate(_federated_adapter(source), rank)
+    _save_lora(source.cfg.replace(**{"baselines.lora_rank": rank}), adapter, out)
+    return {"flexlora": {"rank": rank}}
+
+
+def _federated_adapter(source: Source) -> dict[str, torch.Tensor]:
     client_state = lora_client_state(source)
     key = state_key(DEFAULT_ADAPTER)
     if key not in client_state:
         raise ValueError(f"the checkpoint's client state has no {key!r} adapter to export")
-    _save_lora(source.cfg, client_state[key], out)
-    return {}
+    return client_state[key]
 
 
 def write_fdlora(source: Source, out: Path) -> dict[str, Any]:
