@@ -178,9 +178,17 @@ def test_apps_on_an_in_process_grid_equal_the_embedded_engine(smoke, embedded_ru
     assert all(w["load_s"] > 0 for w in wire_log)  # ephemeral: every message loads the backbone
 
 
-def test_flexlora_on_the_grid_equals_the_embedded_engine(smoke, tmp_path):
-    """Clients of different ranks (each message its own shapes) through the apps."""
-    cfg = smoke.replace(**{"federation.algorithm": "flexlora", "baselines.ranks.values": [2, 5, 3]})
+@pytest.mark.parametrize("name", ["flexlora", "hetlora"])
+def test_heterogeneous_ranks_on_the_grid_equal_the_embedded_engine(smoke, tmp_path, name):
+    """Clients of different (for HetLoRA, shrinking) ranks, each message its own shapes."""
+    cfg = smoke.replace(
+        **{
+            "federation.algorithm": name,
+            "baselines.ranks.values": [2, 5, 3],
+            "baselines.hetlora.reg_lambda": 1.0,
+            "baselines.hetlora.prune_gamma": 0.5,
+        }
+    )
     run_embedded(cfg, tmp_path / "embedded", progress=False)
     result = _serve(cfg, tmp_path / "grid", FakeGrid(3))
     assert result.failures == 0

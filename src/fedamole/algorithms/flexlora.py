@@ -131,20 +131,25 @@ class FlexLoRA(LoRAStrategy):
 
     # ---------------------------------------------------------------------------------- client side
 
+    def client_rank(self, ctx: ClientContext) -> int:
+        """The rank the client trains and sends: its ``r_i``."""
+        return self.ranks[ctx.client_id]
+
     def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
-        with rank_scaling(ctx.model, self.ranks[ctx.client_id]):
+        with rank_scaling(ctx.model, self.client_rank(ctx)):
             return super().local_update(rnd, msg, ctx)
 
     def load(self, ctx: ClientContext, job: ClientJob) -> None:
-        padded = pad(job.msg.tensors, self.max_rank)
-        msg = ServerMessage(job.msg.round, job.msg.client, padded, job.msg.config)
+        """What arrived, its first ``r_i`` components, zero-padded to the model's adapter."""
+        own = truncate(job.msg.tensors, self.client_rank(ctx))
+        msg = ServerMessage(job.msg.round, job.msg.client, pad(own, self.max_rank), job.msg.config)
         super().load(ctx, ClientJob(job.rnd, msg, job.plan))
 
     def upload(self, ctx: ClientContext, job: ClientJob) -> dict[str, torch.Tensor]:
         if not job.plan.upload:
             return {}
         own = select_parts(ctx.state[state_key(DEFAULT_ADAPTER)], self.shared_parts)
-        return truncate(own, self.ranks[ctx.client_id])
+        return truncate(own, self.client_rank(ctx))
 
 
 def full_updates(

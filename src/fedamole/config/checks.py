@@ -88,7 +88,7 @@ def assignment_errors(mole: MoLEConfig, federation: FederationConfig) -> list[st
     return errors
 
 
-RANKED = ("flexlora",)
+RANKED = ("flexlora", "hetlora")
 """The algorithms whose clients hold LoRA adapters of different ranks (``[baselines.ranks]``)."""
 
 

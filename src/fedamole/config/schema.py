@@ -23,6 +23,7 @@ __all__ = [
     "FedDPAConfig",
     "FederationConfig",
     "FlowerConfig",
+    "HetLoRAConfig",
     "MoLEConfig",
     "ModelConfig",
     "PTuningConfig",
@@ -167,9 +168,16 @@ class FedDPAConfig(Section):
     local_steps: int | None = Field(None, ge=1)
 
 
+class HetLoRAConfig(Section):
+    """``[baselines.hetlora]``: HetLoRA only (docs/algorithm.md#hetlora)."""
+
+    reg_lambda: float = Field(0.01, ge=0)
+    prune_gamma: float = Field(0.9, gt=0, le=1)
+
+
 class RanksConfig(Section):
     """``[baselines.ranks]``: each client's LoRA rank in the heterogeneous-rank baselines
-    (FlexLoRA; docs/algorithm.md#heterogeneous-ranks)."""
+    (FlexLoRA, HetLoRA; docs/algorithm.md#heterogeneous-ranks)."""
 
     distribution: Literal["budget", "homo", "random", "heavy_tail"] = "budget"
     values: tuple[Annotated[int, Field(ge=1)], ...] = ()
@@ -188,6 +196,7 @@ class BaselinesConfig(Section):
     ptuning: PTuningConfig = PTuningConfig()
     fdlora: FDLoRAConfig = FDLoRAConfig()
     feddpa: FedDPAConfig = FedDPAConfig()
+    hetlora: HetLoRAConfig = HetLoRAConfig()
     ranks: RanksConfig = RanksConfig()
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "write_fdlora",
     "write_feddpa",
     "write_flexlora",
+    "write_hetlora",
     "write_mole",
     "write_peft",
     "write_prompt",
@@ -51,6 +52,21 @@ def write_flexlora(source: Source, out: Path) -> dict[str, Any]:
     adapter = truncate(_federated_adapter(source), rank)
     _save_lora(source.cfg.replace(**{"baselines.lora_rank": rank}), adapter, out)
     return {"flexlora": {"rank": rank}}
+
+
+def write_hetlora(source: Source, out: Path) -> dict[str, Any]:
+    """The client's adapter at its current rank r_i, its alpha rescaled so that the export
+    scales it by the run's alpha / r_max as the client did (docs/algorithm.md#hetlora)."""
+    from fedamole.algorithms.hetlora import upload_rank
+
+    ranks = client_ranks(source.cfg)
+    current = int(lora_client_state(source).get("rank", ranks[source.client]))
+    adapter = truncate(_federated_adapter(source), current)
+    rank = upload_rank(adapter)
+    alpha = source.cfg.baselines.lora_alpha * rank / max(ranks)
+    cfg = source.cfg.replace(**{"baselines.lora_rank": rank, "baselines.lora_alpha": alpha})
+    _save_lora(cfg, adapter, out)
+    return {"hetlora": {"rank": rank, "lora_alpha": alpha}}
 
 
 def _federated_adapter(source: Source) -> dict[str, torch.Tensor]:

@@ -42,7 +42,8 @@ from fedamole.export import export_kind, exportable_algorithms
 # (each global-model one followed by its -FT row), the extra ones, FedAMoLE's ablations, FedAMoLE.
 HAND_WRITTEN_ORDER = (
     "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT",
-    "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "FlexLoRA", "Local",
+    "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "FlexLoRA", "HetLoRA",
+    "Local",
     "FedIT-clustered", "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo",
     "FedAMoLE-DP", "FedAMoLE",
 )  # fmt: skip
