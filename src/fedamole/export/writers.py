@@ -24,7 +24,7 @@ from fedamole.algorithms.lora_ranks import client_ranks, truncate
 from fedamole.algorithms.lora_strategy import state_key
 from fedamole.config import Config
 from fedamole.data import load_federated_data
-from fedamole.export.formats import FEDDPA_DIRECTION, MOLE_STATE
+from fedamole.export.formats import FEDALT_MIXERS, FEDDPA_DIRECTION, MOLE_STATE
 from fedamole.export.source import Source, base_model, lora_client_state, quiet_peft
 from fedamole.federated.messages import pack_modules
 from fedamole.models import load_model_and_tokenizer
@@ -32,6 +32,7 @@ from fedamole.rundir import RunDir, fold, read_jsonl
 
 __all__ = [
     "write_fdlora",
+    "write_fedalt",
     "write_feddpa",
     "write_flexlora",
     "write_hetlora",
@@ -118,6 +119,33 @@ def _save_lora(cfg: Config, adapter: dict[str, torch.Tensor], out: Path) -> None
     set_lora_state(peft_model.get_base_model(), adapter)
     # Embeddings are never trained here; False also skips peft's hub lookup of the base config.
     peft_model.save_pretrained(str(out), save_embedding_layers=False)
+
+
+def write_fedalt(source: Source, out: Path) -> dict[str, Any]:
+    """Both LoRA adapters as one peft folder (the rest-of-world one in ``row/``) and the mixers
+    (:data:`~fedamole.export.formats.FEDALT_MIXERS`)."""
+    from fedamole.algorithms.fedalt import ROW_ADAPTER
+
+    cfg, client_state = source.cfg, lora_client_state(source)
+    keys = [state_key(name) for name in (DEFAULT_ADAPTER, ROW_ADAPTER)]
+    missing = [k for k in (*keys, "mixer") if k not in client_state]
+    if missing:
+        raise ValueError(f"the checkpoint's client state lacks the FedALT parts {missing}")
+    model, _ = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
+    )
+    with quiet_peft():
+        peft_model = get_peft_model(model, lora_config(cfg.baselines))
+    peft_model.add_adapter(ROW_ADAPTER, lora_config(cfg.baselines))
+    for adapter_config in peft_model.peft_config.values():
+        adapter_config.base_model_name_or_path = base_model(cfg)
+    base = peft_model.get_base_model()
+    set_lora_state(base, client_state[keys[0]])
+    set_lora_state(base, client_state[keys[1]], ROW_ADAPTER)
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    mixers = {k: v.contiguous() for k, v in client_state["mixer"].items()}
+    save_file(mixers, str(out / FEDALT_MIXERS))
+    return {}
 
 
 def write_feddpa(source: Source, out: Path) -> dict[str, Any]:
