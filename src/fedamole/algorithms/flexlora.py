@@ -86,10 +86,8 @@ class FlexLoRA(LoRAStrategy):
         accepted, rejected = screen_updates(
             rnd,
             updates,
-            lambda client, msg: check_update(
-                msg.tensors, spec_of(self.client_states[client]) if upload else {}
-            ),
-            weighted=self.cfg.federation.weighting == "examples",
+            lambda client, msg: self.update_problems(client, msg, upload),
+            weighted=self.weighted_by_examples,
         )
         self.missed = set(range(self.num_clients)) - set(updates)
         if upload:
@@ -97,6 +95,16 @@ class FlexLoRA(LoRAStrategy):
                 self.merge(accepted)
             self.dirty = True
         return RoundSummary(rnd, tuple(accepted), rejected)
+
+    @property
+    def weighted_by_examples(self) -> bool:
+        """Whether the aggregation weighs clients by their ``num_examples``."""
+        return self.cfg.federation.weighting == "examples"
+
+    def update_problems(self, client: int, msg: ClientMessage, upload: bool) -> list[str]:
+        """Why an upload is refused: keys or shapes other than the client's rank-``r_i``
+        adapter (none expected when the round uploads nothing), non-finite values."""
+        return check_update(msg.tensors, spec_of(self.client_states[client]) if upload else {})
 
     def merge(self, accepted: Mapping[int, ClientMessage]) -> None:
         """Every client's next adapter: its rank-r_i projection of the accepted clients' update."""

@@ -34,8 +34,6 @@ from fedamole.algorithms.base import (
     ClientContext,
     ClientJob,
     RoundPlan,
-    RoundSummary,
-    screen_updates,
 )
 from fedamole.algorithms.flexlora import FlexLoRA
 from fedamole.algorithms.lora_common import (
@@ -87,19 +85,9 @@ class HetLoRA(FlexLoRA):
             for c in range(self.num_clients)
         }
 
-    def aggregate(self, rnd: int, updates: Mapping[int, ClientMessage]) -> RoundSummary:
-        upload = RoundPlan.for_round(self.cfg, rnd).upload
-        accepted, rejected = screen_updates(
-            rnd, updates, lambda c, msg: self._problems(c, msg, upload), weighted=False
-        )
-        self.missed = set(range(self.num_clients)) - set(updates)
-        if upload:
-            if accepted:
-                self.merge(accepted)
-            self.dirty = True
-        return RoundSummary(rnd, tuple(accepted), rejected)
+    weighted_by_examples = False  # the norms are HetLoRA's weights
 
-    def _problems(self, client: int, msg: ClientMessage, upload: bool) -> list[str]:
+    def update_problems(self, client: int, msg: ClientMessage, upload: bool) -> list[str]:
         """Keys and shapes of a rank between 1 and the client's last one, finite values."""
         if not upload or not msg.tensors:
             return check_update(msg.tensors, {})

@@ -126,47 +126,48 @@ def write_fedalt(source: Source, out: Path) -> dict[str, Any]:
     (:data:`~fedamole.export.formats.FEDALT_MIXERS`)."""
     from fedamole.algorithms.fedalt import ROW_ADAPTER
 
-    cfg, client_state = source.cfg, lora_client_state(source)
-    keys = [state_key(name) for name in (DEFAULT_ADAPTER, ROW_ADAPTER)]
-    missing = [k for k in (*keys, "mixer") if k not in client_state]
-    if missing:
-        raise ValueError(f"the checkpoint's client state lacks the FedALT parts {missing}")
-    model, _ = load_model_and_tokenizer(
-        cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
-    )
-    with quiet_peft():
-        peft_model = get_peft_model(model, lora_config(cfg.baselines))
-    peft_model.add_adapter(ROW_ADAPTER, lora_config(cfg.baselines))
-    for adapter_config in peft_model.peft_config.values():
-        adapter_config.base_model_name_or_path = base_model(cfg)
-    base = peft_model.get_base_model()
-    set_lora_state(base, client_state[keys[0]])
-    set_lora_state(base, client_state[keys[1]], ROW_ADAPTER)
+    client_state = lora_client_state(source)
+    if "mixer" not in client_state:
+        raise ValueError("the checkpoint's client state lacks the FedALT mixers")
+    peft_model, _ = _two_adapters(source.cfg, client_state, ROW_ADAPTER, "FedALT")
     peft_model.save_pretrained(str(out), save_embedding_layers=False)
     mixers = {k: v.contiguous() for k, v in client_state["mixer"].items()}
     save_file(mixers, str(out / FEDALT_MIXERS))
     return {}
 
 
-def write_feddpa(source: Source, out: Path) -> dict[str, Any]:
-    cfg, client = source.cfg, source.client
-    client_state = lora_client_state(source)
-    keys = {name: state_key(name) for name in (DEFAULT_ADAPTER, LOCAL_ADAPTER)}
+def _two_adapters(
+    cfg: Config, client_state: dict[str, Any], second: str, method: str
+) -> tuple[Any, Any]:
+    """A peft model of the backbone with the client's federated adapter and its ``second`` one
+    loaded (both active), and the tokenizer.
+
+    Raises:
+        ValueError: the client state lacks one of the adapters.
+    """
+    keys = {name: state_key(name) for name in (DEFAULT_ADAPTER, second)}
     missing = [k for k in keys.values() if k not in client_state]
     if missing:
-        raise ValueError(f"the checkpoint's client state lacks the FedDPA adapters {missing}")
+        raise ValueError(f"the checkpoint's client state lacks the {method} adapters {missing}")
     model, tokenizer = load_model_and_tokenizer(
         cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
     )
     with quiet_peft():
         peft_model = get_peft_model(model, lora_config(cfg.baselines))
-    peft_model.add_adapter(LOCAL_ADAPTER, lora_config(cfg.baselines))
+    peft_model.add_adapter(second, lora_config(cfg.baselines))
     for adapter_config in peft_model.peft_config.values():
         adapter_config.base_model_name_or_path = base_model(cfg)
     base = peft_model.get_base_model()
-    set_lora_state(base, client_state[keys[DEFAULT_ADAPTER]])
-    set_lora_state(base, client_state[keys[LOCAL_ADAPTER]], LOCAL_ADAPTER)
-    set_adapter(base, [DEFAULT_ADAPTER, LOCAL_ADAPTER])
+    for name, key in keys.items():
+        set_lora_state(base, client_state[key], name)
+    set_adapter(base, [DEFAULT_ADAPTER, second])
+    return peft_model, tokenizer
+
+
+def write_feddpa(source: Source, out: Path) -> dict[str, Any]:
+    cfg, client = source.cfg, source.client
+    peft_model, tokenizer = _two_adapters(cfg, lora_client_state(source), LOCAL_ADAPTER, "FedDPA")
+    base = peft_model.get_base_model()
     train = load_federated_data(cfg).clients[client].train
     if not train:
         raise ValueError(f"client {client} has no training data to represent its local adapter")
