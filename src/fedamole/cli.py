@@ -92,7 +92,7 @@ def run(
         typer.Option(
             metavar="DIR",
             help="Also write every metrics.jsonl record as a TensorBoard scalar, to DIR/<run "
-            "directory's name> (sets run.tensorboard; needs `pip install "
+            "directory's name>-<hash of its path> (sets run.tensorboard; needs `pip install "
             "'fedamole[tensorboard]'`). View with `tensorboard --logdir DIR`.",
         ),
     ] = None,

@@ -29,6 +29,7 @@ from fedamole.rundir.hooks import (
     check_hooks,
     load_hook,
     open_hooks,
+    tensorboard_folder,
     tensorboard_step,
     tensorboard_tag,
 )
@@ -133,6 +134,7 @@ __all__ = [
     "read_predictions",
     "save_checkpoint",
     "setup_logging",
+    "tensorboard_folder",
     "tensorboard_step",
     "tensorboard_tag",
 ]
