@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import torch
 
 from fedamole.algorithms.registry import algorithm_spec
-from fedamole.config import Config
+from fedamole.config import Config, dump
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import (
     ClientMessage,
@@ -59,14 +59,25 @@ from fedamole.rundir import (
     comm_record,
     config_mismatch,
     fold,
+    has_checkpoint,
     load_checkpoint,
     metric_record,
     open_hooks,
     prediction_records,
     promote_checkpoint,
+    read_jsonl,
     save_checkpoint,
     setup_logging,
 )
+from fedamole.rundir.env import write_env
+from fedamole.rundir.ledger import (
+    LEDGER,
+    Ledger,
+    check_logs,
+    read_assignment_texts,
+    repair_side_files,
+)
+from fedamole.rundir.records import assignment_text
 
 if TYPE_CHECKING:
     from fedamole.algorithms.base import Algorithm
@@ -181,24 +192,15 @@ def run_federation(
             ``run.tensorboard`` is set without TensorBoard installed.
     """
     start = 0 if cfg.eval.test_init else 1
+    assignments: dict[int, str] = {}  # round -> assignments/round_NNN.json's text (the ledger's)
     if resume:
-        start = _restore(run, cfg, algo, clients)
-        if start > 0 and not run.metrics.exists():
-            raise CheckpointError(
-                f"{run.metrics} is missing although the checkpoint holds round {start - 1}: "
-                "resuming would lose the metrics of every earlier round. Restore the file, or "
-                "start the run again with --overwrite"
-            )
+        start, assignments = _restore(run, cfg, algo, clients)
     else:
-        _write_assignment(run, start - 1, algo.assignment_record())
+        _write_assignment(run, start - 1, algo.assignment_record(), assignments)
     logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm), JsonlLogger(run.predictions))
     try:
         if resume:
-            # the received-model metrics of round ``start`` are logged as ``test_global`` of
-            # round ``start - 1``: a kill during round ``start`` may have left some of them
-            def received_too_late(record: Mapping[str, Any]) -> bool:
-                return record["round"] == start - 1 and record["split"] == "test_global"
-
+            received_too_late = _received_too_late(start)
             logs.metrics.truncate_after(start - 1, drop=received_too_late)
             logs.predictions.truncate_after(start - 1, drop=received_too_late)
             logs.comm.truncate_after(start - 1)
@@ -216,7 +218,7 @@ def run_federation(
             if on_round is not None:
                 on_round(rnd)
             failures += play_round(rnd, cfg, algo, clients, logs)
-            _write_assignment(run, rnd, algo.assignment_record())
+            _write_assignment(run, rnd, algo.assignment_record(), assignments)
             if best is not None:
                 # `test_global` scores of round rnd-1 just arrived: `last` still holds rnd-1
                 best.update(rnd)
@@ -225,6 +227,7 @@ def run_federation(
                     "config": json.dumps(cfg.to_dict(), sort_keys=True),
                     "server": algo.state_dict(),
                     "clients": clients.states(),
+                    LEDGER: _ledger(run, logs, assignments).to_state(),
                 }
                 save_checkpoint(run.checkpoints, state)
                 best.update(rnd)  # `test` scores of round rnd: `last` now holds rnd
@@ -410,24 +413,143 @@ def _client_line(client: int, update: ClientMessage, msg: ServerMessage) -> str:
     return "  ".join(parts)
 
 
-def _write_assignment(run: RunDir, rnd: int, record: Mapping[str, Any] | None) -> None:
+def _write_assignment(
+    run: RunDir, rnd: int, record: Mapping[str, Any] | None, texts: dict[int, str]
+) -> None:
+    """Write the assignment after round ``rnd`` and keep its text in ``texts`` (the ledger's)."""
     if record is not None and rnd >= 0:
-        run.write_assignment(rnd, record)
+        texts[rnd] = assignment_text(record)
+        run.write_assignment(rnd, texts[rnd])
 
 
-def _restore(run: RunDir, cfg: Config, algo: Algorithm, clients: Clients) -> int:
-    state = load_checkpoint(run.checkpoints)
-    saved = json.loads(state["config"])  # a dict: an older version's config may not validate
-    mismatch = config_mismatch(saved, cfg)  # run.tensorboard and run.hooks may change
-    if mismatch is not None:
-        raise CheckpointError(
-            f"the checkpoint in {run.checkpoints} was written with another configuration "
-            f"({mismatch}); resume with the run's own {run.config.name}"
-        )
+def _ledger(run: RunDir, logs: RoundLogs, assignments: Mapping[int, str]) -> Ledger:
+    """What the run directory's files hold now, for the checkpoint (:mod:`fedamole.rundir.
+    ledger`); ``comm.jsonl`` is read back (small: a few records per client and round)."""
+    return Ledger(
+        metrics=dict(logs.metrics.counts),
+        predictions=dict(logs.predictions.counts),
+        comm=list(read_jsonl(run.comm)),
+        assignments=dict(assignments),
+    )
+
+
+def _received_too_late(start: int) -> Callable[[Mapping[str, Any]], bool]:
+    """The records a resume at round ``start`` discards besides those of later rounds: the
+    received-model metrics of round ``start`` are logged as ``test_global`` of round
+    ``start - 1``, and a kill during round ``start`` may have left some of them."""
+
+    def drop(record: Mapping[str, Any]) -> bool:
+        return record["round"] == start - 1 and record["split"] == "test_global"
+
+    return drop
+
+
+def _restore(
+    run: RunDir, cfg: Config, algo: Algorithm, clients: Clients
+) -> tuple[int, dict[int, str]]:
+    """Load the checkpoint to resume from, check every file the resume relies on against it
+    (docs/run-directory.md#what-a-resume-checks), rebuild what it holds, restore the state.
+
+    Returns:
+        The round to start with, and round -> assignment file text so far.
+
+    Raises:
+        CheckpointError: no usable checkpoint, one of another config, or a file that does not
+            hold what the checkpoint recorded and cannot be rebuilt (the message names it).
+    """
+    state = _resumable_state(run, cfg)
+    rnd = int(state["round"])
+    ledger = Ledger.from_state(state)
+    check_logs(run, ledger, rnd, drop=_received_too_late(rnd + 1))  # reads only
+    if not run.config.exists():  # the checkpoint's config is the given one (checked above)
+        dump(cfg, run.config)
+        log.warning("%s was missing: written again from the config (the checkpoint's)", run.config)
+    if not run.env.exists():
+        write_env(run.env)
+        log.warning("%s was missing: written again with this process's environment", run.env)
+    if run.finished and rnd < last_round(cfg):  # rounds after the checkpoint are played again
+        run.done.unlink()
+        log.warning("%s removed: rounds %d.. are played again", run.done, rnd + 1)
+    if ledger is not None:
+        repair_side_files(run, ledger, rnd)
+        assignments = {r: t for r, t in ledger.assignments.items() if r <= rnd}
+    else:
+        assignments = {r: t for r, t in read_assignment_texts(run).items() if r <= rnd}
     algo.load_state_dict(state["server"])
     clients.load_states(state["clients"])
-    log.info("resumed from the checkpoint of round %d", state["round"])
-    return int(state["round"]) + 1
+    if rnd not in assignments:  # an older checkpoint: its own assignment, from its state
+        _write_assignment(run, rnd, algo.assignment_record(), assignments)
+    log.info("resumed from the checkpoint of round %d", rnd)
+    return rnd + 1, assignments
+
+
+def _resumable_state(run: RunDir, cfg: Config) -> dict[str, Any]:
+    """The state of ``checkpoints/last``, or of ``checkpoints/best`` when ``last`` is missing or
+    unreadable (resuming from an earlier round replays the later ones exactly), checked to be of
+    ``cfg``.
+
+    Raises:
+        CheckpointError: neither can be loaded (the message says why, and what works), or the
+            checkpoint was written with another configuration.
+    """
+    problems = []
+    for name in (LAST, BEST):
+        where = run.checkpoints / name
+        if not has_checkpoint(run.checkpoints, name):
+            problems.append(f"{where} is missing")
+            continue
+        try:
+            state = load_checkpoint(run.checkpoints, name)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        if name == BEST:
+            log.warning("resuming from %s (round %d): %s", where, state["round"], problems[0])
+        saved = json.loads(state["config"])  # a dict: an older version's config may not validate
+        mismatch = config_mismatch(saved, cfg)  # run.tensorboard and run.hooks may change
+        if mismatch is not None:
+            raise CheckpointError(
+                f"the checkpoint in {run.checkpoints} was written with another configuration "
+                f"({mismatch}); resume with the run's own {run.config.name}"
+            )
+        return state
+    raise CheckpointError(_no_checkpoint(run, cfg, problems))
+
+
+def _no_checkpoint(run: RunDir, cfg: Config, problems: list[str]) -> str:
+    """Why ``run`` cannot be resumed when no checkpoint loads, true to what the directory holds."""
+    again = (
+        "Start the run again with --overwrite instead of --resume (it moves this directory aside)"
+    )
+    if not run.holds_checkpoint:
+        if not cfg.run.checkpoint:
+            return (
+                f"no checkpoint in {run.checkpoints}: the run keeps none (run.checkpoint = false), "
+                f"so it cannot be resumed. {again}"
+            )
+        played = _rounds_played(run)
+        if played is None:
+            return (
+                f"no checkpoint in {run.checkpoints}; the run ended before its first round was "
+                f"saved. {again}"
+            )
+        return (
+            f"no checkpoint in {run.checkpoints}, although {run.metrics.name} shows round "
+            f"{played} completed: the checkpoints were deleted or lost, and the run cannot "
+            f"continue without one. {again}"
+        )
+    return f"cannot resume {run.path}: {'; '.join(problems)}. {again}"
+
+
+def _rounds_played(run: RunDir) -> int | None:
+    """The last round ``metrics.jsonl`` shows completed (its ``server/round_seconds``)."""
+    try:
+        seconds = fold(
+            read_jsonl(run.metrics, steps=False, partial_last="drop"), "server", "round_seconds"
+        )
+    except ValueError:
+        return None
+    return max(seconds, default=None)
 
 
 def last_round(cfg: Config) -> int:

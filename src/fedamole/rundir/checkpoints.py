@@ -37,6 +37,7 @@ from fedamole.rundir.layout import (
     SNAPSHOT_GLOB,
     TMP_SUFFIX,
     RunLayout,
+    checkpoint_folder,
     snapshot_folder,
     snapshot_round,
 )
@@ -110,16 +111,12 @@ def load_checkpoint(folder: Path, name: str = LAST) -> dict[str, Any]:
     the middle of a save left.
 
     Raises:
-        CheckpointError: none exists, or it cannot be read; the message names the file and the fix.
+        CheckpointError: none exists (the message names the checkpoints the folder holds), or it
+            cannot be read (the message names the file and the fix).
     """
     path = _existing(folder, name)
     if path is not None:
         return _read(path)
-    if name == LAST:
-        raise CheckpointError(
-            f"no checkpoint in {folder}; the run ended before its first round was saved. "
-            "Start it again without --resume (use --overwrite to move the old directory aside)"
-        )
     kept = ", ".join(f"{n} (round {r})" for n, r in checkpoint_rounds(folder).items())
     raise CheckpointError(
         f"no checkpoint {name!r} in {folder}; it holds " + (kept or "no checkpoint")
@@ -168,11 +165,7 @@ def has_checkpoint(folder: Path, name: str = LAST) -> bool:
 
 def _existing(folder: Path, name: str) -> Path | None:
     """``folder/<name>``, or ``<name>.old`` when a crash left only that; ``None`` if neither."""
-    for candidate in (name, f"{name}{OLD_SUFFIX}"):
-        path = folder / candidate
-        if (path / _STATE).exists():
-            return path
-    return None
+    return checkpoint_folder(folder, name)
 
 
 def _fresh_tmp(folder: Path, name: str) -> Path:
