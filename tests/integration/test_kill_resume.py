@@ -59,19 +59,27 @@ def _outcome(run_dir) -> tuple[list, dict]:
     return result_records(run_dir), {**assignments, "predictions.jsonl": predictions}
 
 
-@pytest.fixture(scope="module")
-def references(repo, tmp_path_factory):
-    """Each configuration run uninterrupted once: (seconds from its start-up's end, when
-    ``config.toml`` appears, to its exit; its outcome)."""
-    out = {}
-    for name, overrides in CONFIGS.items():
-        run_dir = tmp_path_factory.mktemp("ref") / name
-        proc = _run(repo, overrides, run_dir)
+class _References(dict):
+    """Each configuration run uninterrupted once, when a test first needs it: (seconds from its
+    start-up's end, when ``config.toml`` appears, to its exit; its outcome)."""
+
+    def __init__(self, repo, tmp_path_factory):
+        super().__init__()
+        self.repo, self.tmp_path_factory = repo, tmp_path_factory
+
+    def __missing__(self, name):
+        run_dir = self.tmp_path_factory.mktemp("ref") / name
+        proc = _run(self.repo, CONFIGS[name], run_dir)
         started = _started(proc, run_dir)
         code, text = _finish(proc)
         assert code == 0, text
-        out[name] = (time.monotonic() - started, _outcome(run_dir))
-    return out
+        self[name] = (time.monotonic() - started, _outcome(run_dir))
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def references(repo, tmp_path_factory):
+    return _References(repo, tmp_path_factory)
 
 
 def _started(proc, run_dir, timeout=300) -> float:
@@ -119,3 +127,37 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
         assert got[0] == expected[0], f"case {case}: killed after {when:.1f} s"
         assert got[1] == expected[1]
     assert kills, "no case killed the run before it ended: the test tested nothing"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_says_what_was_saved_and_its_resume_command_works(
+    repo, tmp_path, references, signum
+):
+    """Ctrl-C (SIGINT) or SIGTERM once a round is saved: exit 128 + the signal, no traceback,
+    the last saved round and the exact resume command printed; running that command ends with
+    the uninterrupted run's outcome."""
+    _, expected = references["fedamole"]
+    run_dir = tmp_path / "run"
+    proc = _run(repo, CONFIGS["fedamole"], run_dir)
+    state = run_dir / "checkpoints" / "last" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    code, text = _finish(proc)
+    assert code == 128 + signum, text
+    assert "Traceback" not in text
+    assert f"interrupted by {signal.Signals(signum).name}" in text
+    saved = json.loads(state.read_text())["round"]
+    assert f"round {saved} is saved" in text
+    command = text.split("continue with: ")[1].splitlines()[0].split()
+    assert command[:2] == ["fedamole", "run"] and "--resume" in command
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedamole", *command[1:]],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _outcome(run_dir) == expected

@@ -217,7 +217,10 @@ def run_federation(
         for rnd in range(start, last_round(cfg) + 1):
             if on_round is not None:
                 on_round(rnd)
-            failures += play_round(rnd, cfg, algo, clients, logs)
+            try:
+                failures += play_round(rnd, cfg, algo, clients, logs)
+            except RunFailedError as exc:
+                raise RunFailedError(f"{exc} {_after_failure(run)}") from None
             _write_assignment(run, rnd, algo.assignment_record(), assignments)
             if best is not None:
                 # `test_global` scores of round rnd-1 just arrived: `last` still holds rnd-1
@@ -341,9 +344,7 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
     if messages and not updates:
         raise RunFailedError(
             f"round {rnd}: every client failed ({failed} of {len(messages)}; their errors are in "
-            "the log above and in log.txt), so the run stops unfinished. Fix the cause (often a "
-            "learning rate or Adam betas out of range, or `model.max_length` shorter than the "
-            "prompts) and start again, or resume from the last checkpoint with --resume"
+            "the log above and in log.txt), so the run stops unfinished."
         )
     summary = algo.aggregate(rnd, updates)
     server = summary.info.get("metrics", {}) if isinstance(summary.info, Mapping) else {}
@@ -539,6 +540,23 @@ def _no_checkpoint(run: RunDir, cfg: Config, problems: list[str]) -> str:
             f"continue without one. {again}"
         )
     return f"cannot resume {run.path}: {'; '.join(problems)}. {again}"
+
+
+def _after_failure(run: RunDir) -> str:
+    """What to do after a round in which every client failed, true to what ``run`` saved."""
+    config_cause = (
+        "a cause in the config (often a learning rate or Adam betas out of range, or "
+        "`model.max_length` shorter than the prompts) needs a new run: fix it and start again "
+        "with --overwrite"
+    )
+    saved = checkpoint_info(run.checkpoints, LAST) if run.holds_checkpoint else None
+    if saved is None:
+        return f"No round was saved: {config_cause}."
+    return (
+        f"Round {saved['round']} is saved: a cause outside the config (memory, a file, a "
+        f"device) can be removed and the run continued with --resume; {config_cause} (a "
+        "resume with the same config fails the same way, one with another config is refused)."
+    )
 
 
 def _rounds_played(run: RunDir) -> int | None:
