@@ -240,7 +240,7 @@ class BrokenRecordError(ValueError):
 
 
 def read_jsonl(
-    path: Path, *, steps: bool | None = None, partial_last: Literal["raise", "drop"] = "raise"
+    path: Path, *, steps: bool | None = None, partial_last: Literal["raise", "drop"] = "drop"
 ) -> Iterator[dict[str, Any]]:
     """Records of a JSON-lines file; a malformed line raises with the file and line number.
 
@@ -249,9 +249,9 @@ def read_jsonl(
         steps: ``False``: skip ``metrics.jsonl``'s per-step training records (those with a
             ``step``: most of the file at the paper's 200 steps) without parsing them; ``True``:
             only those; ``None``: every record.
-        partial_last: ``"drop"``: a malformed *last* line that does not end the file with a
-            newline (a record a killed or still running process was writing) is left out with a
-            warning naming the file; ``"raise"``: it raises as any malformed line does.
+        partial_last: ``"drop"`` (default): a malformed *last* line that does not end the file
+            with a newline (a record a killed or still running process was writing) is left out
+            with a warning naming the file; ``"raise"``: it raises as any malformed line does.
 
     Raises:
         BrokenRecordError: (a ``ValueError``) a malformed line, naming the file and the line.
