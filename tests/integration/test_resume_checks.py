@@ -94,9 +94,10 @@ def test_a_missing_last_checkpoint_resumes_from_best(smoke, runs, killed, caplog
     assert f"round {best}" in caplog.text and "checkpoints/best" in caplog.text
 
 
-def test_a_corrupt_last_checkpoint_resumes_from_best(smoke, runs, killed):
-    tensors = killed / "checkpoints" / "last" / "tensors.safetensors"
-    tensors.write_bytes(tensors.read_bytes()[:100])
+@pytest.mark.parametrize("name", ["tensors.safetensors", "state.json"])
+def test_a_corrupt_last_checkpoint_resumes_from_best(smoke, runs, killed, name):
+    damaged = killed / "checkpoints" / "last" / name
+    damaged.write_bytes(damaged.read_bytes()[:100])
     run_embedded(smoke, killed, resume=True, progress=False)
     assert outcome(killed) == runs[0]
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import torch
 
 from fedamole.algorithms.registry import algorithm_spec
-from fedamole.config import Config, dump
+from fedamole.config import Config, ConfigError, dump, load
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import (
     ClientMessage,
@@ -299,15 +299,24 @@ class BestCheckpoint:
         from fedamole.analysis.summaries import summarize_rounds
 
         rnd, value = summarize_rounds(means, "best")
-        last = checkpoint_info(self.folder, LAST)
+        last = _info(self.folder, LAST)
         if last is None or last["round"] != rnd:
             return
-        current = checkpoint_info(self.folder, BEST)
+        current = _info(self.folder, BEST)  # damaged: replaced by the round `last` holds
         if current is not None and current["round"] == rnd:
             return
         selection = {"rule": "best", "round": rnd, "split": self.split, "metric": "score"}
         promote_checkpoint(self.folder, {**selection, "value": value}, source=LAST, target=BEST)
         log.info("checkpoints/best: round %d (%s/score %.4f)", rnd, self.split, value)
+
+
+def _info(folder: Path, name: str) -> dict[str, Any] | None:
+    """:func:`~fedamole.rundir.checkpoint_info`, ``None`` for a damaged checkpoint too (a
+    resume from ``best`` past a damaged ``last``, which the next save replaces)."""
+    try:
+        return checkpoint_info(folder, name)
+    except CheckpointError:
+        return None
 
 
 def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: RoundLogs) -> int:
@@ -462,12 +471,14 @@ def _restore(
     rnd = int(state["round"])
     ledger = Ledger.from_state(state)
     check_logs(run, ledger, rnd, drop=_received_too_late(rnd + 1))  # reads only
-    if not run.config.exists():  # the checkpoint's config is the given one (checked above)
+    if not _holds_config(run, cfg):  # the checkpoint's config is cfg (checked above)
+        what = "was damaged" if run.config.exists() else "was missing"
         dump(cfg, run.config)
-        log.warning("%s was missing: written again from the config (the checkpoint's)", run.config)
-    if not run.env.exists():
+        log.warning("%s %s: written again from the checkpoint's config", run.config, what)
+    if not _readable_json(run.env):
+        what = "was damaged" if run.env.exists() else "was missing"
         write_env(run.env)
-        log.warning("%s was missing: written again with this process's environment", run.env)
+        log.warning("%s %s: written again with this process's environment", run.env, what)
     if run.finished and rnd < last_round(cfg):  # rounds after the checkpoint are played again
         run.done.unlink()
         log.warning("%s removed: rounds %d.. are played again", run.done, rnd + 1)
@@ -482,6 +493,23 @@ def _restore(
         _write_assignment(run, rnd, algo.assignment_record(), assignments)
     log.info("resumed from the checkpoint of round %d", rnd)
     return rnd + 1, assignments
+
+
+def _holds_config(run: RunDir, cfg: Config) -> bool:
+    """Whether ``config.toml`` exists, loads and resumes as ``cfg`` (fields that change no
+    result aside)."""
+    try:
+        return config_mismatch(load(run.config), cfg) is None
+    except (ConfigError, OSError):
+        return False
+
+
+def _readable_json(path: Path) -> bool:
+    """Whether ``path`` holds a JSON object."""
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _resumable_state(run: RunDir, cfg: Config) -> dict[str, Any]:
@@ -549,7 +577,7 @@ def _after_failure(run: RunDir) -> str:
         "`model.max_length` shorter than the prompts) needs a new run: fix it and start again "
         "with --overwrite"
     )
-    saved = checkpoint_info(run.checkpoints, LAST) if run.holds_checkpoint else None
+    saved = _info(run.checkpoints, LAST) or _info(run.checkpoints, BEST)
     if saved is None:
         return f"No round was saved: {config_cause}."
     return (

@@ -60,6 +60,7 @@ from fedamole.rundir.records import (
 # reading records (``fedamole report``, ``fedamole plot``) starts without it
 _CHECKPOINT_NAMES = (
     "CheckpointError",
+    "checkpoint_config",
     "checkpoint_info",
     "checkpoint_rounds",
     "client_snapshots",
@@ -72,6 +73,7 @@ _CHECKPOINT_NAMES = (
 if _TYPE_CHECKING:
     from fedamole.rundir.checkpoints import (
         CheckpointError,
+        checkpoint_config,
         checkpoint_info,
         checkpoint_rounds,
         client_snapshots,
@@ -111,6 +113,7 @@ __all__ = [
     "RunLayout",
     "TensorBoardHook",
     "check_hooks",
+    "checkpoint_config",
     "checkpoint_info",
     "checkpoint_rounds",
     "client_snapshot",

@@ -44,6 +44,7 @@ from fedamole.rundir.layout import (
 
 __all__ = [
     "CheckpointError",
+    "checkpoint_config",
     "checkpoint_info",
     "checkpoint_rounds",
     "client_snapshots",
@@ -143,6 +144,22 @@ def checkpoint_info(folder: Path, name: str = LAST) -> dict[str, Any] | None:
     return info
 
 
+def checkpoint_config(folder: Path) -> dict[str, Any] | None:
+    """The config (a dict) of the checkpoint a resume would start from (``last``, else
+    ``best``), read from its ``state.json`` without the tensors; ``None`` when neither can be
+    read."""
+    for name in (LAST, BEST):
+        try:
+            path = _existing(folder, name)
+            if path is None:
+                continue
+            text = _read_body(path)["state"]["__map__"]["s:config"]
+            return json.loads(text)
+        except (CheckpointError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+    return None
+
+
 def checkpoint_rounds(folder: Path) -> dict[str, int | None]:
     """``{name: round}`` of the checkpoints the engine keeps (``last``, ``best``) that exist and
     can be read."""
@@ -210,6 +227,8 @@ def _read_body(path: Path) -> dict[str, Any]:
 
 def _read(path: Path) -> dict[str, Any]:
     body = _read_body(path)
+    if not (path / _TENSORS).is_file():
+        raise CheckpointError(f"{path / _TENSORS} is missing; cannot resume from {path}")
     expected = body.get("sha256")  # checkpoints written before checksums have none
     if expected is not None and _sha256(path / _TENSORS) != expected:
         raise CheckpointError(
