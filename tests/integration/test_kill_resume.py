@@ -1,6 +1,8 @@
 """Fault injection with real processes: ``fedamole run`` SIGKILLed at random moments (mid-step,
 mid-evaluation, mid-checkpoint: wherever the draw falls), then ``--resume``d, must end with exactly
-the logs and assignments of an uninterrupted run.
+the logs and assignments of an uninterrupted run; the same with one file of the run directory
+deleted or cut after the kill must end so or be refused cleanly; Ctrl-C and SIGTERM must stop the
+run cleanly, printing the resume command that then finishes it.
 
 Each case draws its kill time (seeded) uniformly over the first 60 % of the uninterrupted run's
 rounds (counted from the end of start-up, when ``config.toml`` appears). A kill that lands before
@@ -161,3 +163,49 @@ def test_ctrl_c_or_sigterm_says_what_was_saved_and_its_resume_command_works(
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _outcome(run_dir) == expected
+
+
+SIDE_FILES = (
+    "metrics.jsonl",
+    "comm.jsonl",
+    "predictions.jsonl",
+    "env.json",
+    "config.toml",
+    "done.json",
+    "assignments/round_000.json",
+    "assignments/round_001.json",
+    "checkpoints/last/state.json",
+    "checkpoints/last/tensors.safetensors",
+    "checkpoints/best/state.json",
+    "checkpoints/best/tensors.safetensors",
+)
+
+
+def test_sigkill_then_a_damaged_file_resumes_exactly_or_is_refused(repo, tmp_path, references):
+    """SIGKILL at a random moment, then one file of the run directory deleted or cut at a random
+    byte (drawn, seeded): ``--resume`` ends with the uninterrupted run's outcome or refuses with
+    an ``error:`` line (exit 2), never a traceback and never a wrong result."""
+    seconds, expected = references["fedamole"]
+    rng = np.random.default_rng([13, CASES])
+    for case in range(CASES):
+        run_dir = tmp_path / f"case{case}"
+        proc = _run(repo, CONFIGS["fedamole"], run_dir)
+        _started(proc, run_dir)
+        try:
+            proc.wait(timeout=float(rng.uniform(0.2, 0.8)) * seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        _finish(proc)
+        target = run_dir / SIDE_FILES[int(rng.integers(len(SIDE_FILES)))]
+        cut = float(rng.uniform()) if rng.uniform() < 0.5 else None
+        if target.exists() and cut is None:
+            target.unlink()
+        elif target.exists():
+            target.write_bytes(target.read_bytes()[: int(target.stat().st_size * cut)])
+        code, text = _finish(_run(repo, CONFIGS["fedamole"], run_dir, "--resume"))
+        what = f"case {case}: {target.name} {'deleted' if cut is None else f'cut at {cut:.2f}'}"
+        assert "Traceback" not in text, what + "\n" + text
+        if code == 0:
+            assert _outcome(run_dir) == expected, what
+        else:
+            assert code == 2 and text.strip().splitlines()[-1].startswith("error: "), what + text
