@@ -185,8 +185,8 @@ def _exists(run: RunDir) -> str:
             f"run directory {run.path} already exists; pass --resume to continue it, {start_again}"
         )
     return (
-        f"run directory {run.path} already exists and holds no checkpoint to resume from (it "
-        f"ended before its first round was saved, or is not a run); pass {start_again}"
+        f"run directory {run.path} already exists and holds no checkpoint to resume from; "
+        f"pass {start_again}"
     )
 
 
