@@ -10,6 +10,8 @@
 - :mod:`~fedamole.rundir.records`: the records' schema, the JSON-lines writer and readers, the
   assignments, and :func:`fold`, the one reading of scores from ``metrics.jsonl``.
 - :mod:`~fedamole.rundir.checkpoints`: atomic checkpoints and the clients' state snapshots.
+- :mod:`~fedamole.rundir.ledger`: what a checkpoint records of the other files, and the checks
+  and repairs of a resume against it (imported by the engines directly: it needs torch).
 - :mod:`~fedamole.rundir.hooks`: the record hooks (:class:`RecordHook`, TensorBoard, ``run.hooks``).
 - :mod:`~fedamole.rundir.logs`: console and ``log.txt`` logging.
 
