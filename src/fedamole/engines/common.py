@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import torch
 
 from fedamole.algorithms.registry import algorithm_spec
-from fedamole.config import Config, ConfigError, dump, load
+from fedamole.config import Config
+from fedamole.engines.resume import received_too_late, restore
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import (
     ClientMessage,
@@ -57,10 +58,7 @@ from fedamole.rundir import (
     RunDir,
     checkpoint_info,
     comm_record,
-    config_mismatch,
     fold,
-    has_checkpoint,
-    load_checkpoint,
     metric_record,
     open_hooks,
     prediction_records,
@@ -69,14 +67,7 @@ from fedamole.rundir import (
     save_checkpoint,
     setup_logging,
 )
-from fedamole.rundir.env import write_env
-from fedamole.rundir.ledger import (
-    LEDGER,
-    Ledger,
-    check_logs,
-    read_assignment_texts,
-    repair_side_files,
-)
+from fedamole.rundir.ledger import LEDGER, Ledger
 from fedamole.rundir.records import assignment_text
 
 if TYPE_CHECKING:
@@ -194,15 +185,20 @@ def run_federation(
     start = 0 if cfg.eval.test_init else 1
     assignments: dict[int, str] = {}  # round -> assignments/round_NNN.json's text (the ledger's)
     if resume:
-        start, assignments = _restore(run, cfg, algo, clients)
+        state, assignments = restore(run, cfg, last=last_round(cfg))
+        algo.load_state_dict(state["server"])
+        clients.load_states(state["clients"])
+        start = int(state["round"]) + 1
+        if start - 1 not in assignments:  # an older checkpoint: from its server state
+            _write_assignment(run, start - 1, algo.assignment_record(), assignments)
+        log.info("resumed from the checkpoint of round %d", start - 1)
     else:
         _write_assignment(run, start - 1, algo.assignment_record(), assignments)
     logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm), JsonlLogger(run.predictions))
     try:
         if resume:
-            received_too_late = _received_too_late(start)
-            logs.metrics.truncate_after(start - 1, drop=received_too_late)
-            logs.predictions.truncate_after(start - 1, drop=received_too_late)
+            logs.metrics.truncate_after(start - 1, drop=received_too_late(start))
+            logs.predictions.truncate_after(start - 1, drop=received_too_late(start))
             logs.comm.truncate_after(start - 1)
         # after the truncation: the TensorBoard mirror is rebuilt from what metrics.jsonl keeps
         logs.hooks = logs.metrics.on_record = open_hooks(cfg, run, on_record) or None
@@ -443,133 +439,6 @@ def _ledger(run: RunDir, logs: RoundLogs, assignments: Mapping[int, str]) -> Led
     )
 
 
-def _received_too_late(start: int) -> Callable[[Mapping[str, Any]], bool]:
-    """The records a resume at round ``start`` discards besides those of later rounds: the
-    received-model metrics of round ``start`` are logged as ``test_global`` of round
-    ``start - 1``, and a kill during round ``start`` may have left some of them."""
-
-    def drop(record: Mapping[str, Any]) -> bool:
-        return record["round"] == start - 1 and record["split"] == "test_global"
-
-    return drop
-
-
-def _restore(
-    run: RunDir, cfg: Config, algo: Algorithm, clients: Clients
-) -> tuple[int, dict[int, str]]:
-    """Load the checkpoint to resume from, check every file the resume relies on against it
-    (docs/run-directory.md#what-a-resume-checks), rebuild what it holds, restore the state.
-
-    Returns:
-        The round to start with, and round -> assignment file text so far.
-
-    Raises:
-        CheckpointError: no usable checkpoint, one of another config, or a file that does not
-            hold what the checkpoint recorded and cannot be rebuilt (the message names it).
-    """
-    state = _resumable_state(run, cfg)
-    rnd = int(state["round"])
-    ledger = Ledger.from_state(state)
-    check_logs(run, ledger, rnd, drop=_received_too_late(rnd + 1))  # reads only
-    if not _holds_config(run, cfg):  # the checkpoint's config is cfg (checked above)
-        what = "was damaged" if run.config.exists() else "was missing"
-        dump(cfg, run.config)
-        log.warning("%s %s: written again from the checkpoint's config", run.config, what)
-    if not _readable_json(run.env):
-        what = "was damaged" if run.env.exists() else "was missing"
-        write_env(run.env)
-        log.warning("%s %s: written again with this process's environment", run.env, what)
-    if run.finished and rnd < last_round(cfg):  # rounds after the checkpoint are played again
-        run.done.unlink()
-        log.warning("%s removed: rounds %d.. are played again", run.done, rnd + 1)
-    if ledger is not None:
-        repair_side_files(run, ledger, rnd)
-        assignments = {r: t for r, t in ledger.assignments.items() if r <= rnd}
-    else:
-        assignments = {r: t for r, t in read_assignment_texts(run).items() if r <= rnd}
-    algo.load_state_dict(state["server"])
-    clients.load_states(state["clients"])
-    if rnd not in assignments:  # an older checkpoint: its own assignment, from its state
-        _write_assignment(run, rnd, algo.assignment_record(), assignments)
-    log.info("resumed from the checkpoint of round %d", rnd)
-    return rnd + 1, assignments
-
-
-def _holds_config(run: RunDir, cfg: Config) -> bool:
-    """Whether ``config.toml`` exists, loads and resumes as ``cfg`` (fields that change no
-    result aside)."""
-    try:
-        return config_mismatch(load(run.config), cfg) is None
-    except (ConfigError, OSError):
-        return False
-
-
-def _readable_json(path: Path) -> bool:
-    """Whether ``path`` holds a JSON object."""
-    try:
-        return isinstance(json.loads(path.read_text()), dict)
-    except (OSError, ValueError):
-        return False
-
-
-def _resumable_state(run: RunDir, cfg: Config) -> dict[str, Any]:
-    """The state of ``checkpoints/last``, or of ``checkpoints/best`` when ``last`` is missing or
-    unreadable (resuming from an earlier round replays the later ones exactly), checked to be of
-    ``cfg``.
-
-    Raises:
-        CheckpointError: neither can be loaded (the message says why, and what works), or the
-            checkpoint was written with another configuration.
-    """
-    problems = []
-    for name in (LAST, BEST):
-        where = run.checkpoints / name
-        if not has_checkpoint(run.checkpoints, name):
-            problems.append(f"{where} is missing")
-            continue
-        try:
-            state = load_checkpoint(run.checkpoints, name)
-        except CheckpointError as exc:
-            problems.append(str(exc))
-            continue
-        if name == BEST:
-            log.warning("resuming from %s (round %d): %s", where, state["round"], problems[0])
-        saved = json.loads(state["config"])  # a dict: an older version's config may not validate
-        mismatch = config_mismatch(saved, cfg)  # run.tensorboard and run.hooks may change
-        if mismatch is not None:
-            raise CheckpointError(
-                f"the checkpoint in {run.checkpoints} was written with another configuration "
-                f"({mismatch}); resume with the run's own {run.config.name}"
-            )
-        return state
-    raise CheckpointError(_no_checkpoint(run, cfg, problems))
-
-
-def _no_checkpoint(run: RunDir, cfg: Config, problems: list[str]) -> str:
-    """Why ``run`` cannot be resumed when no checkpoint loads, true to what the directory holds."""
-    again = (
-        "Start the run again with --overwrite instead of --resume (it moves this directory aside)"
-    )
-    if not run.holds_checkpoint:
-        if not cfg.run.checkpoint:
-            return (
-                f"no checkpoint in {run.checkpoints}: the run keeps none (run.checkpoint = false), "
-                f"so it cannot be resumed. {again}"
-            )
-        played = _rounds_played(run)
-        if played is None:
-            return (
-                f"no checkpoint in {run.checkpoints}; the run ended before its first round was "
-                f"saved. {again}"
-            )
-        return (
-            f"no checkpoint in {run.checkpoints}, although {run.metrics.name} shows round "
-            f"{played} completed: the checkpoints were deleted or lost, and the run cannot "
-            f"continue without one. {again}"
-        )
-    return f"cannot resume {run.path}: {'; '.join(problems)}. {again}"
-
-
 def _after_failure(run: RunDir) -> str:
     """What to do after a round in which every client failed, true to what ``run`` saved."""
     config_cause = (
@@ -585,17 +454,6 @@ def _after_failure(run: RunDir) -> str:
         f"device) can be removed and the run continued with --resume; {config_cause} (a "
         "resume with the same config fails the same way, one with another config is refused)."
     )
-
-
-def _rounds_played(run: RunDir) -> int | None:
-    """The last round ``metrics.jsonl`` shows completed (its ``server/round_seconds``)."""
-    try:
-        seconds = fold(
-            read_jsonl(run.metrics, steps=False, partial_last="drop"), "server", "round_seconds"
-        )
-    except ValueError:
-        return None
-    return max(seconds, default=None)
 
 
 def last_round(cfg: Config) -> int:
