@@ -191,3 +191,14 @@ def test_resume_without_config_or_checkpoint_names_a_fix_that_works(repo, smoke,
     assert "without --resume" not in result.output and "--overwrite" in result.output
     assert resume_cli(repo, path, "--overwrite").exit_code == 0
     assert outcome(path) == runs[0]
+
+
+def test_an_existing_run_with_a_checkpoint_is_offered_resume_and_that_works(repo, runs, killed):
+    result = resume_cli(repo, killed)
+    assert result.exit_code == 2 and "pass --resume to continue it" in result.output
+    result = resume_cli(repo, killed, "--resume")
+    assert result.exit_code == 0, result.output
+    assert outcome(killed) == runs[0]
+    result = resume_cli(repo, killed)  # finished now: only starting again is offered
+    assert result.exit_code == 2 and "already holds a finished run" in result.output
+    assert "--resume" not in result.output
