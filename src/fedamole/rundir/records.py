@@ -196,13 +196,7 @@ class JsonlLogger:
         """Drop records of rounds after ``round_idx``, and those ``drop`` selects (used on
         resume), and a half-written last line; :attr:`counts` becomes what is kept."""
         self._fh.close()
-        kept = kept_records(self.path, round_idx, drop=drop)
-        self.rewrite(kept)
-
-    def rewrite(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Replace the file's records by ``records`` (atomically; hooks are not called)."""
-        self._fh.close()
-        records = list(records)
+        records = kept_records(self.path, round_idx, drop=drop)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         tmp.replace(self.path)
@@ -259,7 +253,6 @@ def read_jsonl(
     if not path.exists():
         return
     with path.open(encoding="utf-8", errors="replace") as fh:
-        lineno, line = 0, ""
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
