@@ -141,3 +141,14 @@ def test_report_and_plot_of_a_file_exit_2_naming_it(tmp_path):
         assert result.exit_code == 2, result.output
         assert "is a file, not a run directory" in result.output
         assert "Traceback" not in result.output
+
+
+def test_a_plot_of_a_sweep_with_a_broken_run_draws_the_others(tmp_path, caplog):
+    pytest.importorskip("matplotlib")
+    from fedamole.analysis.plots import plot
+
+    _two_seeds(tmp_path / "runs")
+    (tmp_path / "runs" / "s2" / "metrics.jsonl").write_text("{oops\n{}\n")
+    paths = plot("rounds", [tmp_path / "runs"], tmp_path / "figures")
+    assert paths and all(path.exists() for path in paths)
+    assert "left out the run" in caplog.text and "s2" in caplog.text
