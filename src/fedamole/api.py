@@ -177,7 +177,9 @@ def start_run(
 ) -> RunResult:
     """Run the validated ``cfg`` in :func:`run_path`: what :func:`run` and ``fedamole run`` both
     do once they have checked their own arguments. A ``resume`` first compares ``cfg`` with the
-    run directory's ``config.toml`` (fields that change no result aside).
+    run directory's ``config.toml`` (fields that change no result aside); one that does not load
+    or differs is no obstacle when the checkpoint was written with ``cfg`` (the resume writes it
+    again, docs/run-directory.md#what-a-resume-checks).
 
     Raises:
         StoredConfigError: (a :class:`~fedamole.config.ConfigError`) ``resume`` of a run
