@@ -1,9 +1,9 @@
 """Fuzzing run directories: any file of a stopped (between rounds or in the middle of one) or
 finished run deleted, or cut at any byte, then ``fedamole report`` and ``fedamole run --resume``.
-The report ends cleanly (exit 0 or 2, no traceback); the resume either ends with exactly the uninterrupted run's records (metrics but wall
-time, comm.jsonl, predictions.jsonl, every assignment, done.json) or is refused with an
-``error:`` line (exit 2): never a wrong result, never a traceback
-(docs/run-directory.md#what-a-resume-checks).
+The report ends cleanly (exit 0 or 2, no traceback); the resume either ends with exactly the
+uninterrupted run's records (metrics but wall time, comm.jsonl, predictions.jsonl, every
+assignment, done.json) or is refused with an ``error:`` line (exit 2): never a wrong result,
+never a traceback (docs/run-directory.md#what-a-resume-checks).
 
 Each case costs up to a second or two (a resumed round of the smoke config), so this property
 runs :data:`EXAMPLES` cases: 12 in CI, a tenth of ``FEDAMOLE_FUZZ_EXAMPLES`` when that is set
