@@ -177,7 +177,9 @@ def start_run(
 ) -> RunResult:
     """Run the validated ``cfg`` in :func:`run_path`: what :func:`run` and ``fedamole run`` both
     do once they have checked their own arguments. A ``resume`` first compares ``cfg`` with the
-    run directory's ``config.toml`` (fields that change no result aside).
+    run directory's ``config.toml`` (fields that change no result aside); one that does not load
+    or differs is no obstacle when the checkpoint was written with ``cfg`` (the resume writes it
+    again, docs/run-directory.md#what-a-resume-checks).
 
     Raises:
         StoredConfigError: (a :class:`~fedamole.config.ConfigError`) ``resume`` of a run
@@ -191,17 +193,28 @@ def start_run(
     stored = RunDir(target).config
     if resume and stored.exists():
         try:
-            before = load(stored)
+            mismatch = config_mismatch(load(stored), cfg)
         except ConfigError as exc:
-            raise StoredConfigError(stored, exc.errors) from None
-        mismatch = config_mismatch(before, cfg)
-        if mismatch is not None:
-            raise ResumeMismatchError(target, mismatch.fields)
+            if not _checkpoint_agrees(target, cfg):
+                raise StoredConfigError(stored, exc.errors) from None
+        else:
+            if mismatch is not None and not _checkpoint_agrees(target, cfg):
+                raise ResumeMismatchError(target, mismatch.fields)
+        # else a damaged config.toml beside a checkpoint of cfg: the resume writes it again
     from fedamole.engines import run_experiment
 
     return run_experiment(
         cfg, target, engine=engine, resume=resume, overwrite=overwrite, on_record=on_record
     )
+
+
+def _checkpoint_agrees(run_dir: Path, cfg: Config) -> bool:
+    """Whether the checkpoint a resume of ``run_dir`` would start from was written with ``cfg``
+    (then a ``config.toml`` that differs was damaged, and the resume writes it again)."""
+    from fedamole.rundir import checkpoint_config
+
+    saved = checkpoint_config(RunDir(run_dir).checkpoints)
+    return saved is not None and config_mismatch(saved, cfg) is None
 
 
 def load_runs(*paths: str | Path) -> list[Run]:

@@ -13,7 +13,14 @@ import typer
 
 from fedamole.cli_analysis import plot, report
 from fedamole.cli_bench import bench
-from fedamole.cli_support import ConfigArg, Engine, OverridesArg
+from fedamole.cli_support import (
+    ConfigArg,
+    Engine,
+    Interrupted,
+    OverridesArg,
+    interrupts_as_exceptions,
+    what_was_saved,
+)
 from fedamole.cli_support import HelpCommand as _Command  # the class of every command
 from fedamole.cli_support import fail as _fail
 from fedamole.cli_support import load_or_exit as _load
@@ -92,7 +99,7 @@ def run(
         typer.Option(
             metavar="DIR",
             help="Also write every metrics.jsonl record as a TensorBoard scalar, to DIR/<run "
-            "directory's name> (sets run.tensorboard; needs `pip install "
+            "directory's name>-<hash of its path> (sets run.tensorboard; needs `pip install "
             "'fedamole[tensorboard]'`). View with `tensorboard --logdir DIR`.",
         ),
     ] = None,
@@ -120,8 +127,15 @@ def run(
         overrides = [*(overrides or []), f"run.tensorboard={literal}"]
     cfg = _load(config, overrides)
     target = run_path(cfg, run_dir)
+    again = [str(config), *(overrides or []), "--run-dir", str(target)]  # this command's start
+    if engine is not Engine.embedded:
+        again += ["--engine", engine.value]
     try:
-        start_run(cfg, target, engine=engine.value, resume=resume, overwrite=overwrite)
+        with interrupts_as_exceptions():
+            start_run(cfg, target, engine=engine.value, resume=resume, overwrite=overwrite)
+    except Interrupted as exc:
+        typer.echo(f"\n{exc}: {what_was_saved(target, again, engine.value)}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     except StoredConfigError as exc:
         _fail(f"{exc.path}: {exc}")
     except ResumeMismatchError as exc:
@@ -137,9 +151,8 @@ def run(
     except OSError as exc:  # a full disk, a file made unwritable mid-run...
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(
-            f"the run stopped: {exc.strerror or exc}{where}. Checkpoints are written "
-            f"atomically, so the last one is intact: fix the cause, then continue with "
-            f"fedamole run {config} --resume --run-dir {target}",
+            f"the run stopped: {exc.strerror or exc}{where}. Fix the cause; "
+            + what_was_saved(target, again, engine.value),
             1,
         )
 

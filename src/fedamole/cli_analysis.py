@@ -54,12 +54,12 @@ def report(
 
         try:
             typer.echo(rsea_tables(runs, reference=ours), nl=False)
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
             fail(str(exc))
         return
     try:
         result = build_report(runs, round_mode=round_mode.value, ours=ours, against=against)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
         fail(str(exc))
     typer.echo(format_markdown(result) if fmt is ReportFormat.md else format_csv(result), nl=False)
 
@@ -90,7 +90,7 @@ def plot(
 
     try:
         paths = draw(figure, runs, out, round_mode=round_mode.value, projection=projection.value)
-    except (ValueError, FileNotFoundError, CheckpointError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError, CheckpointError) as exc:
         fail(str(exc))
     for path in paths:
         typer.echo(f"wrote {path}")

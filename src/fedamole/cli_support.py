@@ -4,8 +4,11 @@ the argument and option types, and the command class whose plain help reads as w
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+import shlex
+import signal
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, get_args, get_origin, get_type_hints
@@ -23,6 +26,7 @@ __all__ = [
     "ConfigArg",
     "Engine",
     "HelpCommand",
+    "Interrupted",
     "OverridesArg",
     "Projection",
     "ReportFormat",
@@ -30,7 +34,9 @@ __all__ = [
     "RoundOpt",
     "RunsArg",
     "fail",
+    "interrupts_as_exceptions",
     "load_or_exit",
+    "what_was_saved",
 ]
 
 
@@ -49,6 +55,59 @@ def load_or_exit(config: Path, overrides: list[str] | None) -> Config:
         fail(f"{config}: {exc}")
     except FileNotFoundError as exc:
         fail(str(exc))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM during a command: raised in the main thread, so that every
+    ``finally`` runs (logs flushed and closed, the run's lock released) and nothing already
+    written is lost; ``exit_code`` is 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int):
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Interrupted` while the block runs (SIGTERM would end
+    the process without any ``finally``); the previous handlers come back after it."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def what_was_saved(run_dir: Path, start: list[str], engine: str = "embedded") -> str:
+    """What a stopped ``fedamole run`` left in ``run_dir`` and the command that goes on from
+    there: the resume of the checkpoint's round when there is one, else the start again
+    (``start``: the command's own arguments after ``fedamole run``, ``--overwrite`` added)."""
+    from fedamole.rundir import RunDir, checkpoint_rounds
+
+    run = RunDir(run_dir)
+    rounds = checkpoint_rounds(run.checkpoints) if run.holds_checkpoint else {}
+    if rounds:
+        name, rnd = max(rounds.items(), key=lambda item: item[1] if item[1] is not None else -1)
+        resume = ["fedamole", "run", str(run.config), "--resume", "--run-dir", str(run_dir)]
+        if engine != "embedded":
+            resume += ["--engine", engine]
+        return (
+            f"round {rnd} is saved in {run.checkpoints / name} (every record written so far is "
+            f"kept); continue with: {shlex.join(resume)}"
+        )
+    if run.path.exists() and any(run.path.iterdir()):
+        again = ["fedamole", "run", *start, "--overwrite"]
+        return (
+            f"no round was saved in {run_dir} (nothing to resume from); start again with: "
+            f"{shlex.join(again)}"
+        )
+    again = ["fedamole", "run", *start]
+    return f"nothing was written to {run_dir}; start again with: {shlex.join(again)}"
 
 
 ConfigArg = Annotated[

@@ -15,10 +15,41 @@ from tests.conftest import result_records
 
 def test_a_round_where_every_client_fails_stops_the_run_unfinished(smoke, tmp_path):
     cfg = smoke.replace(**{"federation.fail_clients": [[1, c] for c in range(3)]})
-    with pytest.raises(RunFailedError, match="round 1: every client failed"):
+    with pytest.raises(RunFailedError, match="round 1: every client failed") as failed:
         run_embedded(cfg, tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "done.json").exists()
     assert (tmp_path / "r" / "checkpoints" / "last").is_dir()  # round 0 stays resumable
+    assert "Round 0 is saved" in str(failed.value) and "--resume" in str(failed.value)
+
+
+def test_the_advice_after_every_client_failed_works(smoke, tmp_path, monkeypatch):
+    """A cause outside the config, removed: --resume finishes the run as if it never failed. No
+    round saved: the message offers no resume, and starting again (--overwrite) works."""
+    run_embedded(smoke, tmp_path / "full", progress=False)
+    real = embedded.check_injected_failure
+
+    def out_of_memory_in(rnd_failing):
+        def check(cfg_, rnd, client):
+            if rnd == rnd_failing:
+                raise MemoryError("simulated: out of memory")
+            real(cfg_, rnd, client)
+
+        return check
+
+    monkeypatch.setattr(embedded, "check_injected_failure", out_of_memory_in(1))
+    with pytest.raises(RunFailedError, match="Round 0 is saved.*--resume"):
+        run_embedded(smoke, tmp_path / "r", progress=False)
+    monkeypatch.setattr(embedded, "check_injected_failure", real)
+    run_embedded(smoke, tmp_path / "r", resume=True, progress=False)
+    assert result_records(tmp_path / "r") == result_records(tmp_path / "full")
+
+    monkeypatch.setattr(embedded, "check_injected_failure", out_of_memory_in(0))
+    with pytest.raises(RunFailedError, match="No round was saved") as failed:
+        run_embedded(smoke, tmp_path / "r0", progress=False)
+    assert "--resume" not in str(failed.value) and "--overwrite" in str(failed.value)
+    monkeypatch.setattr(embedded, "check_injected_failure", real)
+    run_embedded(smoke, tmp_path / "r0", overwrite=True, progress=False)
+    assert result_records(tmp_path / "r0") == result_records(tmp_path / "full")
 
 
 def test_diverged_training_everywhere_stops_the_run(smoke, tmp_path, caplog):
@@ -157,6 +188,9 @@ def test_a_full_disk_mid_run_stops_cleanly_and_resume_finishes_it(
             raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
         return original(*args, **kwargs)
 
+    def full_disk_at_first(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
     monkeypatch.setattr(common, "save_checkpoint", full_disk)
     config, run_dir = str(repo / "configs" / "smoke.toml"), tmp_path / "run"
     result = CliRunner().invoke(app, ["run", config, "--run-dir", str(run_dir)])
@@ -167,3 +201,16 @@ def test_a_full_disk_mid_run_stops_cleanly_and_resume_finishes_it(
     resumed = CliRunner().invoke(app, ["run", config, "--run-dir", str(run_dir), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert result_records(run_dir) == result_records(reference)
+
+    # the disk full at the first checkpoint: no round saved, so no resume is offered
+    calls.clear()
+    monkeypatch.setattr(common, "save_checkpoint", full_disk_at_first)
+    first = tmp_path / "first"
+    result = CliRunner().invoke(app, ["run", config, "--run-dir", str(first)])
+    assert result.exit_code == 1, result.output
+    assert "--resume" not in result.output and "no round was saved" in result.output
+    monkeypatch.setattr(common, "save_checkpoint", original)
+    again = result.output.split("start again with: fedamole run ")[1].split()
+    assert again == [config, "--run-dir", str(first), "--overwrite"]
+    assert CliRunner().invoke(app, ["run", *again]).exit_code == 0
+    assert result_records(first) == result_records(reference)

@@ -213,6 +213,26 @@ def test_killed_server_resumes_exactly(smoke, embedded_run, tmp_path, monkeypatc
     assert (tmp_path / "r" / "done.json").exists()  # the Flower engine marks its runs done too
 
 
+def test_killed_server_with_damaged_files_resumes_exactly(smoke, embedded_run, tmp_path):
+    """The resume checks are the engines' shared ones: on Flower too, a lost checkpoints/last
+    resumes from checkpoints/best (the clients pick their snapshot from before the replayed
+    round), and comm.jsonl and an assignment are rebuilt from the checkpoint."""
+
+    def killed_in_round_2(rnd):
+        if rnd == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    run_dir = tmp_path / "r"
+    state_dir = run_dir / "checkpoints" / "clients"
+    with pytest.raises(KeyboardInterrupt):
+        _serve(smoke, run_dir, FakeGrid(3), state_dir=state_dir, on_round=killed_in_round_2)
+    shutil.rmtree(run_dir / "checkpoints" / "last")
+    (run_dir / "comm.jsonl").unlink()
+    (run_dir / "assignments" / "round_000.json").unlink()
+    _serve(smoke, run_dir, FakeGrid(3, base=5000), resume=True, state_dir=state_dir)
+    _assert_same_run(embedded_run, run_dir)
+
+
 def test_silent_node_is_left_out_then_rejoins(smoke, tmp_path, caplog):
     cfg = smoke.replace(**{"flower.round_timeout": 0.1})
     grid = FakeGrid(3)

@@ -1,6 +1,8 @@
 """Fault injection with real processes: ``fedamole run`` SIGKILLed at random moments (mid-step,
 mid-evaluation, mid-checkpoint: wherever the draw falls), then ``--resume``d, must end with exactly
-the logs and assignments of an uninterrupted run.
+the logs and assignments of an uninterrupted run; the same with one file of the run directory
+deleted or cut after the kill must end so or be refused cleanly; Ctrl-C and SIGTERM must stop the
+run cleanly, printing the resume command that then finishes it.
 
 Each case draws its kill time (seeded) uniformly over the first 60 % of the uninterrupted run's
 rounds (counted from the end of start-up, when ``config.toml`` appears). A kill that lands before
@@ -59,19 +61,27 @@ def _outcome(run_dir) -> tuple[list, dict]:
     return result_records(run_dir), {**assignments, "predictions.jsonl": predictions}
 
 
-@pytest.fixture(scope="module")
-def references(repo, tmp_path_factory):
-    """Each configuration run uninterrupted once: (seconds from its start-up's end, when
-    ``config.toml`` appears, to its exit; its outcome)."""
-    out = {}
-    for name, overrides in CONFIGS.items():
-        run_dir = tmp_path_factory.mktemp("ref") / name
-        proc = _run(repo, overrides, run_dir)
+class _References(dict):
+    """Each configuration run uninterrupted once, when a test first needs it: (seconds from its
+    start-up's end, when ``config.toml`` appears, to its exit; its outcome)."""
+
+    def __init__(self, repo, tmp_path_factory):
+        super().__init__()
+        self.repo, self.tmp_path_factory = repo, tmp_path_factory
+
+    def __missing__(self, name):
+        run_dir = self.tmp_path_factory.mktemp("ref") / name
+        proc = _run(self.repo, CONFIGS[name], run_dir)
         started = _started(proc, run_dir)
         code, text = _finish(proc)
         assert code == 0, text
-        out[name] = (time.monotonic() - started, _outcome(run_dir))
-    return out
+        self[name] = (time.monotonic() - started, _outcome(run_dir))
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def references(repo, tmp_path_factory):
+    return _References(repo, tmp_path_factory)
 
 
 def _started(proc, run_dir, timeout=300) -> float:
@@ -119,3 +129,83 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(
         assert got[0] == expected[0], f"case {case}: killed after {when:.1f} s"
         assert got[1] == expected[1]
     assert kills, "no case killed the run before it ended: the test tested nothing"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_says_what_was_saved_and_its_resume_command_works(
+    repo, tmp_path, references, signum
+):
+    """Ctrl-C (SIGINT) or SIGTERM once a round is saved: exit 128 + the signal, no traceback,
+    the last saved round and the exact resume command printed; running that command ends with
+    the uninterrupted run's outcome."""
+    _, expected = references["fedamole"]
+    run_dir = tmp_path / "run"
+    proc = _run(repo, CONFIGS["fedamole"], run_dir)
+    state = run_dir / "checkpoints" / "last" / "state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    code, text = _finish(proc)
+    assert code == 128 + signum, text
+    assert "Traceback" not in text
+    assert f"interrupted by {signal.Signals(signum).name}" in text
+    saved = json.loads(state.read_text())["round"]
+    assert f"round {saved} is saved" in text
+    command = text.split("continue with: ")[1].splitlines()[0].split()
+    assert command[:2] == ["fedamole", "run"] and "--resume" in command
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedamole", *command[1:]],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _outcome(run_dir) == expected
+
+
+SIDE_FILES = (
+    "metrics.jsonl",
+    "comm.jsonl",
+    "predictions.jsonl",
+    "env.json",
+    "config.toml",
+    "done.json",
+    "assignments/round_000.json",
+    "assignments/round_001.json",
+    "checkpoints/last/state.json",
+    "checkpoints/last/tensors.safetensors",
+    "checkpoints/best/state.json",
+    "checkpoints/best/tensors.safetensors",
+)
+
+
+def test_sigkill_then_a_damaged_file_resumes_exactly_or_is_refused(repo, tmp_path, references):
+    """SIGKILL at a random moment, then one file of the run directory deleted or cut at a random
+    byte (drawn, seeded): ``--resume`` ends with the uninterrupted run's outcome or refuses with
+    an ``error:`` line (exit 2), never a traceback and never a wrong result."""
+    seconds, expected = references["fedamole"]
+    rng = np.random.default_rng([13, CASES])
+    for case in range(CASES):
+        run_dir = tmp_path / f"case{case}"
+        proc = _run(repo, CONFIGS["fedamole"], run_dir)
+        _started(proc, run_dir)
+        try:
+            proc.wait(timeout=float(rng.uniform(0.2, 0.8)) * seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        _finish(proc)
+        target = run_dir / SIDE_FILES[int(rng.integers(len(SIDE_FILES)))]
+        cut = float(rng.uniform()) if rng.uniform() < 0.5 else None
+        if target.exists() and cut is None:
+            target.unlink()
+        elif target.exists():
+            target.write_bytes(target.read_bytes()[: int(target.stat().st_size * cut)])
+        code, text = _finish(_run(repo, CONFIGS["fedamole"], run_dir, "--resume"))
+        what = f"case {case}: {target.name} {'deleted' if cut is None else f'cut at {cut:.2f}'}"
+        assert "Traceback" not in text, what + "\n" + text
+        if code == 0:
+            assert _outcome(run_dir) == expected, what
+        else:
+            assert code == 2 and text.strip().splitlines()[-1].startswith("error: "), what + text

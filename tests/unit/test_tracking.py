@@ -22,7 +22,8 @@ def test_existing_directory_is_never_overwritten_silently(tmp_path):
     cfg = Config()
     run = RunDir.prepare(cfg, tmp_path / "r")
     (run.path / "metrics.jsonl").write_text('{"round": 0}\n')
-    with pytest.raises(RunDirError, match="--resume"):
+    # no checkpoint: --resume could not continue it, so only --overwrite is offered
+    with pytest.raises(RunDirError, match="holds no checkpoint.*--overwrite"):
         RunDir.prepare(cfg, tmp_path / "r")
     run.release()  # the first run ended
     RunDir.prepare(cfg, tmp_path / "r", overwrite=True).release()

@@ -21,6 +21,7 @@ from fedamole.rundir import (
     check_hooks,
     load_hook,
     read_jsonl,
+    tensorboard_folder,
     tensorboard_step,
     tensorboard_tag,
 )
@@ -64,7 +65,7 @@ def tracked(smoke, tmp_path_factory):
         run__hooks=[f"{HERE}:collect", f"{HERE}:broken"],
         **tensorboard,
     )
-    return result, out / "run", out / "tb" / "run", given, list(RECEIVED)
+    return result, out / "run", tensorboard_folder(out / "tb", out / "run"), given, list(RECEIVED)
 
 
 def _step_records(records, metric):
@@ -277,7 +278,7 @@ def test_a_killed_run_resumes_with_tensorboard_added(smoke, tmp_path):
     )
     assert (tmp_path / "r" / "done.json").exists()
     assert {r["round"] for r in given} == {2}  # hooks see what is written from the resume on
-    assert list((tb / "r").glob("events.out.tfevents.*"))
+    assert list(tensorboard_folder(tb, tmp_path / "r").glob("events.out.tfevents.*"))
     assert "tensorboard" not in (tmp_path / "r" / "config.toml").read_text()
 
 
@@ -316,7 +317,8 @@ def test_a_run_killed_mid_round_shows_each_point_once_after_resume(smoke, tmp_pa
     fedamole.run(
         cfg, run_dir=tmp_path / "killed", resume=True, run__tensorboard=str(tmp_path / "tb")
     )
-    whole, resumed = _scalars(tmp_path / "tb" / "whole"), _scalars(tmp_path / "tb" / "killed")
+    whole = _scalars(tensorboard_folder(tmp_path / "tb", tmp_path / "whole"))
+    resumed = _scalars(tensorboard_folder(tmp_path / "tb", tmp_path / "killed"))
     assert resumed.keys() == whole.keys()
     for tag, points in whole.items():
         assert [s for s, _ in resumed[tag]] == [s for s, _ in points], tag  # each step once
@@ -340,3 +342,30 @@ def test_an_unwritable_tensorboard_folder_is_a_clear_error(smoke, tmp_path):
     blocker.write_text("a file where the folder should be")
     with pytest.raises(HookError, match=r"`run\.tensorboard` = .*cannot write TensorBoard files"):
         fedamole.run(smoke, run_dir=tmp_path / "run", run__tensorboard=str(blocker))
+
+
+@pytest.mark.skipif(not HAVE_TENSORBOARD, reason="needs tensorboard (the `dev` extra)")
+def test_two_runs_of_one_name_never_delete_each_others_events(smoke, tmp_path):
+    """The same grid point in two sweeps: run directories ``a/smoke`` and ``b/smoke`` mirror into
+    one ``--tensorboard DIR``; starting (or resuming) one leaves the other's event files alone,
+    and a resume clears only the event files its own run wrote."""
+    from fedamole.rundir import RunLayout, open_hooks
+
+    cfg = smoke.replace(**{"run.tensorboard": str(tmp_path / "tb")})
+    record = {"client": 0, "metric": "score", "round": 1, "split": "test", "value": 0.5}
+    runs = [RunLayout(tmp_path / sweep / "smoke") for sweep in ("a", "b")]
+    folders = [tensorboard_folder(cfg.run.tensorboard, run.path) for run in runs]
+    assert folders[0] != folders[1] and all(f.name.startswith("smoke-") for f in folders)
+    for run in runs:
+        hooks = open_hooks(cfg, run)
+        hooks(dict(record))
+        hooks.close()
+    first = sorted(folders[0].glob("events.out.tfevents.*"))
+    assert first and sorted(folders[1].glob("events.out.tfevents.*"))
+    foreign = folders[0] / "events.out.tfevents.0.someone-else"
+    foreign.write_bytes(b"")
+    hooks = open_hooks(cfg, runs[0])  # a resume of a/smoke: its own events are rebuilt
+    hooks.close()
+    assert not any(path.exists() for path in first)
+    assert foreign.exists()
+    assert sorted(folders[1].glob("events.out.tfevents.*"))

@@ -12,6 +12,7 @@ each client then counts as one score, and the interval says so (``examples = Fal
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -36,8 +37,16 @@ class Paired:
 
 
 def _predictions(path: Path, split: str) -> dict[int, dict[int, list[float]]]:
-    """round -> client -> scores of the examples that were scored (skipped ones left out)."""
-    found = read_predictions(RunLayout(path).predictions, split)
+    """round -> client -> scores of the examples that were scored (skipped ones left out);
+    ``{}`` (seeds resampled only, with a warning) when ``predictions.jsonl`` has a broken line
+    before its last."""
+    try:
+        found = read_predictions(RunLayout(path).predictions, split)
+    except ValueError as exc:
+        logging.getLogger(__name__).warning(
+            "run %s: %s; its paired intervals resample seeds only", path, exc
+        )
+        return {}
     return {
         rnd: {
             c: [float(r["score"]) for r in rows if not r.get("skipped")] for c, rows in by.items()

@@ -37,10 +37,10 @@ from fedamole.analysis.results import (
     Entry,
     RoundMode,
     entries,
-    load_runs,
     mean_std,
     method_sort_key,
     metric_name,
+    scan_runs,
     scenario_sort_key,
 )
 
@@ -79,6 +79,9 @@ class Report:
     eval_loss: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (method, scenario)
     against: str = ""  # the reference of the paired intervals
     paired: dict[tuple[str, str], Paired] = field(default_factory=dict)  # (method, scenario)
+    partial: set[tuple[str, str]] = field(default_factory=set)  # cells with unfinished runs
+    skipped: dict[str, str] = field(default_factory=dict)  # run directory left out -> why
+    round_zero: list[str] = field(default_factory=list)  # results taken at round 0
 
     @property
     def n_max(self) -> int:
@@ -95,13 +98,17 @@ def build_report(
     """Read every run under ``paths`` and compute the tables; the paired intervals compare every
     method with ``against`` (default ``ours``).
 
+    Runs that cannot be read are left out and named (:func:`~.results.scan_runs`), as are copies
+    of one run; runs not finished (no ``done.json``) are included and marked.
+
     Raises:
-        ValueError: no run with test scores under ``paths``.
+        ValueError: no run with test scores under ``paths`` (naming the runs left out, and why).
     """
-    runs = load_runs(paths)
+    runs, skipped = scan_runs(paths)
     items = entries(runs)
     if not items:
-        raise ValueError(f"no run with test scores under {list(map(str, paths))}")
+        why = "".join(f"; left out {path}: {reason}" for path, reason in skipped.items())
+        raise ValueError(f"no run with test scores under {list(map(str, paths))}{why}")
     scenarios = _unique(e.scenario for e in sorted(items, key=scenario_sort_key))
     methods = sorted({e.method for e in items}, key=method_sort_key)
     groups: dict[tuple[str, str], list[Entry]] = {}
@@ -140,6 +147,15 @@ def build_report(
         eval_loss,
     )
     report.gain = _gains(report)
+    report.partial = {
+        key for key, group in groups.items() if any(not e.run.finished for e in group)
+    }
+    report.skipped = {str(path): why for path, why in skipped.items()}
+    report.round_zero = sorted(
+        f"{e.method}, {e.scenario}, seed {e.seed} ({e.run.name})"
+        for e in items
+        if (v := e.value(round_mode)) is not None and v[0] == 0
+    )
     report.against = against or ours
     report.paired = paired_intervals(items, report.against, mode=round_mode)
     return report
@@ -170,10 +186,30 @@ def format_markdown(report: Report) -> str:
     for scenario in report.scenarios:
         lines += [f"### Per client: {scenario} ({report.units[scenario]})", ""]
         lines += [*_client_table(report, scenario), ""]
+    lines += _notes(report)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _notes(report: Report) -> list[str]:
+    """The notes under the tables: unfinished runs (†), results taken at round 0, runs left
+    out."""
+    notes = []
     if report.unfinished:
         shown = ", ".join(report.unfinished[:10]) + (" ..." if len(report.unfinished) > 10 else "")
-        lines.append(f"Note: {len(report.unfinished)} run(s) not finished (included): {shown}")
-    return "\n".join(lines).rstrip() + "\n"
+        notes.append(
+            f"†: includes runs not finished (no done.json): {shown} "
+            f"({len(report.unfinished)} run(s), included with the rounds they have so far)."
+        )
+    if report.round_zero:
+        rule = "best" if report.round_mode == "best" else "last"
+        notes.append(
+            f"The {rule} round of these results is round 0 (the untrained model, before any "
+            f"training): {'; '.join(report.round_zero)}."
+        )
+    if report.skipped:
+        left = "; ".join(f"{path}: {why}" for path, why in report.skipped.items())
+        notes.append(f"Left out {len(report.skipped)} run(s): {left}.")
+    return [line for note in notes for line in (note, "")]
 
 
 def format_csv(report: Report) -> str:
@@ -378,7 +414,8 @@ def _main_table(report: Report) -> list[str]:
         for s in report.scenarios:
             cell = report.cells.get((m, s))
             text = cell.text(report.n_max) if cell else "—"
-            row.append(f"**{text}**" if cell and cell.mean == best[s] else text)
+            text = f"**{text}**" if cell and cell.mean == best[s] else text
+            row.append(text + (" †" if (m, s) in report.partial else ""))
         avg = report.average.get(m)
         avg_text = "—" if avg is None else f"{avg:.2f}"
         row.append(f"**{avg_text}**" if avg is not None and avg == best.get("avg") else avg_text)

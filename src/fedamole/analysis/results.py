@@ -24,6 +24,7 @@ before that metric existed have no time per round).
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,12 +46,26 @@ __all__ = [
     "mean_std",
     "method_labels",
     "metric_name",
+    "scan_runs",
     "scenario_label",
     "scenario_sort_key",
     "score_definition",
 ]
 
 RoundMode = Literal["best", "last"]
+log = logging.getLogger(__name__)
+# Settings that change no result: two runs that differ only in them are copies of one run.
+_NOT_RESULT = (
+    "run.name",
+    "run.out_dir",
+    "run.tensorboard",
+    "run.hooks",
+    "run.log_level",
+    "run.threads",
+    "run.checkpoint",
+    "model.device",
+    "flower",
+)
 
 
 def _table_blocks() -> list[tuple[str, ...]]:
@@ -115,6 +130,11 @@ class Run:
         return node
 
     @cached_property
+    def comm(self) -> list[dict[str, Any]]:
+        """Every ``comm.jsonl`` record (``[]`` without the file)."""
+        return list(read_jsonl(RunDir(self.path).comm))
+
+    @cached_property
     def metrics(self) -> list[dict[str, Any]]:
         """Every ``metrics.jsonl`` record but the per-step training ones (:attr:`step_metrics`),
         which no table or figure reads and which are most of a long run's file."""
@@ -142,11 +162,10 @@ class Run:
     def comm_per_client_round(self) -> tuple[float, float] | None:
         """Mean (up, down) bytes per client per training round (rounds 1..R)."""
         rounds, clients = int(self.get("federation.rounds", 0)), self.get("federation.num_clients")
-        comm = RunDir(self.path).comm
-        if not rounds or not clients or not comm.exists():
+        if not rounds or not clients or not RunDir(self.path).comm.exists():
             return None
         up = down = 0
-        for rec in read_jsonl(comm):
+        for rec in self.comm:
             if 1 <= rec["round"] <= rounds:
                 if rec["direction"] == "up":
                     up += rec["bytes"]
@@ -205,6 +224,11 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
+        if not path.is_dir():
+            raise NotADirectoryError(
+                f"{path} is a file, not a run directory or a folder of runs; give the folder "
+                f"that holds a run's {CONFIG} (here {path.parent}), or a folder above it"
+            )
         if RunDir(path).config.is_file():
             found.append(path)
             continue
@@ -215,12 +239,80 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """:class:`Run` objects for every run directory under ``paths`` (see :func:`find_run_dirs`)."""
-    runs = []
+    """:class:`Run` objects for every readable run directory under ``paths`` (see
+    :func:`find_run_dirs` and :func:`scan_runs`), copies of one run counted once; each run
+    left out is logged as a warning naming it and why.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        NotADirectoryError: a path that is a file.
+    """
+    return scan_runs(paths)[0]
+
+
+def scan_runs(paths: Iterable[str | Path]) -> tuple[list[Run], dict[Path, str]]:
+    """Every run directory under ``paths`` read (docs/run-directory.md#reading-a-run-directory):
+    ``(runs, left out)``, ``left out`` mapping each run directory that is not in ``runs`` to
+    why, each also logged as a warning. Left out: a run whose ``config.toml`` does not parse, or
+    whose ``metrics.jsonl`` or ``comm.jsonl`` has a broken line before its last (the reason names
+    the file and the line), and a copy of another run (the same config and seed: a copied
+    directory, or one grid point run in two sweeps), which would count as a second seed; of
+    copies the finished one, then the first path, is kept. A half-written last line (a run
+    still being written, or killed) is left out of the run's records, with a warning.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        NotADirectoryError: a path that is a file.
+    """
+    runs: list[Run] = []
+    skipped: dict[Path, str] = {}
     for path in find_run_dirs(paths):
-        run = RunDir(path)
-        runs.append(Run(path, tomllib.loads(run.config.read_text()), run.finished))
-    return runs
+        try:
+            runs.append(_read_run(path))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            skipped[path] = str(exc)
+    kept: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: (not r.finished, str(r.path))):
+        key = _result_identity(run.config)
+        if key in kept:
+            skipped[run.path] = (
+                f"a copy of {kept[key].path} (same config and seed {run.get('run.seed')}): "
+                "counted once"
+            )
+        else:
+            kept[key] = run
+    for path, why in skipped.items():
+        log.warning("left out the run %s: %s", path, why)
+    return [r for r in runs if r.path not in skipped], skipped
+
+
+def _read_run(path: Path) -> Run:
+    """A :class:`Run` with its records read (so that a broken file shows now, naming itself).
+
+    Raises:
+        ValueError: ``config.toml`` does not parse, or a broken line in ``metrics.jsonl`` or
+            ``comm.jsonl`` before its last.
+    """
+    run = RunDir(path)
+    try:
+        config = tomllib.loads(run.config.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{run.config}: not valid TOML ({exc})") from None
+    out = Run(path, config, run.finished)
+    out.metrics  # noqa: B018 (read now: cached, and a broken line shows here)
+    out.comm  # noqa: B018
+    return out
+
+
+def _result_identity(config: Mapping[str, Any]) -> str:
+    """What makes two runs' results the same run: the config but for :data:`_NOT_RESULT`."""
+    flat = _flatten(config)
+    kept = {
+        k: v
+        for k, v in flat.items()
+        if not any(k == s or k.startswith(s + ".") for s in _NOT_RESULT)
+    }
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 def method_labels(config: Mapping[str, Any]) -> list[tuple[str, str]]:

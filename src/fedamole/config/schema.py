@@ -267,8 +267,9 @@ class RunConfig(Section):
     # experiments side by side on a 2-core machine without their threads fighting.
     threads: int | None = Field(None, ge=1)
     # Mirrors of metrics.jsonl (TRACKING_FIELDS; docs/run-directory.md#tracking): a folder for
-    # TensorBoard event files (each run in <folder>/<run directory's name>), and callables named
-    # "package.module:function" that receive every record. Neither changes a result.
+    # TensorBoard event files (each run in <folder>/<run directory's name>-<hash of its path>),
+    # and callables named "package.module:function" that receive every record. Neither changes
+    # a result.
     tensorboard: str | None = None
     hooks: tuple[str, ...] | None = None
 

@@ -38,6 +38,7 @@ import torch
 
 from fedamole.algorithms.registry import algorithm_spec
 from fedamole.config import Config
+from fedamole.engines.resume import received_too_late, restore
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import (
     ClientMessage,
@@ -57,16 +58,17 @@ from fedamole.rundir import (
     RunDir,
     checkpoint_info,
     comm_record,
-    config_mismatch,
     fold,
-    load_checkpoint,
     metric_record,
     open_hooks,
     prediction_records,
     promote_checkpoint,
+    read_jsonl,
     save_checkpoint,
     setup_logging,
 )
+from fedamole.rundir.ledger import LEDGER, Ledger
+from fedamole.rundir.records import assignment_text
 
 if TYPE_CHECKING:
     from fedamole.algorithms.base import Algorithm
@@ -181,26 +183,22 @@ def run_federation(
             ``run.tensorboard`` is set without TensorBoard installed.
     """
     start = 0 if cfg.eval.test_init else 1
+    assignments: dict[int, str] = {}  # round -> assignments/round_NNN.json's text (the ledger's)
     if resume:
-        start = _restore(run, cfg, algo, clients)
-        if start > 0 and not run.metrics.exists():
-            raise CheckpointError(
-                f"{run.metrics} is missing although the checkpoint holds round {start - 1}: "
-                "resuming would lose the metrics of every earlier round. Restore the file, or "
-                "start the run again with --overwrite"
-            )
+        state, assignments = restore(run, cfg, last=last_round(cfg))
+        algo.load_state_dict(state["server"])
+        clients.load_states(state["clients"])
+        start = int(state["round"]) + 1
+        if start - 1 not in assignments:  # an older checkpoint: from its server state
+            _write_assignment(run, start - 1, algo.assignment_record(), assignments)
+        log.info("resumed from the checkpoint of round %d", start - 1)
     else:
-        _write_assignment(run, start - 1, algo.assignment_record())
+        _write_assignment(run, start - 1, algo.assignment_record(), assignments)
     logs = RoundLogs(JsonlLogger(run.metrics), JsonlLogger(run.comm), JsonlLogger(run.predictions))
     try:
         if resume:
-            # the received-model metrics of round ``start`` are logged as ``test_global`` of
-            # round ``start - 1``: a kill during round ``start`` may have left some of them
-            def received_too_late(record: Mapping[str, Any]) -> bool:
-                return record["round"] == start - 1 and record["split"] == "test_global"
-
-            logs.metrics.truncate_after(start - 1, drop=received_too_late)
-            logs.predictions.truncate_after(start - 1, drop=received_too_late)
+            logs.metrics.truncate_after(start - 1, drop=received_too_late(start))
+            logs.predictions.truncate_after(start - 1, drop=received_too_late(start))
             logs.comm.truncate_after(start - 1)
         # after the truncation: the TensorBoard mirror is rebuilt from what metrics.jsonl keeps
         logs.hooks = logs.metrics.on_record = open_hooks(cfg, run, on_record) or None
@@ -215,8 +213,11 @@ def run_federation(
         for rnd in range(start, last_round(cfg) + 1):
             if on_round is not None:
                 on_round(rnd)
-            failures += play_round(rnd, cfg, algo, clients, logs)
-            _write_assignment(run, rnd, algo.assignment_record())
+            try:
+                failures += play_round(rnd, cfg, algo, clients, logs)
+            except RunFailedError as exc:
+                raise RunFailedError(f"{exc} {_after_failure(run)}") from None
+            _write_assignment(run, rnd, algo.assignment_record(), assignments)
             if best is not None:
                 # `test_global` scores of round rnd-1 just arrived: `last` still holds rnd-1
                 best.update(rnd)
@@ -225,6 +226,7 @@ def run_federation(
                     "config": json.dumps(cfg.to_dict(), sort_keys=True),
                     "server": algo.state_dict(),
                     "clients": clients.states(),
+                    LEDGER: _ledger(run, logs, assignments).to_state(),
                 }
                 save_checkpoint(run.checkpoints, state)
                 best.update(rnd)  # `test` scores of round rnd: `last` now holds rnd
@@ -293,15 +295,24 @@ class BestCheckpoint:
         from fedamole.analysis.summaries import summarize_rounds
 
         rnd, value = summarize_rounds(means, "best")
-        last = checkpoint_info(self.folder, LAST)
+        last = _info(self.folder, LAST)
         if last is None or last["round"] != rnd:
             return
-        current = checkpoint_info(self.folder, BEST)
+        current = _info(self.folder, BEST)  # damaged: replaced by the round `last` holds
         if current is not None and current["round"] == rnd:
             return
         selection = {"rule": "best", "round": rnd, "split": self.split, "metric": "score"}
         promote_checkpoint(self.folder, {**selection, "value": value}, source=LAST, target=BEST)
         log.info("checkpoints/best: round %d (%s/score %.4f)", rnd, self.split, value)
+
+
+def _info(folder: Path, name: str) -> dict[str, Any] | None:
+    """:func:`~fedamole.rundir.checkpoint_info`, ``None`` for a damaged checkpoint too (a
+    resume from ``best`` past a damaged ``last``, which the next save replaces)."""
+    try:
+        return checkpoint_info(folder, name)
+    except CheckpointError:
+        return None
 
 
 def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: RoundLogs) -> int:
@@ -338,9 +349,7 @@ def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: R
     if messages and not updates:
         raise RunFailedError(
             f"round {rnd}: every client failed ({failed} of {len(messages)}; their errors are in "
-            "the log above and in log.txt), so the run stops unfinished. Fix the cause (often a "
-            "learning rate or Adam betas out of range, or `model.max_length` shorter than the "
-            "prompts) and start again, or resume from the last checkpoint with --resume"
+            "the log above and in log.txt), so the run stops unfinished."
         )
     summary = algo.aggregate(rnd, updates)
     server = summary.info.get("metrics", {}) if isinstance(summary.info, Mapping) else {}
@@ -410,24 +419,41 @@ def _client_line(client: int, update: ClientMessage, msg: ServerMessage) -> str:
     return "  ".join(parts)
 
 
-def _write_assignment(run: RunDir, rnd: int, record: Mapping[str, Any] | None) -> None:
+def _write_assignment(
+    run: RunDir, rnd: int, record: Mapping[str, Any] | None, texts: dict[int, str]
+) -> None:
+    """Write the assignment after round ``rnd`` and keep its text in ``texts`` (the ledger's)."""
     if record is not None and rnd >= 0:
-        run.write_assignment(rnd, record)
+        texts[rnd] = assignment_text(record)
+        run.write_assignment(rnd, texts[rnd])
 
 
-def _restore(run: RunDir, cfg: Config, algo: Algorithm, clients: Clients) -> int:
-    state = load_checkpoint(run.checkpoints)
-    saved = json.loads(state["config"])  # a dict: an older version's config may not validate
-    mismatch = config_mismatch(saved, cfg)  # run.tensorboard and run.hooks may change
-    if mismatch is not None:
-        raise CheckpointError(
-            f"the checkpoint in {run.checkpoints} was written with another configuration "
-            f"({mismatch}); resume with the run's own {run.config.name}"
-        )
-    algo.load_state_dict(state["server"])
-    clients.load_states(state["clients"])
-    log.info("resumed from the checkpoint of round %d", state["round"])
-    return int(state["round"]) + 1
+def _ledger(run: RunDir, logs: RoundLogs, assignments: Mapping[int, str]) -> Ledger:
+    """What the run directory's files hold now, for the checkpoint (:mod:`fedamole.rundir.
+    ledger`); ``comm.jsonl`` is read back (small: a few records per client and round)."""
+    return Ledger(
+        metrics=dict(logs.metrics.counts),
+        predictions=dict(logs.predictions.counts),
+        comm=list(read_jsonl(run.comm)),
+        assignments=dict(assignments),
+    )
+
+
+def _after_failure(run: RunDir) -> str:
+    """What to do after a round in which every client failed, true to what ``run`` saved."""
+    config_cause = (
+        "a cause in the config (often a learning rate or Adam betas out of range, or "
+        "`model.max_length` shorter than the prompts) needs a new run: fix it and start again "
+        "with --overwrite"
+    )
+    saved = _info(run.checkpoints, LAST) or _info(run.checkpoints, BEST)
+    if saved is None:
+        return f"No round was saved: {config_cause}."
+    return (
+        f"Round {saved['round']} is saved: a cause outside the config (memory, a file, a "
+        f"device) can be removed and the run continued with --resume; {config_cause} (a "
+        "resume with the same config fails the same way, one with another config is refused)."
+    )
 
 
 def last_round(cfg: Config) -> int:

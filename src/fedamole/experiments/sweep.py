@@ -2,9 +2,10 @@
 
 Status of a run (its directory is ``sweep.out_dir/<run name>``):
 
-- ``new``: no ``config.toml`` there yet; it is started.
+- ``new``: no ``config.toml`` and no checkpoint there yet; it is started.
 - ``partial``: started with this very config but not finished; it resumes from its checkpoint, or
-  restarts (the old directory moved aside, never deleted) when it has none.
+  restarts (the old directory moved aside, never deleted) when it has none. A missing or damaged
+  ``config.toml`` beside a checkpoint of this config is no change: the resume writes it again.
 - ``finished``: the engine wrote ``done.json`` at the end of the run; it is skipped.
 - ``changed``: the directory holds a run of *another* config (the grid was edited); the sweep
   refuses to start until it is moved away or ``--out`` points elsewhere. The saved config is
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from fedamole.config import Config, ConfigError, dump, load
 from fedamole.experiments.grid import Grid, GridError, GridRun, expand, resolve_config, select
-from fedamole.rundir import RunDir, config_mismatch, has_checkpoint
+from fedamole.rundir import RunDir, checkpoint_config, config_mismatch, has_checkpoint
 
 __all__ = [
     "PlannedRun",
@@ -105,14 +106,17 @@ def run_status(run_dir: Path, cfg: Config) -> str:
     fields (``run.tensorboard``, ``run.hooks``: :func:`~fedamole.rundir.config_mismatch`).
     """
     run = RunDir(run_dir)
-    if not run.config.exists():
+    if not run.config.exists() and not run.holds_checkpoint:
         return "new"
     try:
-        on_disk = load(run.config)
-    except (ConfigError, ValueError):
-        return "changed"
-    if config_mismatch(on_disk, cfg) is not None:
-        return "changed"
+        same = config_mismatch(load(run.config), cfg) is None
+    except (ConfigError, ValueError, OSError):
+        same = False
+    if not same:  # or a missing or damaged config.toml beside a checkpoint of cfg, which a
+        # resume writes again (docs/run-directory.md#what-a-resume-checks)
+        saved = checkpoint_config(run.checkpoints)
+        if saved is None or config_mismatch(saved, cfg) is not None:
+            return "changed"
     return "finished" if run.finished else "partial"
 
 

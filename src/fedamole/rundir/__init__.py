@@ -10,6 +10,8 @@
 - :mod:`~fedamole.rundir.records`: the records' schema, the JSON-lines writer and readers, the
   assignments, and :func:`fold`, the one reading of scores from ``metrics.jsonl``.
 - :mod:`~fedamole.rundir.checkpoints`: atomic checkpoints and the clients' state snapshots.
+- :mod:`~fedamole.rundir.ledger`: what a checkpoint records of the other files, and the checks
+  and repairs of a resume against it (imported by the engines directly: it needs torch).
 - :mod:`~fedamole.rundir.hooks`: the record hooks (:class:`RecordHook`, TensorBoard, ``run.hooks``).
 - :mod:`~fedamole.rundir.logs`: console and ``log.txt`` logging.
 
@@ -29,6 +31,7 @@ from fedamole.rundir.hooks import (
     check_hooks,
     load_hook,
     open_hooks,
+    tensorboard_folder,
     tensorboard_step,
     tensorboard_tag,
 )
@@ -59,6 +62,7 @@ from fedamole.rundir.records import (
 # reading records (``fedamole report``, ``fedamole plot``) starts without it
 _CHECKPOINT_NAMES = (
     "CheckpointError",
+    "checkpoint_config",
     "checkpoint_info",
     "checkpoint_rounds",
     "client_snapshots",
@@ -71,6 +75,7 @@ _CHECKPOINT_NAMES = (
 if _TYPE_CHECKING:
     from fedamole.rundir.checkpoints import (
         CheckpointError,
+        checkpoint_config,
         checkpoint_info,
         checkpoint_rounds,
         client_snapshots,
@@ -110,6 +115,7 @@ __all__ = [
     "RunLayout",
     "TensorBoardHook",
     "check_hooks",
+    "checkpoint_config",
     "checkpoint_info",
     "checkpoint_rounds",
     "client_snapshot",
@@ -133,6 +139,7 @@ __all__ = [
     "read_predictions",
     "save_checkpoint",
     "setup_logging",
+    "tensorboard_folder",
     "tensorboard_step",
     "tensorboard_tag",
 ]

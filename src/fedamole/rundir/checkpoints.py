@@ -37,12 +37,14 @@ from fedamole.rundir.layout import (
     SNAPSHOT_GLOB,
     TMP_SUFFIX,
     RunLayout,
+    checkpoint_folder,
     snapshot_folder,
     snapshot_round,
 )
 
 __all__ = [
     "CheckpointError",
+    "checkpoint_config",
     "checkpoint_info",
     "checkpoint_rounds",
     "client_snapshots",
@@ -110,16 +112,12 @@ def load_checkpoint(folder: Path, name: str = LAST) -> dict[str, Any]:
     the middle of a save left.
 
     Raises:
-        CheckpointError: none exists, or it cannot be read; the message names the file and the fix.
+        CheckpointError: none exists (the message names the checkpoints the folder holds), or it
+            cannot be read (the message names the file and the fix).
     """
     path = _existing(folder, name)
     if path is not None:
         return _read(path)
-    if name == LAST:
-        raise CheckpointError(
-            f"no checkpoint in {folder}; the run ended before its first round was saved. "
-            "Start it again without --resume (use --overwrite to move the old directory aside)"
-        )
     kept = ", ".join(f"{n} (round {r})" for n, r in checkpoint_rounds(folder).items())
     raise CheckpointError(
         f"no checkpoint {name!r} in {folder}; it holds " + (kept or "no checkpoint")
@@ -146,6 +144,22 @@ def checkpoint_info(folder: Path, name: str = LAST) -> dict[str, Any] | None:
     return info
 
 
+def checkpoint_config(folder: Path) -> dict[str, Any] | None:
+    """The config (a dict) of the checkpoint a resume would start from (``last``, else
+    ``best``), read from its ``state.json`` without the tensors; ``None`` when neither can be
+    read."""
+    for name in (LAST, BEST):
+        try:
+            path = _existing(folder, name)
+            if path is None:
+                continue
+            text = _read_body(path)["state"]["__map__"]["s:config"]
+            return json.loads(text)
+        except (CheckpointError, KeyError, TypeError, json.JSONDecodeError):
+            continue
+    return None
+
+
 def checkpoint_rounds(folder: Path) -> dict[str, int | None]:
     """``{name: round}`` of the checkpoints the engine keeps (``last``, ``best``) that exist and
     can be read."""
@@ -168,11 +182,7 @@ def has_checkpoint(folder: Path, name: str = LAST) -> bool:
 
 def _existing(folder: Path, name: str) -> Path | None:
     """``folder/<name>``, or ``<name>.old`` when a crash left only that; ``None`` if neither."""
-    for candidate in (name, f"{name}{OLD_SUFFIX}"):
-        path = folder / candidate
-        if (path / _STATE).exists():
-            return path
-    return None
+    return checkpoint_folder(folder, name)
 
 
 def _fresh_tmp(folder: Path, name: str) -> Path:
@@ -217,6 +227,8 @@ def _read_body(path: Path) -> dict[str, Any]:
 
 def _read(path: Path) -> dict[str, Any]:
     body = _read_body(path)
+    if not (path / _TENSORS).is_file():
+        raise CheckpointError(f"{path / _TENSORS} is missing; cannot resume from {path}")
     expected = body.get("sha256")  # checkpoints written before checksums have none
     if expected is not None and _sha256(path / _TENSORS) != expected:
         raise CheckpointError(

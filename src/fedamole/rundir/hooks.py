@@ -11,6 +11,7 @@ imported, or TensorBoard missing, before a run starts.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -32,6 +33,7 @@ __all__ = [
     "check_hooks",
     "load_hook",
     "open_hooks",
+    "tensorboard_folder",
     "tensorboard_step",
     "tensorboard_tag",
 ]
@@ -120,11 +122,23 @@ def _no_tensorboard(folder: str, detail: str = "") -> str:
     )
 
 
+def tensorboard_folder(setting: str | Path, run_dir: Path) -> Path:
+    """Where a run's TensorBoard mirror goes: ``<setting>/<run directory's name>-<8 hex>``, the
+    hex digits a hash of the run directory's resolved path, so that two runs of one name (the same
+    grid point in two sweeps) mirror into two folders of one ``--tensorboard DIR``."""
+    return Path(setting) / f"{run_dir.resolve().name}-{_run_key(run_dir)}"
+
+
+def _run_key(run_dir: Path) -> str:
+    """8 hex digits that tell run directories apart: a hash of the resolved path."""
+    return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
+
+
 def open_hooks(cfg: Config, run: RunLayout, on_record: RecordHook | None = None) -> RecordHooks:
     """The run's record hooks, in this order: the TensorBoard mirror when ``run.tensorboard`` is
-    set (event files in ``<run.tensorboard>/<run directory's name>``, :class:`TensorBoardHook`,
-    rebuilt from the records ``metrics.jsonl`` already holds), each ``run.hooks`` entry, then
-    ``on_record``. Open them after a resume has truncated ``metrics.jsonl``.
+    set (event files in :func:`tensorboard_folder`, :class:`TensorBoardHook`, rebuilt from the
+    records ``metrics.jsonl`` already holds), each ``run.hooks`` entry, then ``on_record``. Open
+    them after a resume has truncated ``metrics.jsonl``.
 
     Raises:
         HookError: as :func:`check_hooks`.
@@ -132,10 +146,12 @@ def open_hooks(cfg: Config, run: RunLayout, on_record: RecordHook | None = None)
     check_hooks(cfg)
     hooks: list[tuple[str, RecordHook]] = []
     if cfg.run.tensorboard is not None:
-        folder = Path(cfg.run.tensorboard) / run.path.resolve().name
+        folder = tensorboard_folder(cfg.run.tensorboard, run.path)
         written = read_jsonl(run.metrics) if run.metrics.exists() else ()
         steps = max(cfg.train.steps, cfg.baselines.feddpa.local_steps or 0)
-        mirror = TensorBoardHook(folder, steps, setting=cfg.run.tensorboard, replay=written)
+        mirror = TensorBoardHook(
+            folder, steps, setting=cfg.run.tensorboard, replay=written, key=_run_key(run.path)
+        )
         hooks.append((f"tensorboard ({folder})", mirror))
     hooks += [(spec, load_hook(spec)) for spec in cfg.run.hooks or ()]
     if on_record is not None:
@@ -213,11 +229,12 @@ class TensorBoardHook:
     ``baselines.feddpa.local_steps`` when larger), so their global step grows across rounds.
     ``setting`` is ``run.tensorboard`` as configured, which error messages name.
 
-    The folder is a mirror, rebuilt whenever a run starts or resumes: its event files are
-    removed and ``replay`` (the records ``metrics.jsonl`` already holds, after a resume's
-    truncation) is written first. So a run killed in the middle of a round and resumed shows each
-    point once, as an uninterrupted run does, and ``--tensorboard`` added on a resume shows the
-    whole run.
+    The folder is a mirror, rebuilt whenever a run starts or resumes: the event files this run
+    wrote before (their names end in ``.<key>``, the run directory's :func:`_run_key`) are removed
+    and ``replay`` (the records ``metrics.jsonl`` already holds, after a resume's truncation) is
+    written first. So a run killed in the middle of a round and resumed shows each point once, as
+    an uninterrupted run does, and ``--tensorboard`` added on a resume shows the whole run. Event
+    files of any other writer in the folder are left alone.
 
     Raises:
         HookError: TensorBoard is not installed.
@@ -230,6 +247,7 @@ class TensorBoardHook:
         *,
         setting: str,
         replay: Iterable[Mapping[str, Any]] = (),
+        key: str = "fedamole",
         flush_secs: int = 10,
     ):
         try:
@@ -239,9 +257,11 @@ class TensorBoardHook:
         self.folder = folder
         self.steps_per_round = steps_per_round
         try:
-            for old in folder.glob("events.out.tfevents.*"):  # a mirror: rebuilt from the JSONL
+            for old in folder.glob(f"events.out.tfevents.*.{key}"):  # ours: rebuilt from the JSONL
                 old.unlink()
-            self.writer = SummaryWriter(log_dir=str(folder), flush_secs=flush_secs)
+            self.writer = SummaryWriter(
+                log_dir=str(folder), flush_secs=flush_secs, filename_suffix=f".{key}"
+            )
         except OSError as exc:
             raise HookError(
                 f"`run.tensorboard` = {setting!r}: cannot write TensorBoard "

@@ -47,6 +47,7 @@ __all__ = [
     "WIRE",
     "RunLayout",
     "assignment_round",
+    "checkpoint_folder",
     "client_snapshot",
     "snapshot_folder",
     "snapshot_round",
@@ -149,6 +150,16 @@ class RunLayout:
 def assignment_round(path: Path) -> int:
     """The round of an ``assignments/round_NNN.json`` file (one :data:`ASSIGNMENT_GLOB` found)."""
     return int(path.stem.removeprefix(_ROUND_PREFIX))
+
+
+def checkpoint_folder(folder: Path, name: str) -> Path | None:
+    """``folder/<name>``, or the ``<name>.old`` a crash in the middle of a save left, when it
+    holds a checkpoint's ``state.json``; ``None`` if neither does."""
+    for candidate in (name, f"{name}{OLD_SUFFIX}"):
+        path = folder / candidate
+        if (path / CHECKPOINT_STATE).exists():
+            return path
+    return None
 
 
 def snapshot_folder(state_dir: Path, client: int) -> Path:

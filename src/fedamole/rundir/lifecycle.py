@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from fedamole.config import Config, RunConfig, differing_fields, dump
 from fedamole.rundir.env import FORMAT_VERSION, format_version, write_env
-from fedamole.rundir.layout import BACKUP_MARK, CONFIG, RunLayout
+from fedamole.rundir.layout import BACKUP_MARK, BEST, CONFIG, LAST, RunLayout, checkpoint_folder
 from fedamole.rundir.records import read_assignments, write_assignment
 
 __all__ = [
@@ -98,6 +98,12 @@ class RunDir(RunLayout):
         self.done.write_text(json.dumps({"last_round": last_round}) + "\n")
 
     @property
+    def holds_checkpoint(self) -> bool:
+        """Whether ``checkpoints/`` holds a checkpoint a resume could start from (``last`` or
+        ``best``, or the ``.old`` a crash in the middle of a save left)."""
+        return any(checkpoint_folder(self.checkpoints, name) for name in (LAST, BEST))
+
+    @property
     def format_version(self) -> int:
         """The run directory's format (:func:`~fedamole.rundir.env.format_version`; 1 when
         ``env.json`` names none)."""
@@ -125,10 +131,8 @@ class RunDir(RunLayout):
         """
         run = cls(path)
         if resume:
-            if not run.config.exists():
-                raise RunDirError(
-                    f"cannot resume: {path} has no {CONFIG} (start it without --resume)"
-                )
+            if not run.config.exists() and not run.holds_checkpoint:
+                raise RunDirError(_nothing_to_resume(path))
             if run.format_version > FORMAT_VERSION:
                 raise RunDirError(
                     f"cannot resume: {path} was written by a newer fedamole (run directory "
@@ -139,10 +143,7 @@ class RunDir(RunLayout):
             return run
         if path.exists() and any(path.iterdir()):
             if not overwrite:
-                raise RunDirError(
-                    f"run directory {path} already exists; pass --resume to continue it, "
-                    "--overwrite to move it aside and start again, or --run-dir for another one"
-                )
+                raise RunDirError(_exists(run))
             run.acquire()  # never move a live run aside
             run.release()
             backup = backup_name(path)
@@ -160,6 +161,33 @@ class RunDir(RunLayout):
         dump(cfg, run.config)
         write_env(run.env)
         return run
+
+
+def _nothing_to_resume(path: Path) -> str:
+    """Why ``--resume`` cannot continue ``path`` (no ``config.toml``, no checkpoint), and the
+    start that works there."""
+    if not path.exists() or not any(path.iterdir()):
+        return f"cannot resume: {path} holds no run; start it without --resume"
+    return (
+        f"cannot resume: {path} has neither a {CONFIG} nor a checkpoint, so there is nothing to "
+        "continue; start the run again with --overwrite instead of --resume (it moves the "
+        "directory aside), or choose another --run-dir"
+    )
+
+
+def _exists(run: RunDir) -> str:
+    """The refusal to start a new run in the non-empty ``run.path``, with what works there."""
+    start_again = "--overwrite to move it aside and start again, or --run-dir for another one"
+    if run.finished:
+        return f"run directory {run.path} already holds a finished run; pass {start_again}"
+    if run.holds_checkpoint:
+        return (
+            f"run directory {run.path} already exists; pass --resume to continue it, {start_again}"
+        )
+    return (
+        f"run directory {run.path} already exists and holds no checkpoint to resume from; "
+        f"pass {start_again}"
+    )
 
 
 def default_run_dir(run: RunConfig) -> Path:

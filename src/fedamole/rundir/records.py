@@ -25,14 +25,17 @@ from fedamole.rundir.layout import ASSIGNMENT_GLOB, RunLayout, assignment_round
 
 __all__ = [
     "SERVER_CLIENT",
+    "BrokenRecordError",
     "CommRecord",
     "Fold",
     "JsonlLogger",
     "JsonlTail",
     "MetricRecord",
     "PredictionRecord",
+    "assignment_text",
     "comm_record",
     "fold",
+    "kept_records",
     "metric_record",
     "prediction_records",
     "read_assignments",
@@ -171,11 +174,16 @@ class JsonlLogger:
     def __init__(self, path: Path, on_record: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
         self.on_record = on_record
+        self.counts: dict[int, int] = {}
+        """round -> records of that round this logger wrote or :meth:`truncate_after` kept: what
+        a checkpoint's ledger records (:mod:`~fedamole.rundir.ledger`)."""
         self._fh = path.open("a", encoding="utf-8")
 
     def log(self, record: Mapping[str, Any]) -> None:
         self._fh.write(json.dumps(record, sort_keys=True) + "\n")
         self._fh.flush()
+        rnd = int(record.get("round", -1))
+        self.counts[rnd] = self.counts.get(rnd, 0) + 1
         if self.on_record is not None:
             self.on_record({key: record[key] for key in sorted(record)})
 
@@ -186,26 +194,48 @@ class JsonlLogger:
         self, round_idx: int, *, drop: Callable[[dict[str, Any]], bool] | None = None
     ) -> None:
         """Drop records of rounds after ``round_idx``, and those ``drop`` selects (used on
-        resume)."""
+        resume), and a half-written last line; :attr:`counts` becomes what is kept."""
         self._fh.close()
-        text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
-        if text and not text.endswith("\n"):  # a kill in the middle of writing a record
-            logging.getLogger(__name__).warning(
-                "%s: dropped an incomplete last line left by a killed run", self.path
-            )
-            self.path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
-        kept = [
-            r
-            for r in read_jsonl(self.path)
-            if r.get("round", -1) <= round_idx and not (drop is not None and drop(r))
-        ]
+        records = kept_records(self.path, round_idx, drop=drop)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         tmp.replace(self.path)
+        self.counts = {}
+        for rec in records:
+            rnd = int(rec.get("round", -1))
+            self.counts[rnd] = self.counts.get(rnd, 0) + 1
         self._fh = self.path.open("a", encoding="utf-8")
 
 
-def read_jsonl(path: Path, *, steps: bool | None = None) -> Iterator[dict[str, Any]]:
+def kept_records(
+    path: Path, round_idx: int, *, drop: Callable[[dict[str, Any]], bool] | None = None
+) -> list[dict[str, Any]]:
+    """The records of ``path`` a resume from round ``round_idx`` keeps: those of rounds up to it
+    that ``drop`` does not select; a half-written last line (a kill in the middle of writing a
+    record) is left out with a warning. ``[]`` when the file does not exist.
+
+    Raises:
+        ValueError: a malformed line before the last, naming the file and the line.
+    """
+    return [
+        r
+        for r in read_jsonl(path, partial_last="drop")
+        if r.get("round", -1) <= round_idx and not (drop is not None and drop(r))
+    ]
+
+
+class BrokenRecordError(ValueError):
+    """A malformed line of a JSON-lines file (:func:`read_jsonl`); ``path`` and ``line``
+    (1-based) name it."""
+
+    def __init__(self, path: Path, line: int, detail: str):
+        self.path, self.line = path, line
+        super().__init__(f"{path}:{line}: not valid JSON ({detail})")
+
+
+def read_jsonl(
+    path: Path, *, steps: bool | None = None, partial_last: Literal["raise", "drop"] = "drop"
+) -> Iterator[dict[str, Any]]:
     """Records of a JSON-lines file; a malformed line raises with the file and line number.
 
     Args:
@@ -213,19 +243,36 @@ def read_jsonl(path: Path, *, steps: bool | None = None) -> Iterator[dict[str, A
         steps: ``False``: skip ``metrics.jsonl``'s per-step training records (those with a
             ``step``: most of the file at the paper's 200 steps) without parsing them; ``True``:
             only those; ``None``: every record.
+        partial_last: ``"drop"`` (default): a malformed *last* line that does not end the file
+            with a newline (a record a killed or still running process was writing) is left out
+            with a warning naming the file; ``"raise"``: it raises as any malformed line does.
+
+    Raises:
+        BrokenRecordError: (a ``ValueError``) a malformed line, naming the file and the line.
     """
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             if steps is not None and (_STEP_FIELD in line) != steps:
                 continue
             try:
-                yield json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if partial_last == "drop" and not line.endswith("\n"):  # only the last can
+                    logging.getLogger(__name__).warning(
+                        "%s: left out its half-written last line %d (a killed or still running "
+                        "run was writing it)",
+                        path,
+                        lineno,
+                    )
+                    return
+                raise BrokenRecordError(path, lineno, exc.msg) from None
+            if not isinstance(record, dict):
+                raise BrokenRecordError(path, lineno, "not a JSON object")
+            yield record
 
 
 class JsonlTail:
@@ -248,19 +295,33 @@ class JsonlTail:
         return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
 
 
-def write_assignment(run: RunLayout, rnd: int, record: Mapping[str, Any]) -> None:
-    """``assignments/round_NNN.json``: the architecture after round ``rnd`` (atomically)."""
+def assignment_text(record: Mapping[str, Any]) -> str:
+    """The text of an ``assignments/round_NNN.json`` file holding ``record``."""
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"
+
+
+def write_assignment(run: RunLayout, rnd: int, record: Mapping[str, Any] | str) -> None:
+    """``assignments/round_NNN.json``: the architecture after round ``rnd`` (atomically); a
+    ``str`` is the file's text (:func:`assignment_text`)."""
     path = run.assignment(rnd)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    tmp.write_text(record if isinstance(record, str) else assignment_text(record))
     tmp.replace(path)
 
 
 def read_assignments(run: RunLayout) -> dict[int, dict[str, Any]]:
-    """round -> the assignment record written after it (``{}`` for non-FedAMoLE runs)."""
+    """round -> the assignment record written after it (``{}`` for non-FedAMoLE runs).
+
+    Raises:
+        ValueError: a file that is not valid JSON, naming it.
+    """
     if not run.assignments.is_dir():
         return {}
-    return {
-        assignment_round(path): json.loads(path.read_text())
-        for path in sorted(run.assignments.glob(ASSIGNMENT_GLOB))
-    }
+    out = {}
+    for path in sorted(run.assignments.glob(ASSIGNMENT_GLOB)):
+        try:
+            out[assignment_round(path)] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg}); restore the file") from None
+    return out

@@ -247,3 +247,20 @@ def test_a_shipped_grid_is_found_by_name():
     )
     with pytest.raises(FileNotFoundError, match=r"name of a grid shipped.*sweeps/rsea[,\s]"):
         load_grid("sweeps/no_such_grid")
+
+
+def test_a_lost_config_beside_a_checkpoint_of_the_same_config_resumes(tmp_path, repo):
+    """A missing or damaged config.toml beside a checkpoint of the grid's config: ``partial``
+    (the resume writes it again, docs/run-directory.md#what-a-resume-checks), not a new start
+    that would move the run aside; beside a checkpoint of another config: ``changed``."""
+    from fedamole.config import load
+    from fedamole.rundir import save_checkpoint
+
+    cfg = load(repo / "configs" / "smoke.toml")
+    run_dir = tmp_path / "r"
+    config = json.dumps(cfg.to_dict(), sort_keys=True)
+    save_checkpoint(run_dir / "checkpoints", {"round": 1, "config": config})
+    assert run_status(run_dir, cfg) == "partial"
+    (run_dir / "config.toml").write_text("[federation\n")
+    assert run_status(run_dir, cfg) == "partial"
+    assert run_status(run_dir, cfg.replace(**{"train.lr": 0.5})) == "changed"
