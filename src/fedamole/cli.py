@@ -13,7 +13,7 @@ import typer
 
 from fedamole.cli_analysis import plot, report
 from fedamole.cli_bench import bench
-from fedamole.cli_support import ConfigArg, Engine, OverridesArg
+from fedamole.cli_support import ConfigArg, Engine, OverridesArg, check_or_exit
 from fedamole.cli_support import HelpCommand as _Command  # the class of every command
 from fedamole.cli_support import fail as _fail
 from fedamole.cli_support import load_or_exit as _load
@@ -58,13 +58,16 @@ def _main(
 
 @app.command(cls=_Command)
 def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
-    """Print the resolved config, or every configuration and feasibility error at once.
+    """Print the resolved config, or every configuration and feasibility error at once; then
+    check it against this machine and its model (data path, device, model name, target modules;
+    no weights are loaded).
 
     Example: fedamole validate configs/paper/base.toml mole.num_experts=3
     """
     import tomli_w
 
     cfg = _load(config, overrides)
+    check_or_exit(config, cfg)
     typer.echo(tomli_w.dumps(cfg.to_dict()), nl=False)
     typer.echo(f"# {config}: valid", err=True)
 
@@ -124,6 +127,8 @@ def run(
         start_run(cfg, target, engine=engine.value, resume=resume, overwrite=overwrite)
     except StoredConfigError as exc:
         _fail(f"{exc.path}: {exc}")
+    except ConfigError as exc:  # fedamole.preflight: the machine or the model (nothing started)
+        _fail(f"{config}: {exc}")
     except ResumeMismatchError as exc:
         _fail(
             f"{target} was started with another configuration (differs in "

@@ -29,6 +29,7 @@ __all__ = [
     "RoundMode",
     "RoundOpt",
     "RunsArg",
+    "check_or_exit",
     "fail",
     "load_or_exit",
 ]
@@ -49,6 +50,19 @@ def load_or_exit(config: Path, overrides: list[str] | None) -> Config:
         fail(f"{config}: {exc}")
     except FileNotFoundError as exc:
         fail(str(exc))
+
+
+def check_or_exit(config: Path, cfg: Config) -> None:
+    """:func:`fail` with every problem :func:`fedamole.preflight.preflight` finds (the data path,
+    the device, the model and its target modules); a hub model that cannot be looked at here is
+    only noted on stderr (``fedamole run`` stops on it)."""
+    from fedamole.preflight import preflight
+
+    found = preflight(cfg)
+    if found.errors:
+        fail(f"{config}: {ConfigError(found.errors)}")
+    if found.unavailable:
+        typer.echo(f"# note: {found.unavailable}. `fedamole run` stops on this here", err=True)
 
 
 ConfigArg = Annotated[

@@ -7,7 +7,13 @@ Model names understood by :func:`load_backbone` and :func:`load_tokenizer`:
   under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads read the cache.
 - ``tiny:llama`` / ``tiny:qwen2``: a tiny random model with a byte-level tokenizer, for tests (no
   download, well under a second).
-- anything else: a local directory or a hub id, through ``from_pretrained``.
+- anything else: a local directory or a hub id, through ``from_pretrained``. A hub id is read
+  from the local hub cache alone (``local_files_only``) when the hub cannot be reached
+  (:func:`hub_reachable`: ``HF_HUB_OFFLINE``, or no connection within seconds), so that an offline
+  machine fails at once instead of retrying for a minute.
+
+:func:`meta_model` builds a model from its config alone on torch's ``meta`` device (no weights),
+for the checks before a run (:mod:`fedamole.preflight`).
 
 A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and
 the new rows are set to the mean embedding (docs/algorithm.md#backbone). Padding is on the left.
@@ -15,15 +21,20 @@ the new rows are set to the mean embedding (docs/algorithm.md#backbone). Padding
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -36,10 +47,14 @@ from transformers import (
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "ModelUnavailableError",
     "cache_dir",
+    "hub_reachable",
     "load_backbone",
     "load_model_and_tokenizer",
     "load_tokenizer",
+    "meta_model",
+    "model_config",
     "quiet_transformers",
     "resolve_device",
     "resolve_dtype",
@@ -133,7 +148,9 @@ def load_backbone(
     _check_local(name)
     try:
         with quiet_transformers():
-            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            return AutoModelForCausalLM.from_pretrained(
+                name, dtype=dtype, local_files_only=_cache_only(name)
+            )
     except OSError as exc:
         raise ValueError(_unloadable(name, exc)) from None
 
@@ -165,7 +182,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     else:
         _check_local(name)
         try:
-            tok = AutoTokenizer.from_pretrained(name)
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=_cache_only(name))
         except OSError as exc:
             raise ValueError(_unloadable(name, exc)) from None
     tok.padding_side = "left"
@@ -197,9 +214,134 @@ def _tiny_arch(name: str) -> str:
     arch = name.split(":", 1)[1]
     if arch not in _TINY_ARCHS:
         raise ValueError(
-            f"unknown tiny model {name!r}; choose one of tiny:{', tiny:'.join(_TINY_ARCHS)}"
+            f"`model.name` = {name!r} is not a tiny model; choose one of "
+            f"tiny:{', tiny:'.join(_TINY_ARCHS)}"
         )
     return arch
+
+
+class ModelUnavailableError(ValueError):
+    """A hub id whose config is neither in the local hub cache nor reachable on the hub."""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: not offline (``HF_HUB_OFFLINE`` or
+    ``TRANSFORMERS_OFFLINE``) and a TCP connection to the hub (or the configured HTTPS proxy)
+    opens within ``timeout`` seconds. Asked once per process (:func:`_probe_hub`)."""
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    if any((f or "").strip().lower() in ("1", "true", "yes", "on") for f in flags):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return _probe_hub(endpoint, timeout)
+
+
+@functools.cache
+def _probe_hub(endpoint: str, timeout: float) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    target = urllib.parse.urlsplit(proxy) if proxy else url
+    port = target.port or (443 if (target.scheme or "https") == "https" else 80)
+    try:
+        socket.create_connection((target.hostname or "", port), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _cache_only(name: str) -> bool:
+    """Read a hub id from the local cache alone: a local folder, or an unreachable hub."""
+    return not Path(name).expanduser().is_dir() and not hub_reachable()
+
+
+def model_config(name: str) -> PretrainedConfig:
+    """The transformers config of ``model.name``, read without any weights: built for ``tiny:``
+    names, from the cache (or the GGUF file) for ``embedded:`` names, from ``config.json`` for a
+    folder, from the hub cache or else the hub for a hub id.
+
+    Raises:
+        ModelUnavailableError: a hub id neither cached nor reachable (the message says how to fix
+            it).
+        ValueError: an unknown ``tiny:``/``embedded:`` name, a missing folder or ``config.json``,
+            an id the hub does not have (or that needs a login).
+    """
+    if name.startswith("tiny:"):
+        return tiny_config(_tiny_arch(name))
+    if name.startswith("embedded:"):
+        return _embedded_config(name)
+    _check_local(name)
+    if Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"`model.name` = {name!r}: the folder has no config.json; give a folder written "
+                "by save_pretrained (config.json and weights), or a hub id"
+            )
+        return _read_config(name, folder)
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    if not hub_reachable():
+        from huggingface_hub import constants
+
+        raise ModelUnavailableError(
+            f"`model.name` = {name!r} is not in the local hub cache ({constants.HF_HUB_CACHE}) "
+            "and the hub cannot be reached (offline, or HF_HUB_OFFLINE is set). Give a local "
+            "folder holding the model (model.name=/path/to/model), a hub id that is cached here, "
+            "'embedded:smollm2-135m-instruct' or 'tiny:llama'; or download it where there is "
+            "a network (`hf download ID`) and copy the cache"
+        )
+    return _read_config(name, name)
+
+
+def _read_config(name: str, source: str | Path) -> PretrainedConfig:
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"`model.name` = {name!r}: its config cannot be read ({str(exc).splitlines()[0]}); "
+            "give an existing hub id (a gated one needs `huggingface-cli login`), a local "
+            "folder with config.json, 'embedded:smollm2-135m-instruct' or 'tiny:llama'"
+        ) from None
+
+
+def _embedded_config(name: str) -> PretrainedConfig:
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(
+            f"`model.name` = {name!r} is not an embedded model; choose one of "
+            f"{sorted(EMBEDDED_MODELS)}"
+        )
+    target = cache_dir() / name.split(":", 1)[1]
+    if (target / ".complete").exists():
+        return AutoConfig.from_pretrained(target)
+    package, filename = EMBEDDED_MODELS[name]
+    try:
+        folder = _package_dir(package)
+    except FileNotFoundError as exc:
+        raise ValueError(f"`model.name` = {name!r}: {exc}") from None
+    with quiet_transformers():  # reads the GGUF file's header (a few seconds, once)
+        return AutoConfig.from_pretrained(folder, gguf_file=filename)
+
+
+def meta_model(name: str) -> PreTrainedModel:
+    """``model.name``'s causal LM built from :func:`model_config` on torch's ``meta`` device:
+    its modules and parameter shapes, no weights (milliseconds, no memory).
+
+    Raises:
+        ModelUnavailableError, ValueError: as :func:`model_config`; also a config transformers
+            cannot build a causal LM from.
+    """
+    config = model_config(name)
+    try:
+        with quiet_transformers(), torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(
+            f"`model.name` = {name!r}: transformers cannot build a causal LM from its config "
+            f"({exc}); give a decoder-only language model"
+        ) from None
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -224,7 +366,8 @@ def _embedded_cache(name: str) -> Path:
     """Path of the safetensors cache of an embedded model, converting the GGUF once if needed."""
     if name not in EMBEDDED_MODELS:
         raise ValueError(
-            f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}"
+            f"`model.name` = {name!r} is not an embedded model; choose one of "
+            f"{sorted(EMBEDDED_MODELS)}"
         )
     package, filename = EMBEDDED_MODELS[name]
     target = cache_dir() / name.split(":", 1)[1]

@@ -25,6 +25,7 @@ from fedamole.config.checks import (
     eval_timing_errors,
     federation_errors,
     model_errors,
+    target_errors,
     train_errors,
 )
 from fedamole.config.files import ConfigError, set_dotted
@@ -103,6 +104,7 @@ def feasibility_errors(cfg: Config) -> list[str]:
     return [
         *model_errors(cfg.model),
         *assignment_errors(cfg.mole, cfg.federation),
+        *target_errors(cfg.mole, cfg.federation),
         *eval_timing_errors(cfg.federation, cfg.eval),
         *data_errors(cfg.data, cfg.partition),
         *train_errors(cfg.train),

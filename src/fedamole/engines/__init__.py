@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedamole.config import Config
+from fedamole.config import Config, ConfigError
 
 __all__ = ["ENGINES", "run_experiment"]
 
@@ -30,16 +31,28 @@ def run_experiment(
     (:func:`fedamole.rundir.open_hooks`); the hooks the config names (``run.tensorboard``,
     ``run.hooks``) are checked before anything starts.
 
+    Before anything is created, :func:`fedamole.preflight.preflight` checks the data path, the
+    device, the model and its target modules, and a run that will take hours on the CPU logs a
+    warning saying so (:func:`fedamole.preflight.run_size_warning`).
+
     Raises:
+        ConfigError: what :func:`~fedamole.preflight.preflight` finds (nothing has started).
         ValueError: an unknown engine, or ``flower`` without ``flwr`` installed.
         fedamole.rundir.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
             or ``run.tensorboard`` is set without TensorBoard installed.
     """
+    from fedamole.preflight import preflight, run_size_warning
     from fedamole.rundir import check_hooks
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    found = preflight(cfg)
+    if found.problems():
+        raise ConfigError(found.problems())
     check_hooks(cfg)
+    warning = run_size_warning(cfg, found.parameters)
+    if warning and not resume:
+        logging.getLogger("fedamole").warning(warning)
     if engine == "flower":
         from fedamole.engines.flower.simulation import run_flower_simulation
 
