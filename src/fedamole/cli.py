@@ -199,7 +199,7 @@ def sweep(
     Example: fedamole sweep configs/sweeps/main.toml --dry-run --only method=FedAMoLE,FedIT
     """
     from fedamole.experiments.grid import GridError, load_grid
-    from fedamole.experiments.sweep import format_plan, plan, run_sweep
+    from fedamole.experiments.sweep import format_plan, parse_devices, plan, run_sweep
     from fedamole.rundir import setup_logging
 
     selection: dict[str, list[str]] = {}
@@ -209,12 +209,12 @@ def sweep(
             _fail(f"--only {item!r} must look like AXIS=LABEL[,LABEL]")
         selection.setdefault(axis.strip(), []).extend(s.strip() for s in labels.split(","))
     try:
+        ids = parse_devices(devices)
         loaded = load_grid(grid, out_dir=out)
         if dry_run:
             typer.echo(format_plan(loaded, plan(loaded, selection)))
             return
         setup_logging("INFO")
-        ids = devices.split(",") if devices else None
         result = run_sweep(loaded, jobs=jobs, engine=engine.value, devices=ids, only=selection)
     except (GridError, FileNotFoundError) as exc:
         _fail(str(exc))

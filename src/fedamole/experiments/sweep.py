@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ __all__ = [
     "PlannedRun",
     "SweepResult",
     "format_plan",
+    "parse_devices",
     "plan",
     "run_status",
     "run_sweep",
@@ -272,6 +274,31 @@ def _run_sequential(todo: list[PlannedRun], engine: str, result: SweepResult) ->
             setup_logging(logging.getLevelName(level))
             gc.collect()  # free this run's model before the next one loads
         progress.finished(p.run.name, time.monotonic() - t0, error, 0)
+
+
+_DEVICE_ID = re.compile(r"\d+|(GPU|MIG)-[\w-]+")
+
+
+def parse_devices(text: str | None) -> list[str] | None:
+    """The GPU ids of ``--devices`` (``"0,1"``): indices or ``GPU-``/``MIG-`` UUIDs, as
+    ``CUDA_VISIBLE_DEVICES`` takes them; ``None`` for none given.
+
+    Raises:
+        GridError: an empty entry or one that is not such an id.
+    """
+    if text is None:
+        return None
+    ids = [part.strip() for part in text.split(",")]
+    bad = [i for i in ids if not _DEVICE_ID.fullmatch(i)]
+    if bad:
+        raise GridError(
+            [
+                f"--devices {text!r}: {', '.join(repr(b) for b in bad)} is not a GPU id; give "
+                "GPU indices separated by commas, e.g. --devices 0,1 (as nvidia-smi lists them, "
+                "or GPU-/MIG- UUIDs), or leave it out to use every visible GPU"
+            ]
+        )
+    return ids
 
 
 def _devices(devices: Sequence[str] | None) -> list[str]:
