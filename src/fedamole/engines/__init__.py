@@ -42,7 +42,7 @@ def run_experiment(
             or ``run.tensorboard`` is set without TensorBoard installed.
     """
     from fedamole.preflight import preflight, run_size_warning
-    from fedamole.rundir import check_hooks
+    from fedamole.rundir import check_hooks, setup_logging
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
@@ -52,6 +52,7 @@ def run_experiment(
     check_hooks(cfg)
     warning = run_size_warning(cfg, found.parameters)
     if warning and not resume:
+        setup_logging(cfg.run.log_level)  # the console, as the run will (its log.txt comes later)
         logging.getLogger("fedamole").warning(warning)
     if engine == "flower":
         from fedamole.engines.flower.simulation import run_flower_simulation
