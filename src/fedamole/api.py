@@ -173,9 +173,9 @@ class StoredConfigError(ConfigError):
 
 
 def run_path(cfg: Config, run_dir: str | Path | None = None) -> Path:
-    """The run directory: ``run_dir`` when given, else ``run.out_dir/run.name`` (relative to the
-    current directory)."""
-    return Path(run_dir) if run_dir is not None else default_run_dir(cfg.run)
+    """The run directory: ``run_dir`` when given, else ``run.out_dir/run.name`` (``~`` expanded,
+    relative to the current directory)."""
+    return Path(run_dir).expanduser() if run_dir is not None else default_run_dir(cfg.run)
 
 
 def start_run(

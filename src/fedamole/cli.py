@@ -13,7 +13,14 @@ import typer
 
 from fedamole.cli_analysis import plot, report
 from fedamole.cli_bench import bench
-from fedamole.cli_support import ConfigArg, Engine, OverridesArg, check_or_exit
+from fedamole.cli_support import (
+    ConfigArg,
+    Engine,
+    OverridesArg,
+    check_or_exit,
+    require_matplotlib,
+    writable_or_exit,
+)
 from fedamole.cli_support import HelpCommand as _Command  # the class of every command
 from fedamole.cli_support import fail as _fail
 from fedamole.cli_support import load_or_exit as _load
@@ -163,6 +170,9 @@ def partition(
     from fedamole.data.report import describe_partition
 
     cfg = _load(config, overrides)
+    if plot is not None:
+        writable_or_exit(plot, "--plot", entry=True)
+        require_matplotlib()
     try:
         typer.echo(describe_partition(cfg, plot))
     except DataError as exc:
@@ -208,6 +218,8 @@ def sweep(
         if not sep:
             _fail(f"--only {item!r} must look like AXIS=LABEL[,LABEL]")
         selection.setdefault(axis.strip(), []).extend(s.strip() for s in labels.split(","))
+    if out is not None:
+        writable_or_exit(out, "--out")
     try:
         ids = parse_devices(devices)
         loaded = load_grid(grid, out_dir=out)
@@ -295,6 +307,7 @@ def export(
     from fedamole.export import export_client
     from fedamole.rundir import CheckpointError
 
+    writable_or_exit(out, "--out", entry=True)  # written beside it, then renamed
     try:
         path = export_client(run, client, out, round=round_)
     except (CheckpointError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:

@@ -5,6 +5,7 @@ the argument and option types, and the command class whose plain help reads as w
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +33,8 @@ __all__ = [
     "check_or_exit",
     "fail",
     "load_or_exit",
+    "require_matplotlib",
+    "writable_or_exit",
 ]
 
 
@@ -50,6 +53,38 @@ def load_or_exit(config: Path, overrides: list[str] | None) -> Config:
         fail(f"{config}: {exc}")
     except FileNotFoundError as exc:
         fail(str(exc))
+
+
+def writable_or_exit(path: Path, option: str, *, entry: bool = False) -> None:
+    """:func:`fail` unless the folder ``path`` (with ``entry``: a file or folder created in its
+    parent) can be created or written: its nearest existing ancestor must be a writable folder (a
+    file in the way, or a read-only folder, would otherwise end the command with a traceback)."""
+    path = Path(path).expanduser()
+    if not entry and path.exists() and not path.is_dir():
+        fail(f"{option} {path} is a file, not a folder; give a folder (new or existing)")
+    existing = path.parent if entry else path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"{option} {path}: {existing} is a file, not a folder; give a path in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"{option} {path}: {existing} is not writable; give a path in a writable folder")
+
+
+def require_matplotlib() -> None:
+    """:func:`fail` when matplotlib cannot be imported because the ``MPLBACKEND`` environment
+    variable names no backend (fedamole draws on Agg, off screen: it needs none)."""
+    backend = os.environ.get("MPLBACKEND")
+    try:
+        import matplotlib  # noqa: F401  (reads MPLBACKEND)
+    except ValueError as exc:
+        if not backend:
+            raise
+        fail(
+            f"the environment variable MPLBACKEND={backend!r} is not a matplotlib backend "
+            f"({str(exc).split(';')[0]}); unset MPLBACKEND (fedamole draws off screen and needs "
+            "no backend) or set it to one matplotlib knows, e.g. MPLBACKEND=Agg"
+        )
 
 
 def check_or_exit(config: Path, cfg: Config) -> None:

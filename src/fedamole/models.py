@@ -149,7 +149,7 @@ def load_backbone(
     try:
         with quiet_transformers():
             return AutoModelForCausalLM.from_pretrained(
-                name, dtype=dtype, local_files_only=_cache_only(name)
+                _expanded(name), dtype=dtype, local_files_only=_cache_only(name)
             )
     except OSError as exc:
         raise ValueError(_unloadable(name, exc)) from None
@@ -182,7 +182,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     else:
         _check_local(name)
         try:
-            tok = AutoTokenizer.from_pretrained(name, local_files_only=_cache_only(name))
+            tok = AutoTokenizer.from_pretrained(_expanded(name), local_files_only=_cache_only(name))
         except OSError as exc:
             raise ValueError(_unloadable(name, exc)) from None
     tok.padding_side = "left"
@@ -246,6 +246,13 @@ def _probe_hub(endpoint: str, timeout: float) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _expanded(name: str) -> str:
+    """A ``model.name`` naming a folder with ``~`` expanded (transformers does not); else as
+    given."""
+    folder = Path(name).expanduser()
+    return str(folder) if name.startswith("~") and folder.is_dir() else name
 
 
 def _cache_only(name: str) -> bool:

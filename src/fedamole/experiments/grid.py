@@ -6,7 +6,7 @@ A grid is a TOML file (``configs/sweeps/*.toml``)::
     [sweep]
     name = "main"
     base = "../paper/base.toml"        # experiment TOML, relative to this file (default: defaults)
-    out_dir = "runs/sweeps/main"       # parent of the run directories, relative to the working dir
+    out_dir = "runs/sweeps/main"       # parent of the runs, relative to the working dir, ~ expanded
     run_name = "{scenario}__{method}__{seed}"   # optional; default: the labels joined by "__"
 
     [overrides]                        # fixed dotted overrides of every run
@@ -124,7 +124,9 @@ def load_grid(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
         name=sweep.get("name", Path(path).stem),
         path=Path(path).resolve(),
         base=sweep.get("base"),
-        out_dir=Path(out_dir or sweep.get("out_dir", f"runs/sweeps/{Path(path).stem}")),
+        out_dir=Path(
+            out_dir or sweep.get("out_dir", f"runs/sweeps/{Path(path).stem}")
+        ).expanduser(),
         overrides=dict(data.get("overrides", {})),
         axes=axes,
         run_name=sweep.get("run_name"),
@@ -270,13 +272,13 @@ def _absolutize(data: dict[str, Any], folder: Path) -> None:
     """Resolve ``sweep.base`` and every ``config`` value against the grid file's folder."""
     sweep = data.get("sweep", {})
     if "base" in sweep:
-        sweep["base"] = (folder / sweep["base"]).resolve()
+        sweep["base"] = (folder / Path(sweep["base"]).expanduser()).resolve()
     tables = [data.get("overrides", {})]
     tables += [v for axis in data.get("axes", {}).values() for v in axis.values()]
     tables += [p.get("set", {}) for p in data.get("patch", [])]
     for table in tables:
         if isinstance(table, dict) and isinstance(table.get("config"), str):
-            table["config"] = str((folder / table["config"]).resolve())
+            table["config"] = str((folder / Path(table["config"]).expanduser()).resolve())
 
 
 def _axis(name: str, values: Any, errors: list[str]) -> dict[str, dict[str, Any]]:

@@ -163,9 +163,9 @@ class RunDir(RunLayout):
 
 
 def default_run_dir(run: RunConfig) -> Path:
-    """Where a run goes without ``--run-dir``: ``run.out_dir/run.name`` (a relative
-    ``run.out_dir`` from the current directory)."""
-    return Path(run.out_dir) / run.name
+    """Where a run goes without ``--run-dir``: ``run.out_dir/run.name`` (``~`` expanded, a
+    relative ``run.out_dir`` from the current directory)."""
+    return Path(run.out_dir).expanduser() / run.name
 
 
 def backup_name(path: Path) -> Path:
