@@ -88,16 +88,17 @@ def require_matplotlib() -> None:
 
 
 def check_or_exit(config: Path, cfg: Config) -> None:
-    """:func:`fail` with every problem :func:`fedamole.preflight.preflight` finds (the data path,
-    the device, the model and its target modules); a hub model that cannot be looked at here is
-    only noted on stderr (``fedamole run`` stops on it)."""
+    """:func:`fail` with every problem :func:`fedamole.preflight.preflight` finds (the device,
+    the model and its target modules); what this machine lacks (the data path, a hub model that
+    is neither cached nor reachable) is only noted on stderr: ``fedamole run`` stops on it here,
+    but the config may be meant for another machine."""
     from fedamole.preflight import preflight
 
     found = preflight(cfg)
     if found.errors:
         fail(f"{config}: {ConfigError(found.errors)}")
-    if found.unavailable:
-        typer.echo(f"# note: {found.unavailable}. `fedamole run` stops on this here", err=True)
+    for absent in found.absent:
+        typer.echo(f"# note: {absent}. `fedamole run` stops on this here", err=True)
 
 
 ConfigArg = Annotated[

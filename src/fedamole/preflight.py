@@ -6,7 +6,7 @@ cannot see the machine or the model. :func:`preflight` looks at both, cheaply, s
 ``fedamole validate`` reports what would otherwise fail only after the model has loaded (and, for
 a run, after its run directory was created, blocking the corrected rerun):
 
-- ``data.path`` exists (:func:`fedamole.data.paths.locate`);
+- ``data.path`` exists here (:func:`fedamole.data.paths.locate`);
 - ``model.device`` exists in this torch build and on this machine;
 - ``model.name`` names a model: a known ``tiny:`` or ``embedded:`` name, a folder holding a
   ``config.json``, or a hub id whose config is in the local hub cache or, when the hub can be
@@ -62,18 +62,19 @@ class Preflight:
 
     Attributes:
         errors: one message per problem, each naming the field, the value and the fix.
-        unavailable: why the model could not be looked at here (a hub id that is neither cached
-            nor reachable), or ``None``; a run fails on it, ``fedamole validate`` only notes it.
+        absent: what this machine lacks, each naming the field and the fix: a ``data.path`` that
+            does not exist here, a hub model neither cached nor reachable. A run stops on them;
+            ``fedamole validate`` only notes them (the config may be meant for another machine).
         parameters: the backbone's parameter count, when its config could be read.
     """
 
     errors: tuple[str, ...] = ()
-    unavailable: str | None = None
+    absent: tuple[str, ...] = ()
     parameters: int | None = None
 
     def problems(self) -> list[str]:
-        """Everything that would stop a run: :attr:`errors` and :attr:`unavailable`."""
-        return [*self.errors, *([self.unavailable] if self.unavailable else [])]
+        """Everything that would stop a run here: :attr:`errors` and :attr:`absent`."""
+        return [*self.errors, *self.absent]
 
 
 def preflight(cfg: Config) -> Preflight:
@@ -81,16 +82,17 @@ def preflight(cfg: Config) -> Preflight:
     ``config.json`` files at most, never weights."""
     from fedamole.models import ModelUnavailableError, meta_model
 
-    errors = [*_data_errors(cfg), *device_errors(cfg.model.device)]
+    absent, errors = _data_errors(cfg), device_errors(cfg.model.device)
     try:
         model = meta_model(cfg.model.name)
     except ModelUnavailableError as exc:
-        return Preflight(tuple(errors), unavailable=str(exc))
+        return Preflight(tuple(errors), (*absent, str(exc)))
     except ValueError as exc:
-        return Preflight((*errors, str(exc)))
+        return Preflight((*errors, str(exc)), tuple(absent))
     names = {name: type(module).__name__ for name, module in model.named_modules() if name}
     errors += _target_errors(cfg, names)
-    return Preflight(tuple(errors), parameters=sum(p.numel() for p in model.parameters()))
+    parameters = sum(p.numel() for p in model.parameters())
+    return Preflight(tuple(errors), tuple(absent), parameters)
 
 
 def _data_errors(cfg: Config) -> list[str]:
