@@ -22,6 +22,7 @@ CPU, so that a paper-scale run on a laptop says so before it starts.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -80,19 +81,28 @@ class Preflight:
 def preflight(cfg: Config) -> Preflight:
     """Check ``cfg`` against this machine and its model (see the module docstring); reads
     ``config.json`` files at most, never weights."""
-    from fedamole.models import ModelUnavailableError, meta_model
+    from fedamole.models import ModelUnavailableError
 
     absent, errors = _data_errors(cfg), device_errors(cfg.model.device)
     try:
-        model = meta_model(cfg.model.name)
+        names, parameters = _modules(cfg.model.name)
     except ModelUnavailableError as exc:
         return Preflight(tuple(errors), (*absent, str(exc)))
     except ValueError as exc:
         return Preflight((*errors, str(exc)), tuple(absent))
-    names = {name: type(module).__name__ for name, module in model.named_modules() if name}
     errors += _target_errors(cfg, names)
-    parameters = sum(p.numel() for p in model.parameters())
     return Preflight(tuple(errors), tuple(absent), parameters)
+
+
+@functools.lru_cache(maxsize=16)
+def _modules(name: str) -> tuple[dict[str, str], int]:
+    """``({qualified module name: class name}, parameter count)`` of ``model.name``, from
+    :func:`fedamole.models.meta_model`; kept per name, as a sweep asks for every run."""
+    from fedamole.models import meta_model
+
+    model = meta_model(name)
+    names = {n: type(module).__name__ for n, module in model.named_modules() if n}
+    return names, sum(p.numel() for p in model.parameters())
 
 
 def _data_errors(cfg: Config) -> list[str]:

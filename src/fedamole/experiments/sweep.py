@@ -9,8 +9,11 @@ Status of a run (its directory is ``sweep.out_dir/<run name>``):
 - ``changed``: the directory holds a run of *another* config (the grid was edited); the sweep
   refuses to start until it is moved away or ``--out`` points elsewhere. The saved config is
   read through today's config model, so a field added to the defaults later is no change.
-- ``invalid``: the config does not validate (e.g. an algorithm not registered yet); the sweep
-  refuses to start, and ``--dry-run`` lists the errors with the run names.
+- ``invalid``: the config does not validate (e.g. an algorithm not registered yet), or does not
+  fit its model or this machine's devices (:func:`fedamole.preflight.preflight`'s errors: a target
+  module the model lacks, ``model.device = "cuda"`` on a CPU-only torch); the sweep refuses to
+  start, and ``--dry-run`` lists the errors with the run names. What this machine merely lacks (the
+  data, a hub model) does not make a run invalid here: the run itself stops on it.
 
 ``done.json``, written by the engine after the last round, is the finished criterion because the
 metrics of the last round are appended client by client (a crash can leave some) and checkpoints
@@ -38,6 +41,7 @@ from pathlib import Path
 
 from fedamole.config import Config, ConfigError, dump, load
 from fedamole.experiments.grid import Grid, GridError, GridRun, expand, resolve_config, select
+from fedamole.preflight import preflight
 from fedamole.rundir import RunDir, config_mismatch, has_checkpoint
 
 __all__ = [
@@ -94,6 +98,10 @@ def plan(grid: Grid, only: Mapping[str, list[str]] | None = None) -> list[Planne
             continue
         except FileNotFoundError as exc:
             planned.append(PlannedRun(run, "invalid", None, (str(exc),)))
+            continue
+        errors = preflight(cfg).errors
+        if errors:
+            planned.append(PlannedRun(run, "invalid", cfg, errors))
             continue
         planned.append(PlannedRun(run, run_status(run.run_dir, cfg), cfg))
     return planned

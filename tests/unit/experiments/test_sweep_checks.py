@@ -105,3 +105,15 @@ def test_the_cli_refuses_bad_devices(tmp_path, repo):
     assert result.exit_code == 2
     assert "--devices 'abc'" in result.output and "e.g. --devices 0,1" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_whose_targets_miss_the_model_is_invalid_before_anything_starts(tmp_path, repo):
+    body = '[axes.t]\nok = {}\nbad = { "mole.target_modules" = ["q_prj"] }\n'
+    grid = load_grid(_grid(tmp_path, repo, body))
+    planned = {p.run.name: p for p in plan(grid)}
+    assert planned["ok"].status == "new"
+    assert planned["bad"].status == "invalid"
+    assert any("`mole.target_modules` entry 'q_prj'" in e for e in planned["bad"].errors)
+    result = runner.invoke(app, ["sweep", str(grid.path)])
+    assert result.exit_code == 2 and "q_prj" in result.output
+    assert not (tmp_path / "out").exists()
