@@ -23,7 +23,6 @@ CPU, so that a paper-scale run on a laptop says so before it starts.
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ __all__ = [
     "unmatched_targets",
 ]
 
-log = logging.getLogger(__name__)
-
 CPU_SECONDS_PER_PARAMETER_EXAMPLE = 1.3e-9
 """Rough CPU training cost: seconds per optimizer step per backbone parameter per example of
 the batch. The demo's step (SmolLM2-135M, ``train.batch_size = 4``, synthetic prompts of at most
@@ -52,8 +49,10 @@ LONG_RUN_SECONDS = 3600.0
 """A CPU run whose estimated training time exceeds this gets :func:`run_size_warning`."""
 
 _INSTALL_DOC = "docs/install.md#pytorch-torch_spec"
+# `clean` first: `make install` does nothing while .venv is up to date with pyproject.toml
 _CUDA_SPEC = (
-    'make install TORCH_SPEC="torch==2.6.0 --index-url https://download.pytorch.org/whl/cu124"'
+    'make clean install TORCH_SPEC="torch==2.6.0 --index-url '
+    'https://download.pytorch.org/whl/cu124"'
 )
 
 
@@ -112,13 +111,10 @@ def _data_errors(cfg: Config) -> list[str]:
 
     if cfg.data.path is None:
         return []
-    logging.getLogger("fedamole.data.paths").disabled = True  # the loader logs it later
     try:
         locate(cfg.data, cfg.data.path)
     except DataFileNotFoundError as exc:
         return [str(exc)]
-    finally:
-        logging.getLogger("fedamole.data.paths").disabled = False
     return []
 
 
@@ -134,8 +130,8 @@ def device_errors(device: str) -> list[str]:
         if not torch.backends.cuda.is_built():
             return [
                 f"{field}: this torch build ({torch.__version__}) has no CUDA. Use "
-                f"model.device=cpu (or auto), or install a CUDA build of torch with the "
-                f"Makefile's TORCH_SPEC variable, e.g. {_CUDA_SPEC} ({_INSTALL_DOC})"
+                f"model.device=cpu (or auto), or reinstall with a CUDA build of torch through "
+                f"the Makefile's TORCH_SPEC variable, e.g. {_CUDA_SPEC} ({_INSTALL_DOC})"
             ]
         count = torch.cuda.device_count()
         if count == 0:
@@ -153,8 +149,9 @@ def device_errors(device: str) -> list[str]:
         if not torch.backends.mps.is_built():
             return [
                 f"{field}: this torch build ({torch.__version__}) has no MPS (Apple GPUs). Use "
-                "model.device=cpu (or auto), or on a Mac install torch with the Makefile's "
-                f"TORCH_SPEC variable, e.g. make install TORCH_SPEC=torch==2.13.0 ({_INSTALL_DOC})"
+                "model.device=cpu (or auto), or on a Mac reinstall torch through the Makefile's "
+                "TORCH_SPEC variable, e.g. make clean install TORCH_SPEC=torch==2.13.0 "
+                f"({_INSTALL_DOC})"
             ]
         if not torch.backends.mps.is_available():
             return [f"{field}: MPS is not available on this machine; use model.device=cpu"]
@@ -163,8 +160,8 @@ def device_errors(device: str) -> list[str]:
     if xpu is None or not xpu.is_available():
         return [
             f"{field}: this torch build ({torch.__version__}) sees no Intel XPU. Use "
-            "model.device=cpu (or auto), or install an XPU build of torch with the Makefile's "
-            f"TORCH_SPEC variable ({_INSTALL_DOC})"
+            "model.device=cpu (or auto), or reinstall with an XPU build of torch through the "
+            f"Makefile's TORCH_SPEC variable (make clean install TORCH_SPEC=...; {_INSTALL_DOC})"
         ]
     if index and int(index) >= xpu.device_count():
         return [f"{field}: this machine has {xpu.device_count()} XPU(s); pick one of them"]
