@@ -309,7 +309,7 @@ def _read_config(name: str, source: str | Path) -> PretrainedConfig:
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"`model.name` = {name!r}: its config cannot be read ({str(exc).splitlines()[0]}); "
-            "give an existing hub id (a gated one needs `huggingface-cli login`), a local "
+            "give an existing hub id (a gated one needs `hf auth login`), a local "
             "folder with config.json, 'embedded:smollm2-135m-instruct' or 'tiny:llama'"
         ) from None
 
