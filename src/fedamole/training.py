@@ -197,6 +197,7 @@ def local_train(
     balance: BalanceContext | None = None,
     progress: Callable[[Iterator[int]], Iterator[int]] | None = None,
     decoupled_weight_decay: float | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``params`` for ``cfg.steps`` optimizer steps with a fresh Adam (or AdamW).
 
@@ -213,6 +214,9 @@ def local_train(
         progress: optional wrapper of the step iterator (a progress bar).
         decoupled_weight_decay: when given, a fresh ``torch.optim.AdamW`` with this decoupled
             weight decay replaces Adam, and ``cfg.weight_decay`` is ignored.
+        penalty: a term of the parameters added to every step's loss (HetLoRA's rank
+            self-pruning regularizer), computed once per step after the micro-batches; not part
+            of the reported loss.
 
     Raises:
         FloatingPointError: the loss became NaN or infinite (the update must not be sent).
@@ -271,6 +275,11 @@ def local_train(
                 nll_value = float(nll.detach())
                 total_loss += nll_value
                 step_nll += nll_value
+            if penalty is not None:
+                term = penalty()
+                if not torch.isfinite(term):
+                    raise FloatingPointError(f"training penalty is {float(term)}; update discarded")
+                term.backward()
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             step_lrs.append(float(opt.param_groups[0]["lr"]))

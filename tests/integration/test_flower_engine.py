@@ -178,6 +178,24 @@ def test_apps_on_an_in_process_grid_equal_the_embedded_engine(smoke, embedded_ru
     assert all(w["load_s"] > 0 for w in wire_log)  # ephemeral: every message loads the backbone
 
 
+@pytest.mark.parametrize("name", ["flexlora", "hetlora", "fedalt"])
+def test_new_peers_on_the_grid_equal_the_embedded_engine(smoke, tmp_path, name):
+    """Clients of different (for HetLoRA, shrinking) ranks, each message its own shapes, and
+    FedALT, each client its own rest of world."""
+    cfg = smoke.replace(
+        **{
+            "federation.algorithm": name,
+            "baselines.ranks.values": [2, 5, 3],
+            "baselines.hetlora.reg_lambda": 1.0,
+            "baselines.hetlora.prune_gamma": 0.5,
+        }
+    )
+    run_embedded(cfg, tmp_path / "embedded", progress=False)
+    result = _serve(cfg, tmp_path / "grid", FakeGrid(3))
+    assert result.failures == 0
+    _assert_same_run(tmp_path / "embedded", tmp_path / "grid")
+
+
 def test_killed_server_resumes_exactly(smoke, embedded_run, tmp_path, monkeypatch):
     """A ServerApp killed in round 2 resumes from the checkpoint in a new Flower run (new node
     ids, empty context.state): the clients' snapshots make it equal the uninterrupted run."""

@@ -54,6 +54,7 @@ __all__ = [
     "initial_lora_state",
     "install_lora",
     "lora_config",
+    "lora_layers",
     "lora_parameters",
     "lora_state",
     "lora_state_key",
@@ -198,7 +199,7 @@ def lora_parameters(
     """The parameters of the given parts of one adapter, in sorted module order."""
     wanted = frozenset(parts)
     out = []
-    for _, layer in sorted(_lora_layers(model).items()):
+    for _, layer in sorted(lora_layers(model).items()):
         for part in PARTS:
             if part in wanted and adapter in getattr(layer, part):
                 out.append(getattr(layer, part)[adapter].weight)
@@ -223,7 +224,7 @@ def adapter_scales(model: nn.Module, scales: Mapping[str, float]) -> Iterator[No
 
     A factor of 0 switches an adapter off, 1 restores peft's scaling (also done on exit).
     """
-    layers = _lora_layers(model).values()
+    layers = lora_layers(model).values()
     try:
         for layer in layers:
             for adapter, factor in scales.items():
@@ -235,7 +236,8 @@ def adapter_scales(model: nn.Module, scales: Mapping[str, float]) -> Iterator[No
                 layer.set_scale(adapter, 1.0)
 
 
-def _lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    """Every peft ``LoraLayer`` of ``model`` by module name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 

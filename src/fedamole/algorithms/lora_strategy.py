@@ -41,7 +41,7 @@ in ``ctx.state["stream"]``). Client state: ``{"lora": {key: tensor}, "stream": {
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -265,6 +265,7 @@ def train_adapter(
     lr: float,
     steps: int | None = None,
     decoupled_weight_decay: float | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``params`` (only they require gradients) on the client's persistent batch stream.
 
@@ -275,6 +276,7 @@ def train_adapter(
         lr: this round's learning rate.
         steps: optimizer steps (default ``train.steps``).
         decoupled_weight_decay: AdamW's weight decay (FDLoRA); ``None``: plain Adam.
+        penalty: a term added to every step's loss (:func:`~fedamole.training.local_train`).
     """
     train_cfg = cfg.train if steps is None else cfg.train.model_copy(update={"steps": steps})
     stream = client_stream(ctx, cfg)
@@ -288,6 +290,7 @@ def train_adapter(
             pad_id=ctx.tokenizer.pad_token_id,
             progress=ctx.progress,
             decoupled_weight_decay=decoupled_weight_decay,
+            penalty=penalty,
         )
     ctx.state["stream"] = stream.state_dict()
     return result

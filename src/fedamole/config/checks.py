@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from fedamole.config.schema import (
+    BaselinesConfig,
     DataConfig,
     EvalConfig,
     FederationConfig,
@@ -33,6 +34,7 @@ __all__ = [
     "eval_timing_errors",
     "federation_errors",
     "model_errors",
+    "rank_errors",
     "target_errors",
     "train_errors",
 ]
@@ -107,6 +109,39 @@ def target_errors(mole: MoLEConfig, federation: FederationConfig) -> list[str]:
                 "'model\\.layers\\.[0-3]\\..*_proj'"
             )
     return errors
+
+
+RANKED = ("flexlora", "hetlora")
+"""The algorithms whose clients hold LoRA adapters of different ranks (``[baselines.ranks]``)."""
+
+
+def rank_errors(
+    baselines: BaselinesConfig, mole: MoLEConfig, federation: FederationConfig
+) -> list[str]:
+    """The heterogeneous-rank baselines: one rank per client, or a distribution that can be drawn
+    (every distribution but ``"homo"`` draws from FedAMoLE's per-client budgets, so FedAMoLE's
+    assignment must be feasible; docs/algorithm.md#heterogeneous-ranks)."""
+    r, n = baselines.ranks, federation.num_clients
+    if federation.algorithm not in RANKED:
+        return []
+    if r.values:
+        if len(r.values) != n:
+            return [
+                f"`baselines.ranks.values` has {len(r.values)} ranks for {n} clients "
+                f"(`federation.num_clients`): give one rank per client, or [] to draw them from "
+                f"`baselines.ranks.distribution` ({r.distribution!r})"
+            ]
+        return []
+    if r.distribution == "homo":
+        return []
+    as_fedamole = federation.model_copy(update={"algorithm": "fedamole"})
+    return [
+        f"`baselines.ranks.distribution` = {r.distribution!r} draws ranks from FedAMoLE's "
+        f"per-client budgets (the [mole] expert counts), which are infeasible: {problem}; fix "
+        "[mole], or choose 'homo' (every client `baselines.lora_rank`) or explicit "
+        "`baselines.ranks.values`"
+        for problem in assignment_errors(mole, as_fedamole)
+    ]
 
 
 def eval_timing_errors(federation: FederationConfig, evaluation: EvalConfig) -> list[str]:

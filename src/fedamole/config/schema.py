@@ -23,10 +23,12 @@ __all__ = [
     "FedDPAConfig",
     "FederationConfig",
     "FlowerConfig",
+    "HetLoRAConfig",
     "MoLEConfig",
     "ModelConfig",
     "PTuningConfig",
     "PartitionConfig",
+    "RanksConfig",
     "RunConfig",
     "Section",
     "TrainConfig",
@@ -166,6 +168,21 @@ class FedDPAConfig(Section):
     local_steps: int | None = Field(None, ge=1)
 
 
+class HetLoRAConfig(Section):
+    """``[baselines.hetlora]``: HetLoRA only (docs/algorithm.md#hetlora)."""
+
+    reg_lambda: float = Field(0.01, ge=0)
+    prune_gamma: float = Field(0.9, gt=0, le=1)
+
+
+class RanksConfig(Section):
+    """``[baselines.ranks]``: each client's LoRA rank in the heterogeneous-rank baselines
+    (FlexLoRA, HetLoRA; docs/algorithm.md#heterogeneous-ranks)."""
+
+    distribution: Literal["budget", "homo", "random", "heavy_tail"] = "budget"
+    values: tuple[Annotated[int, Field(ge=1)], ...] = ()
+
+
 class BaselinesConfig(Section):
     """Settings of the baseline algorithms (docs/algorithm.md#baselines); FedAMoLE ignores them.
     Shared LoRA and prompt settings are flat; one algorithm's own settings are its sub-table."""
@@ -179,6 +196,8 @@ class BaselinesConfig(Section):
     ptuning: PTuningConfig = PTuningConfig()
     fdlora: FDLoRAConfig = FDLoRAConfig()
     feddpa: FedDPAConfig = FedDPAConfig()
+    hetlora: HetLoRAConfig = HetLoRAConfig()
+    ranks: RanksConfig = RanksConfig()
 
 
 class FederationConfig(Section):

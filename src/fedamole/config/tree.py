@@ -25,6 +25,7 @@ from fedamole.config.checks import (
     eval_timing_errors,
     federation_errors,
     model_errors,
+    rank_errors,
     target_errors,
     train_errors,
 )
@@ -105,6 +106,7 @@ def feasibility_errors(cfg: Config) -> list[str]:
         *model_errors(cfg.model),
         *assignment_errors(cfg.mole, cfg.federation),
         *target_errors(cfg.mole, cfg.federation),
+        *rank_errors(cfg.baselines, cfg.mole, cfg.federation),
         *eval_timing_errors(cfg.federation, cfg.eval),
         *data_errors(cfg.data, cfg.partition),
         *train_errors(cfg.train),

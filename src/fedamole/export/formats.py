@@ -7,6 +7,7 @@ from __future__ import annotations
 from fedamole.algorithms.registry import algorithm_spec, registry
 
 __all__ = [
+    "FEDALT_MIXERS",
     "FEDAMOLE_PREFIXES",
     "FEDDPA_DIRECTION",
     "FORMAT",
@@ -20,6 +21,7 @@ __all__ = [
 
 MANIFEST = "fedamole_export.json"
 FEDDPA_DIRECTION = "feddpa_direction.safetensors"
+FEDALT_MIXERS = "fedalt_mixers.safetensors"
 MOLE_STATE = "mole_state.safetensors"
 README = "README.md"
 FORMAT, VERSION = "fedamole-export", 1

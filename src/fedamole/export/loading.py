@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fedamole.algorithms.fedalt import ROW_ADAPTER, install_mixers, set_mixer_state
 from fedamole.algorithms.feddpa import LOCAL_ADAPTER, mix_weights, mixture
 from fedamole.algorithms.lora_common import DEFAULT_ADAPTER, adapter_scales
 from fedamole.algorithms.virtual_tokens import VirtualTokenLM
@@ -22,7 +23,14 @@ from fedamole.config import MoLEConfig
 from fedamole.data.prompts import alpaca_prompt
 from fedamole.data.types import Example
 from fedamole.evaluation import generate_responses
-from fedamole.export.formats import FEDDPA_DIRECTION, FORMAT, MANIFEST, MOLE_STATE, VERSION
+from fedamole.export.formats import (
+    FEDALT_MIXERS,
+    FEDDPA_DIRECTION,
+    FORMAT,
+    MANIFEST,
+    MOLE_STATE,
+    VERSION,
+)
 from fedamole.export.source import quiet_peft
 from fedamole.federated.messages import unpack_modules
 from fedamole.models import load_model_and_tokenizer
@@ -43,6 +51,8 @@ def load_exported(
     - **peft LoRA** (FedIT, FFA-LoRA, FedSA-LoRA, local-only, FDLoRA): the backbone with the
       adapter injected (peft ``LoraLayer`` modules, no ``PeftModel`` wrapper).
     - **FedDPA**: both adapters active at full scale: mix them per prompt as :func:`generate` does.
+    - **FedALT**: the individual and the rest-of-world adapters with the client's mixers, gating
+      them per token as in training.
     - **peft prompt** (FedPrompt, FedPTuning): a
       :class:`~fedamole.algorithms.virtual_tokens.VirtualTokenLM` (the virtual tokens placed after
       the left padding, as evaluated), with ``forward`` and ``generate`` of a causal LM.
@@ -89,7 +99,7 @@ def load_exported(
     model, tokenizer = _backbone(base, manifest, device)
     with _damaged(model_dir):
         if peft_dir:
-            model = _attach_peft(model, model_dir, feddpa=manifest.get("kind") == "feddpa")
+            model = _attach_peft(model, model_dir, kind=manifest.get("kind", "peft"))
         else:
             inject_mole(model, mole, generator=torch.Generator())
             set_mole_state(model, unpack_modules(load_file(str(model_dir / MOLE_STATE))))
@@ -182,18 +192,25 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _attach_peft(model: PreTrainedModel, model_dir: Path, *, feddpa: bool) -> PreTrainedModel:
-    """The backbone with the directory's adapter(s) injected (no ``PeftModel`` wrapper), or a
-    :class:`VirtualTokenLM` for a prompt-learning adapter."""
+def _attach_peft(model: PreTrainedModel, model_dir: Path, *, kind: str) -> PreTrainedModel:
+    """The backbone with the directory's adapter(s) injected (no ``PeftModel`` wrapper; FedALT's
+    with its mixers), or a :class:`VirtualTokenLM` for a prompt-learning adapter."""
     with quiet_peft():
         peft_model = PeftModel.from_pretrained(model, model_dir)
     if peft_model.active_peft_config.is_prompt_learning:
         return VirtualTokenLM(peft_model)  # type: ignore[return-value]
-    if not feddpa:
+    second = {"feddpa": LOCAL_ADAPTER, "fedalt": ROW_ADAPTER}.get(kind)
+    if second is None:
         return peft_model.get_base_model()
-    peft_model.load_adapter(model_dir / LOCAL_ADAPTER, adapter_name=LOCAL_ADAPTER)
+    peft_model.load_adapter(model_dir / second, adapter_name=second)
     model = peft_model.get_base_model()
-    set_adapter(model, [DEFAULT_ADAPTER, LOCAL_ADAPTER])
+    set_adapter(model, [DEFAULT_ADAPTER, second])
+    if kind == "fedalt":
+        mixers = model_dir / FEDALT_MIXERS
+        if not mixers.is_file():
+            raise FileNotFoundError(f"{mixers} is missing: the FedALT export is incomplete")
+        install_mixers(model)
+        set_mixer_state(model, load_file(str(mixers)))
     return model
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedamole.export.formats import FEDDPA_DIRECTION, MANIFEST
+from fedamole.export.formats import FEDALT_MIXERS, FEDDPA_DIRECTION, MANIFEST
 from fedamole.rundir import BEST
 
 __all__ = ["readme"]
@@ -91,6 +91,13 @@ def readme(manifest: dict[str, Any]) -> str:
                 "",
                 "That loads the global adapter only; the private one is in `local/` and "
                 f"`{FEDDPA_DIRECTION}` holds the direction `generate` mixes them by.",
+            ]
+        if kind == "fedalt":
+            lines += [
+                "",
+                "That loads the individual adapter only, ungated; the rest-of-world adapter is in "
+                f"`row/` and `{FEDALT_MIXERS}` holds the per-token mixers that gate the two: "
+                "use `load_exported` for the model the client was tested as.",
             ]
         if kind == "prompt":
             lines += [

@@ -20,25 +20,62 @@ from fedamole.algorithms import get_algorithm
 from fedamole.algorithms.fedamole import client_mole_state
 from fedamole.algorithms.feddpa import LOCAL_ADAPTER, MAX_WEIGHT, local_direction, reference_prompts
 from fedamole.algorithms.lora_common import DEFAULT_ADAPTER, lora_config, set_lora_state
+from fedamole.algorithms.lora_ranks import client_ranks, truncate
 from fedamole.algorithms.lora_strategy import state_key
 from fedamole.config import Config
 from fedamole.data import load_federated_data
-from fedamole.export.formats import FEDDPA_DIRECTION, MOLE_STATE
+from fedamole.export.formats import FEDALT_MIXERS, FEDDPA_DIRECTION, MOLE_STATE
 from fedamole.export.source import Source, base_model, lora_client_state, quiet_peft
 from fedamole.federated.messages import pack_modules
 from fedamole.models import load_model_and_tokenizer
 from fedamole.rundir import RunDir, fold, read_jsonl
 
-__all__ = ["write_fdlora", "write_feddpa", "write_mole", "write_peft", "write_prompt"]
+__all__ = [
+    "write_fdlora",
+    "write_fedalt",
+    "write_feddpa",
+    "write_flexlora",
+    "write_hetlora",
+    "write_mole",
+    "write_peft",
+    "write_prompt",
+]
 
 
 def write_peft(source: Source, out: Path) -> dict[str, Any]:
+    _save_lora(source.cfg, _federated_adapter(source), out)
+    return {}
+
+
+def write_flexlora(source: Source, out: Path) -> dict[str, Any]:
+    """The client's own rank-r_i adapter (its first r_i components, alpha / r_i scaling)."""
+    rank = client_ranks(source.cfg)[source.client]
+    adapter = truncate(_federated_adapter(source), rank)
+    _save_lora(source.cfg.replace(**{"baselines.lora_rank": rank}), adapter, out)
+    return {"flexlora": {"rank": rank}}
+
+
+def write_hetlora(source: Source, out: Path) -> dict[str, Any]:
+    """The client's adapter at its current rank r_i, its alpha rescaled so that the export
+    scales it by the run's alpha / r_max as the client did (docs/algorithm.md#hetlora)."""
+    from fedamole.algorithms.hetlora import upload_rank
+
+    ranks = client_ranks(source.cfg)
+    current = int(lora_client_state(source).get("rank", ranks[source.client]))
+    adapter = truncate(_federated_adapter(source), current)
+    rank = upload_rank(adapter)
+    alpha = source.cfg.baselines.lora_alpha * rank / max(ranks)
+    cfg = source.cfg.replace(**{"baselines.lora_rank": rank, "baselines.lora_alpha": alpha})
+    _save_lora(cfg, adapter, out)
+    return {"hetlora": {"rank": rank, "lora_alpha": alpha}}
+
+
+def _federated_adapter(source: Source) -> dict[str, torch.Tensor]:
     client_state = lora_client_state(source)
     key = state_key(DEFAULT_ADAPTER)
     if key not in client_state:
         raise ValueError(f"the checkpoint's client state has no {key!r} adapter to export")
-    _save_lora(source.cfg, client_state[key], out)
-    return {}
+    return client_state[key]
 
 
 def write_fdlora(source: Source, out: Path) -> dict[str, Any]:
@@ -84,25 +121,53 @@ def _save_lora(cfg: Config, adapter: dict[str, torch.Tensor], out: Path) -> None
     peft_model.save_pretrained(str(out), save_embedding_layers=False)
 
 
-def write_feddpa(source: Source, out: Path) -> dict[str, Any]:
-    cfg, client = source.cfg, source.client
+def write_fedalt(source: Source, out: Path) -> dict[str, Any]:
+    """Both LoRA adapters as one peft folder (the rest-of-world one in ``row/``) and the mixers
+    (:data:`~fedamole.export.formats.FEDALT_MIXERS`)."""
+    from fedamole.algorithms.fedalt import ROW_ADAPTER
+
     client_state = lora_client_state(source)
-    keys = {name: state_key(name) for name in (DEFAULT_ADAPTER, LOCAL_ADAPTER)}
+    if "mixer" not in client_state:
+        raise ValueError("the checkpoint's client state lacks the FedALT mixers")
+    peft_model, _ = _two_adapters(source.cfg, client_state, ROW_ADAPTER, "FedALT")
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    mixers = {k: v.contiguous() for k, v in client_state["mixer"].items()}
+    save_file(mixers, str(out / FEDALT_MIXERS))
+    return {}
+
+
+def _two_adapters(
+    cfg: Config, client_state: dict[str, Any], second: str, method: str
+) -> tuple[Any, Any]:
+    """A peft model of the backbone with the client's federated adapter and its ``second`` one
+    loaded (both active), and the tokenizer.
+
+    Raises:
+        ValueError: the client state lacks one of the adapters.
+    """
+    keys = {name: state_key(name) for name in (DEFAULT_ADAPTER, second)}
     missing = [k for k in keys.values() if k not in client_state]
     if missing:
-        raise ValueError(f"the checkpoint's client state lacks the FedDPA adapters {missing}")
+        raise ValueError(f"the checkpoint's client state lacks the {method} adapters {missing}")
     model, tokenizer = load_model_and_tokenizer(
         cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
     )
     with quiet_peft():
         peft_model = get_peft_model(model, lora_config(cfg.baselines))
-    peft_model.add_adapter(LOCAL_ADAPTER, lora_config(cfg.baselines))
+    peft_model.add_adapter(second, lora_config(cfg.baselines))
     for adapter_config in peft_model.peft_config.values():
         adapter_config.base_model_name_or_path = base_model(cfg)
     base = peft_model.get_base_model()
-    set_lora_state(base, client_state[keys[DEFAULT_ADAPTER]])
-    set_lora_state(base, client_state[keys[LOCAL_ADAPTER]], LOCAL_ADAPTER)
-    set_adapter(base, [DEFAULT_ADAPTER, LOCAL_ADAPTER])
+    for name, key in keys.items():
+        set_lora_state(base, client_state[key], name)
+    set_adapter(base, [DEFAULT_ADAPTER, second])
+    return peft_model, tokenizer
+
+
+def write_feddpa(source: Source, out: Path) -> dict[str, Any]:
+    cfg, client = source.cfg, source.client
+    peft_model, tokenizer = _two_adapters(cfg, lora_client_state(source), LOCAL_ADAPTER, "FedDPA")
+    base = peft_model.get_base_model()
     train = load_federated_data(cfg).clients[client].train
     if not train:
         raise ValueError(f"client {client} has no training data to represent its local adapter")

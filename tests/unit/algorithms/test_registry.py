@@ -42,12 +42,13 @@ from fedamole.export import export_kind, exportable_algorithms
 # (each global-model one followed by its -FT row), the extra ones, FedAMoLE's ablations, FedAMoLE.
 HAND_WRITTEN_ORDER = (
     "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT",
-    "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "Local",
+    "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "FlexLoRA", "HetLoRA",
+    "FedALT", "Local",
     "FedIT-clustered", "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo",
     "FedAMoLE-DP", "FedAMoLE",
 )  # fmt: skip
 # What fedamole.export.load_exported can read back.
-LOADABLE_KINDS = {"peft", "feddpa", "prompt", "mole"}
+LOADABLE_KINDS = {"peft", "feddpa", "fedalt", "prompt", "mole"}
 
 
 def test_every_registration_names_its_class_and_its_writer():
