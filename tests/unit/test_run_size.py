@@ -75,3 +75,31 @@ def test_env_json_records_the_threads_the_run_uses(repo, tmp_path):
         torch.set_num_threads(before)
     env = json.loads((tmp_path / "r" / "env.json").read_text())
     assert env["torch_threads"] == wanted
+
+
+def test_a_failure_while_loading_leaves_no_blocking_run_directory(repo, tmp_path, monkeypatch):
+    """What the checks before a run cannot see (here: weights that do not load) fails after the
+    run directory was created: the directory of a run that never began is taken away again, so
+    that the same command runs once the cause is fixed."""
+    import fedamole.engines.embedded as embedded
+
+    def broken(cfg):
+        raise OSError("model.safetensors: truncated file")
+
+    monkeypatch.setattr(embedded, "build_runtime", broken)
+    run_dir = tmp_path / "r"
+    with pytest.raises(OSError, match="truncated"):
+        fedamole.run(repo / "configs" / "smoke.toml", run_dir=run_dir, train__steps=1)
+    assert not run_dir.exists()
+    # a directory the user made (empty) stays, and nothing outside the run is touched
+    run_dir.mkdir()
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(OSError):
+        fedamole.run(repo / "configs" / "smoke.toml", run_dir=run_dir, train__steps=1)
+    assert run_dir.is_dir() and not any(run_dir.iterdir())
+    assert (tmp_path / "keep.txt").exists()
+    monkeypatch.undo()
+    fedamole.run(
+        repo / "configs" / "smoke.toml", run_dir=run_dir, train__steps=1, federation__rounds=1
+    )
+    assert (run_dir / "done.json").exists()

@@ -36,6 +36,7 @@ __all__ = [
     "backup_name",
     "config_mismatch",
     "default_run_dir",
+    "discard_unstarted",
     "is_backup",
 ]
 
@@ -176,6 +177,40 @@ def backup_name(path: Path) -> Path:
         n += 1
         backup = path.with_name(f"{stem}-{n}")
     return backup
+
+
+def discard_unstarted(path: Path, *, existed: bool) -> bool:
+    """Take away what :meth:`RunDir.prepare` wrote in ``path`` for a run that failed before it
+    logged anything (no ``metrics.jsonl``, no checkpoint: the model or the data did not load), so
+    that the same command works once the cause is fixed. ``existed``: the folder was there (and
+    empty) before the run, so it stays. Anything else in ``path`` keeps it all.
+
+    Returns:
+        Whether it took the run away.
+    """
+    run = RunDir(path)
+    if not path.is_dir() or run.metrics.exists() or _holds_anything(run.checkpoints):
+        return False
+    files = [run.config, run.env, run.log, run.lock_file]
+    known = {p.name for p in files} | {run.assignments.name, run.checkpoints.name}
+    if any(entry.name not in known for entry in path.iterdir()):
+        return False
+    if run.assignments.is_dir() and any(p.is_dir() for p in run.assignments.iterdir()):
+        return False
+    for file in files:
+        file.unlink(missing_ok=True)
+    for folder in (run.assignments, run.checkpoints):
+        if folder.is_dir():
+            for item in folder.iterdir():
+                item.unlink()
+            folder.rmdir()
+    if not existed:
+        path.rmdir()
+    return True
+
+
+def _holds_anything(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def is_backup(relative: Path) -> bool:
