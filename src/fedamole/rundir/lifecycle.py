@@ -2,7 +2,8 @@
 and the one rule for resuming with a config (docs/run-directory.md#starting-resuming-overwriting).
 
 Nothing here ever deletes a run: ``overwrite`` moves the old directory aside to
-``NAME.old-<time>``. The writing process holds an exclusive ``flock`` on ``.lock`` (the *process
+``NAME.old-<time>``; only a new run that failed before it logged anything leaves nothing behind
+(:func:`discard_unstarted`). The writing process holds an exclusive ``flock`` on ``.lock`` (the *process
 lock*; not to be confused with the dependency pins of :mod:`fedamole.lockfile`), which dies with
 the process, so a killed run leaves nothing to clean up.
 
