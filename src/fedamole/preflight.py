@@ -23,6 +23,7 @@ CPU, so that a paper-scale run on a laptop says so before it starts.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,6 +90,15 @@ def preflight(cfg: Config) -> Preflight:
         return Preflight(tuple(errors), (*absent, str(exc)))
     except ValueError as exc:
         return Preflight((*errors, str(exc)), tuple(absent))
+    except Exception as exc:  # an exotic config that transformers cannot build without weights
+        logging.getLogger(__name__).warning(
+            "could not build %r on the meta device to check its target modules (%s: %s); they "
+            "are checked when the model loads",
+            cfg.model.name,
+            type(exc).__name__,
+            exc,
+        )
+        return Preflight(tuple(errors), tuple(absent))
     errors += _target_errors(cfg, names)
     return Preflight(tuple(errors), tuple(absent), parameters)
 

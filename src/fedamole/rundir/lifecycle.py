@@ -3,9 +3,9 @@ and the one rule for resuming with a config (docs/run-directory.md#starting-resu
 
 Nothing here ever deletes a run: ``overwrite`` moves the old directory aside to
 ``NAME.old-<time>``; only a new run that failed before it logged anything leaves nothing behind
-(:func:`discard_unstarted`). The writing process holds an exclusive ``flock`` on ``.lock`` (the *process
-lock*; not to be confused with the dependency pins of :mod:`fedamole.lockfile`), which dies with
-the process, so a killed run leaves nothing to clean up.
+(:func:`discard_unstarted`). The writing process holds an exclusive ``flock`` on ``.lock`` (the
+*process lock*; not to be confused with the dependency pins of :mod:`fedamole.lockfile`), which
+dies with the process, so a killed run leaves nothing to clean up.
 
 :func:`config_mismatch` is the one rule that says whether a config may resume a run: every caller
 that resumes (``fedamole run --resume``, ``fedamole.run(resume=True)``, a sweep, the Flower
