@@ -5,6 +5,7 @@ written, `~` in config paths, a bad MPLBACKEND, a damaged export folder. Each is
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -198,3 +199,22 @@ def test_a_damaged_export_is_a_clear_error(exported, tmp_path, algorithm, damage
     damage(copy)
     result = runner.invoke(app, ["generate", str(copy), "Name a colour.", "--max-new-tokens", "2"])
     _clean_error(result, str(copy), "damaged", "fedamole export")
+
+
+def test_bench_out_under_a_file(a_file):
+    result = runner.invoke(app, ["bench", "assign", "--quick", "--out", str(a_file / "b")])
+    _clean_error(result, "--out", str(a_file / "b"), "is a file")
+
+
+def test_an_out_folder_that_is_not_writable(smoke_toml, tmp_path, monkeypatch):
+    import fedamole.cli_support
+
+    # root may write anywhere, so the refusal of a read-only folder is simulated
+    real = os.access
+    monkeypatch.setattr(
+        fedamole.cli_support.os,
+        "access",
+        lambda path, mode, **kw: False if mode & os.W_OK else real(path, mode, **kw),
+    )
+    result = runner.invoke(app, ["partition", smoke_toml, "--plot", str(tmp_path / "p.png")])
+    _clean_error(result, "--plot", f"{tmp_path} is not writable")
