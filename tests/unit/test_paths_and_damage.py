@@ -218,3 +218,22 @@ def test_an_out_folder_that_is_not_writable(smoke_toml, tmp_path, monkeypatch):
     )
     result = runner.invoke(app, ["partition", smoke_toml, "--plot", str(tmp_path / "p.png")])
     _clean_error(result, "--plot", f"{tmp_path} is not writable")
+
+
+def test_tilde_in_extends_is_expanded(tmp_path, monkeypatch, repo):
+    from fedamole.config import load
+    from fedamole.experiments.grid import load_grid
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    (home / "base.toml").write_text("[train]\nsteps = 7\n")
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "~/base.toml"\n')
+    assert load(child).train.steps == 7
+    (home / "g.toml").write_text(
+        f'[sweep]\nbase = "{repo / "configs" / "smoke.toml"}"\n[axes.a]\nx = {{}}\n'
+    )
+    grid = tmp_path / "g2.toml"
+    grid.write_text('extends = "~/g.toml"\n')
+    assert list(load_grid(grid).axes) == ["a"]

@@ -255,7 +255,7 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return data
     if not isinstance(parent, str) or not parent:
         raise GridError([f"{path}: `extends` = {parent!r} must be the path of another grid file"])
-    merged = _read((path.parent / parent).resolve(), (*seen, path))
+    merged = _read((path.parent / Path(parent).expanduser()).resolve(), (*seen, path))
     for key in ("sweep", "overrides"):
         merged[key] = {**merged.get(key, {}), **data.get(key, {})}
     inherited = merged.get("axes", {})
