@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import os
 import socket
+import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -237,15 +238,28 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 @functools.cache
 def _probe_hub(endpoint: str, timeout: float) -> bool:
+    """Whether a TCP connection to ``endpoint`` (or its HTTPS proxy) opens within ``timeout``
+    seconds, name lookup included (in a thread: a lookup that hangs is not bounded otherwise)."""
     url = urllib.parse.urlsplit(endpoint)
     proxy = urllib.request.getproxies().get(url.scheme or "https")
     target = urllib.parse.urlsplit(proxy) if proxy else url
-    port = target.port or (443 if (target.scheme or "https") == "https" else 80)
     try:
-        socket.create_connection((target.hostname or "", port), timeout=timeout).close()
-    except (OSError, ValueError):
+        port = target.port or (443 if (target.scheme or "https") == "https" else 80)
+    except ValueError:
         return False
-    return True
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((target.hostname or "", port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, ValueError, UnicodeError):
+            pass
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(opened)
 
 
 def _expanded(name: str) -> str:

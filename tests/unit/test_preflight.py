@@ -168,3 +168,20 @@ def test_a_model_that_cannot_be_built_without_weights_is_not_refused(monkeypatch
     finally:
         module._modules.cache_clear()
     assert found.problems() == [] and found.parameters is None
+
+
+def test_the_hub_probe_is_bounded_and_honours_offline(monkeypatch):
+    from fedamole import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.hub_reachable() is False
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def hanging(*args, **kwargs):  # a name lookup that never answers
+        time.sleep(30)
+
+    monkeypatch.setattr(models.socket, "create_connection", hanging)
+    start = time.monotonic()
+    assert models._probe_hub.__wrapped__("https://hub.invalid", 0.5) is False
+    assert time.monotonic() - start < 5
