@@ -80,8 +80,9 @@ def _read_config(name: str, source: str | Path) -> PretrainedConfig:
         with quiet_transformers():
             return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ValueError(
-            f"`model.name` = {name!r}: its config cannot be read ({str(exc).splitlines()[0]}); "
+            f"`model.name` = {name!r}: its config cannot be read ({detail}); "
             "give an existing hub id (a gated one needs `hf auth login`), a local "
             "folder with config.json, 'embedded:smollm2-135m-instruct' or 'tiny:llama'"
         ) from None
