@@ -107,10 +107,16 @@ def preflight(cfg: Config) -> Preflight:
 def _modules(name: str) -> tuple[dict[str, str], int]:
     """``({qualified module name: class name}, parameter count)`` of ``model.name``, from
     :func:`fedamole.model_config.meta_model`; kept per name, as a sweep asks for every run."""
+    from torch import nn
+
     from fedamole.model_config import meta_model
 
     model = meta_model(name)
-    names = {n: type(module).__name__ for n, module in model.named_modules() if n}
+    names = {  # nn.Linear subclasses count as "Linear", as the injection's isinstance does
+        n: "Linear" if isinstance(module, nn.Linear) else type(module).__name__
+        for n, module in model.named_modules()
+        if n
+    }
     return names, sum(p.numel() for p in model.parameters())
 
 
