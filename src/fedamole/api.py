@@ -107,19 +107,31 @@ def run(
 
         fedamole.run("configs/smoke.toml", run_dir="runs/try", overwrite=True, on_record=keep)
 
+    A run that will take hours on the CPU logs a warning with its size and how to shrink it
+    before it starts (docs/config.md#run-size).
+
     Raises:
-        ConfigError: a bad config or override (nothing has started).
+        TypeError: ``config`` is ``None`` (the defaults alone are a paper-scale run: pass
+            ``fedamole.load_config()`` to mean them), or ``on_record`` is not callable.
+        ConfigError: a bad config or override, or what the checks before a run find: the data
+            path, the device, the model name and its target modules (nothing has started).
         ValueError: an unknown engine, ``resume`` and ``overwrite`` together, or ``resume`` of a
             run started with another configuration.
         fedamole.rundir.HookError: (a ``ValueError``) a ``run.hooks`` entry does not import,
             or ``run.tensorboard`` is set without TensorBoard installed (nothing has started).
-        TypeError: ``on_record`` is not callable.
         fedamole.rundir.RunDirError: ``run_dir`` exists (pass ``resume`` or ``overwrite``), or
             is in use by another process.
         fedamole.engines.common.RunFailedError: a round in which no client succeeded.
     """
     from fedamole.engines import ENGINES
 
+    if config is None:
+        raise TypeError(
+            "fedamole.run() needs a config: an experiment TOML such as 'configs/demo.toml' (a "
+            "few minutes on a CPU) or a Config; the defaults alone are the paper's scale (10 "
+            "clients x 30 rounds x 200 steps, hours on a CPU): pass fedamole.load_config() to "
+            "mean them"
+        )
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if resume and overwrite:
@@ -161,9 +173,9 @@ class StoredConfigError(ConfigError):
 
 
 def run_path(cfg: Config, run_dir: str | Path | None = None) -> Path:
-    """The run directory: ``run_dir`` when given, else ``run.out_dir/run.name`` (relative to the
-    current directory)."""
-    return Path(run_dir) if run_dir is not None else default_run_dir(cfg.run)
+    """The run directory: ``run_dir`` when given, else ``run.out_dir/run.name`` (``~`` expanded,
+    relative to the current directory)."""
+    return Path(run_dir).expanduser() if run_dir is not None else default_run_dir(cfg.run)
 
 
 def start_run(

@@ -18,8 +18,11 @@ from fedamole.cli_support import (
     Engine,
     Interrupted,
     OverridesArg,
+    check_or_exit,
     interrupts_as_exceptions,
+    require_matplotlib,
     what_was_saved,
+    writable_or_exit,
 )
 from fedamole.cli_support import HelpCommand as _Command  # the class of every command
 from fedamole.cli_support import fail as _fail
@@ -65,13 +68,16 @@ def _main(
 
 @app.command(cls=_Command)
 def validate(config: ConfigArg, overrides: OverridesArg = None) -> None:
-    """Print the resolved config, or every configuration and feasibility error at once.
+    """Print the resolved config, or every configuration and feasibility error at once; then
+    check it against this machine and its model (data path, device, model name, target modules;
+    no weights are loaded).
 
     Example: fedamole validate configs/paper/base.toml mole.num_experts=3
     """
     import tomli_w
 
     cfg = _load(config, overrides)
+    check_or_exit(config, cfg)
     typer.echo(tomli_w.dumps(cfg.to_dict()), nl=False)
     typer.echo(f"# {config}: valid", err=True)
 
@@ -138,6 +144,8 @@ def run(
         raise typer.Exit(exc.exit_code) from None
     except StoredConfigError as exc:
         _fail(f"{exc.path}: {exc}")
+    except ConfigError as exc:  # fedamole.preflight: the machine or the model (nothing started)
+        _fail(f"{config}: {exc}")
     except ResumeMismatchError as exc:
         _fail(
             f"{target} was started with another configuration (differs in "
@@ -171,6 +179,9 @@ def partition(
     from fedamole.data.report import describe_partition
 
     cfg = _load(config, overrides)
+    if plot is not None:
+        writable_or_exit(plot, "--plot", entry=True)
+        require_matplotlib()
     try:
         typer.echo(describe_partition(cfg, plot))
     except DataError as exc:
@@ -207,7 +218,7 @@ def sweep(
     Example: fedamole sweep configs/sweeps/main.toml --dry-run --only method=FedAMoLE,FedIT
     """
     from fedamole.experiments.grid import GridError, load_grid
-    from fedamole.experiments.sweep import format_plan, plan, run_sweep
+    from fedamole.experiments.sweep import format_plan, parse_devices, plan, run_sweep
     from fedamole.rundir import setup_logging
 
     selection: dict[str, list[str]] = {}
@@ -216,13 +227,15 @@ def sweep(
         if not sep:
             _fail(f"--only {item!r} must look like AXIS=LABEL[,LABEL]")
         selection.setdefault(axis.strip(), []).extend(s.strip() for s in labels.split(","))
+    if out is not None:
+        writable_or_exit(out, "--out")
     try:
+        ids = parse_devices(devices)
         loaded = load_grid(grid, out_dir=out)
         if dry_run:
             typer.echo(format_plan(loaded, plan(loaded, selection)))
             return
         setup_logging("INFO")
-        ids = devices.split(",") if devices else None
         result = run_sweep(loaded, jobs=jobs, engine=engine.value, devices=ids, only=selection)
     except (GridError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -303,6 +316,7 @@ def export(
     from fedamole.export import export_client
     from fedamole.rundir import CheckpointError
 
+    writable_or_exit(out, "--out", entry=True)  # written beside it, then renamed
     try:
         path = export_client(run, client, out, round=round_)
     except (CheckpointError, ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:

@@ -18,6 +18,8 @@ from fedamole.cli_support import (
     RoundOpt,
     RunsArg,
     fail,
+    require_matplotlib,
+    writable_or_exit,
 )
 
 __all__ = ["plot", "report"]
@@ -85,6 +87,8 @@ def plot(
 
     Example: fedamole plot rounds runs/sweeps/main --out figures
     """
+    writable_or_exit(out, "--out")
+    require_matplotlib()
     from fedamole.analysis.plots import plot as draw
     from fedamole.rundir import CheckpointError
 

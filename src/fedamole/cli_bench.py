@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from fedamole.cli_support import OverridesArg, fail, load_or_exit
+from fedamole.cli_support import OverridesArg, fail, load_or_exit, writable_or_exit
 from fedamole.config import Config
 
 __all__ = ["bench"]
@@ -67,6 +67,7 @@ def bench(
     """
     from fedamole.bench import BENCHMARKS, run_benchmark
 
+    writable_or_exit(out, "--out")
     if which == "step":
         _bench_step(
             config, overrides, out, against, repeats, client, algorithm, steps, warmup, profiled

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import shlex
 import signal
 from collections.abc import Callable, Iterator
@@ -33,10 +34,13 @@ __all__ = [
     "RoundMode",
     "RoundOpt",
     "RunsArg",
+    "check_or_exit",
     "fail",
     "interrupts_as_exceptions",
     "load_or_exit",
+    "require_matplotlib",
     "what_was_saved",
+    "writable_or_exit",
 ]
 
 
@@ -108,6 +112,52 @@ def what_was_saved(run_dir: Path, start: list[str], engine: str = "embedded") ->
         )
     again = ["fedamole", "run", *start]
     return f"nothing was written to {run_dir}; start again with: {shlex.join(again)}"
+
+
+def writable_or_exit(path: Path, option: str, *, entry: bool = False) -> None:
+    """:func:`fail` unless the folder ``path`` (with ``entry``: a file or folder created in its
+    parent) can be created or written: its nearest existing ancestor must be a writable folder (a
+    file in the way, or a read-only folder, would otherwise end the command with a traceback)."""
+    path = Path(path).expanduser()
+    if not entry and path.exists() and not path.is_dir():
+        fail(f"{option} {path} is a file, not a folder; give a folder (new or existing)")
+    existing = path.parent if entry else path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        fail(f"{option} {path}: {existing} is a file, not a folder; give a path in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"{option} {path}: {existing} is not writable; give a path in a writable folder")
+
+
+def require_matplotlib() -> None:
+    """:func:`fail` when matplotlib cannot be imported because the ``MPLBACKEND`` environment
+    variable names no backend (fedamole draws on Agg, off screen: it needs none)."""
+    backend = os.environ.get("MPLBACKEND")
+    try:
+        import matplotlib  # noqa: F401  (reads MPLBACKEND)
+    except ValueError as exc:
+        if not backend:
+            raise
+        fail(
+            f"the environment variable MPLBACKEND={backend!r} is not a matplotlib backend "
+            f"({str(exc).split(';')[0]}); unset MPLBACKEND (fedamole draws off screen and needs "
+            "no backend) or set it to one matplotlib knows, e.g. MPLBACKEND=Agg"
+        )
+
+
+def check_or_exit(config: Path, cfg: Config) -> None:
+    """:func:`fail` with every problem :func:`fedamole.preflight.preflight` finds (the device,
+    the model and its target modules); what this machine lacks (the data path, a hub model that
+    is neither cached nor reachable) is only noted on stderr: ``fedamole run`` stops on it here,
+    but the config may be meant for another machine."""
+    from fedamole.preflight import preflight
+
+    found = preflight(cfg)
+    if found.errors:
+        fail(f"{config}: {ConfigError(found.errors)}")
+    for absent in found.absent:
+        typer.echo(f"# note: {absent}. `fedamole run` stops on this here", err=True)
 
 
 ConfigArg = Annotated[

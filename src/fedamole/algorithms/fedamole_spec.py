@@ -41,4 +41,5 @@ ALGORITHM = AlgorithmSpec(
     ablations=("-R", "-Rand", "-H", "-S", "-Homo", "-DP"),
     label_flags=ablation_flags,
     settings="mole",
+    targets="mole.target_modules",
 )

@@ -11,4 +11,5 @@ ALGORITHM = AlgorithmSpec(
     global_model=True,
     # only the received global prompt is checkpointed
     export=Export(kind="prompt", writer="fedamole.export.writers:write_prompt", trained=False),
+    targets=None,  # virtual tokens: no layer is wrapped
 )

@@ -75,6 +75,10 @@ class AlgorithmSpec:
             ``"-R"`` for a static assignment; ``None``: none.
         settings: the config table of its own settings, ``"baselines"`` or ``"mole"``
             (FedAMoLE); reports tell runs apart by it and ignore the other one.
+        targets: the config field naming the layers its adapters wrap, checked against the
+            model before a run (:mod:`fedamole.preflight`): ``"baselines.target_modules"``
+            (peft's LoRA), ``"mole.target_modules"`` (FedAMoLE's injection), or ``None`` when
+            it wraps no layer (the prompt methods).
     """
 
     name: str
@@ -86,6 +90,7 @@ class AlgorithmSpec:
     ablations: tuple[str, ...] = ()
     label_flags: Callable[[Mapping[str, Any]], str] | None = None
     settings: str = "baselines"
+    targets: str | None = "baselines.target_modules"
 
     def load_class(self) -> type:
         """The algorithm class (imports its module, and so torch)."""

@@ -11,6 +11,7 @@ Each message names the field, its value and the fix. This module imports only th
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,7 @@ __all__ = [
     "federation_errors",
     "model_errors",
     "rank_errors",
+    "target_errors",
     "train_errors",
 ]
 
@@ -85,6 +87,27 @@ def assignment_errors(mole: MoLEConfig, federation: FederationConfig) -> list[st
             f"homogeneous assignment gives floor(E*k_c/N) = {(e * k) // n} experts per client, "
             f"fewer than `mole.top_k` ({m.top_k}); raise `mole.num_experts`"
         )
+    return errors
+
+
+def target_errors(mole: MoLEConfig, federation: FederationConfig) -> list[str]:
+    """FedAMoLE only: ``mole.target_modules`` names at least one layer, each entry a valid
+    regular expression (an entry is a name's last component or a regex on the whole name).
+    Whether each matches a module of the model is checked before a run (fedamole.preflight)."""
+    if federation.algorithm != "fedamole":
+        return []
+    if not mole.target_modules:
+        return ["`mole.target_modules` is empty; name the linear layers to wrap, e.g. ['q_proj']"]
+    errors = []
+    for pattern in mole.target_modules:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            errors.append(
+                f"`mole.target_modules` entry {pattern!r} is not a valid regular expression "
+                f"({exc}); give a layer name such as 'q_proj' or a regex such as "
+                "'model\\.layers\\.[0-3]\\..*_proj'"
+            )
     return errors
 
 

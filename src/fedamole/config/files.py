@@ -217,7 +217,7 @@ def read_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]
             [f"{path}: `extends` = {extends!r} must be the path of another TOML file (a string)"]
         )
     try:
-        target = (path.parent / extends).resolve()
+        target = (path.parent / Path(extends).expanduser()).resolve()
     except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a symlink loop
         raise ConfigError(
             [f"{path}: `extends` = {_clip(extends)} is not a usable file path ({exc})"]

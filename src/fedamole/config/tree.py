@@ -26,6 +26,7 @@ from fedamole.config.checks import (
     federation_errors,
     model_errors,
     rank_errors,
+    target_errors,
     train_errors,
 )
 from fedamole.config.files import ConfigError, set_dotted
@@ -104,6 +105,7 @@ def feasibility_errors(cfg: Config) -> list[str]:
     return [
         *model_errors(cfg.model),
         *assignment_errors(cfg.mole, cfg.federation),
+        *target_errors(cfg.mole, cfg.federation),
         *rank_errors(cfg.baselines, cfg.mole, cfg.federation),
         *eval_timing_errors(cfg.federation, cfg.eval),
         *data_errors(cfg.data, cfg.partition),

@@ -7,7 +7,8 @@ engine sends one Flower message per node and waits for the replies. Everything e
 both engines write the same run directory (``metrics.jsonl``, ``comm.jsonl``, ``assignments/``,
 ``checkpoints/``, ``log.txt``) from the same code:
 
-1. :func:`open_run`: create (or reopen) the run directory, set up logging, seed torch.
+1. :func:`open_run`: set torch's CPU threads, create (or reopen) the run directory, set up
+   logging, seed torch.
 2. :func:`run_federation`: restore a checkpoint on resume, open the record hooks that mirror
    ``metrics.jsonl`` (TensorBoard, ``run.hooks``, ``on_record``:
    :func:`~fedamole.rundir.open_hooks`), then for every round call the
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import torch
 
 from fedamole.algorithms.registry import algorithm_spec
+from fedamole.algorithms.runtime import set_threads
 from fedamole.config import Config
 from fedamole.engines.resume import received_too_late, restore
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
@@ -146,7 +148,9 @@ def check_injected_failure(cfg: Config, rnd: int, client: int) -> None:
 
 
 def open_run(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> RunDir:
-    """Create (or reopen) the run directory, log to its ``log.txt``, seed torch."""
+    """Give torch ``run.threads`` CPU threads, create (or reopen) the run directory (its
+    ``env.json`` records those threads), log to its ``log.txt``, seed torch."""
+    set_threads(cfg.run.threads)
     run = RunDir.prepare(cfg, run_dir, resume=resume, overwrite=overwrite)
     setup_logging(cfg.run.log_level, run.log)
     torch.manual_seed(cfg.run.seed)

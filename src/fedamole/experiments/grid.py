@@ -6,7 +6,7 @@ A grid is a TOML file (``configs/sweeps/*.toml``)::
     [sweep]
     name = "main"
     base = "../paper/base.toml"        # experiment TOML, relative to this file (default: defaults)
-    out_dir = "runs/sweeps/main"       # parent of the run directories, relative to the working dir
+    out_dir = "runs/sweeps/main"       # parent of the runs, relative to the working dir, ~ expanded
     run_name = "{scenario}__{method}__{seed}"   # optional; default: the labels joined by "__"
 
     [overrides]                        # fixed dotted overrides of every run
@@ -33,6 +33,10 @@ Expansion is the cartesian product of the axes in file order. A run's config is 
 an axis of the child replaces the parent's axis of the same name (an empty table removes it), and a
 child's ``patch``/``exclude`` lists replace the parent's. Paths are resolved against the file that
 names them.
+
+Refused, rather than done silently: an axis without labels (other than a child's empty table
+removing its parent's axis), exclusions or an ``--only`` selection that leave no run, and
+``run.name`` or ``run.out_dir`` among the overrides (the sweep names and places every run itself).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = ["Grid", "GridError", "GridRun", "expand", "load_grid", "resolve_confi
 _NAME_RE = re.compile(r"^[A-Za-z0-9._+=-]+$")
 _SWEEP_KEYS = frozenset({"name", "description", "base", "out_dir", "run_name"})
 _TOP_KEYS = frozenset({"extends", "sweep", "overrides", "axes", "patch", "exclude"})
+_SWEEP_SETS = ("run.name", "run.out_dir")  # every run's, set by expand()
 
 
 class GridError(ValueError):
@@ -107,13 +112,21 @@ def load_grid(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
     data = _read(Path(path).resolve(), seen=())
     errors: list[str] = []
     sweep = data.get("sweep", {})
-    axes = {name: _axis(name, values, errors) for name, values in data.get("axes", {}).items()}
+    raw_axes = data.get("axes", {})
+    axes = {name: _axis(name, values, errors) for name, values in raw_axes.items()}
+    errors += [
+        f"axis `{name}` has no labels; give it at least one label or remove it"
+        for name, values in raw_axes.items()
+        if not axes[name] and _is_empty(values)
+    ]
     axes = {name: values for name, values in axes.items() if values}
     grid = Grid(
         name=sweep.get("name", Path(path).stem),
         path=Path(path).resolve(),
         base=sweep.get("base"),
-        out_dir=Path(out_dir or sweep.get("out_dir", f"runs/sweeps/{Path(path).stem}")),
+        out_dir=Path(
+            out_dir or sweep.get("out_dir", f"runs/sweeps/{Path(path).stem}")
+        ).expanduser(),
         overrides=dict(data.get("overrides", {})),
         axes=axes,
         run_name=sweep.get("run_name"),
@@ -152,6 +165,11 @@ def expand(grid: Grid) -> list[GridRun]:
         overrides["run.out_dir"] = str(grid.out_dir)
         config = Path(configs.pop()) if configs else grid.base
         runs.append(GridRun(name, labels, config, overrides, grid.out_dir / name))
+    if not runs and not errors:
+        errors.append(
+            "[[exclude]] leaves no run: every run of the axes' product is excluded; narrow the "
+            "exclusions"
+        )
     seen = [r.name for r in runs]
     errors += [
         f"run name {n!r} occurs twice; set `sweep.run_name`"
@@ -181,7 +199,16 @@ def select(grid: Grid, runs: list[GridRun], only: Mapping[str, list[str]]) -> li
         ]
     if errors:
         raise GridError(errors)
-    return [run for run in runs if _matches(run.labels, dict(only))]
+    chosen = [run for run in runs if _matches(run.labels, dict(only))]
+    if runs and not chosen:
+        shown = " ".join(f"{axis}={','.join(labels)}" for axis, labels in only.items())
+        raise GridError(
+            [
+                f"--only {shown} selects no run of the {len(runs)} the grid expands to (its "
+                "[[exclude]] tables leave out the others); choose other labels"
+            ]
+        )
+    return chosen
 
 
 def resolve_config(run: GridRun) -> Config:
@@ -228,10 +255,13 @@ def _read(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return data
     if not isinstance(parent, str) or not parent:
         raise GridError([f"{path}: `extends` = {parent!r} must be the path of another grid file"])
-    merged = _read((path.parent / parent).resolve(), (*seen, path))
+    merged = _read((path.parent / Path(parent).expanduser()).resolve(), (*seen, path))
     for key in ("sweep", "overrides"):
         merged[key] = {**merged.get(key, {}), **data.get(key, {})}
-    merged["axes"] = {**merged.get("axes", {}), **data.get("axes", {})}
+    inherited = merged.get("axes", {})
+    axes = {**inherited, **data.get("axes", {})}
+    # an empty table removes the parent's axis of that name (an empty one of its own is an error)
+    merged["axes"] = {k: v for k, v in axes.items() if not (v == {} and k in inherited)}
     for key in ("patch", "exclude"):
         if key in data:
             merged[key] = data[key]
@@ -242,13 +272,13 @@ def _absolutize(data: dict[str, Any], folder: Path) -> None:
     """Resolve ``sweep.base`` and every ``config`` value against the grid file's folder."""
     sweep = data.get("sweep", {})
     if "base" in sweep:
-        sweep["base"] = (folder / sweep["base"]).resolve()
+        sweep["base"] = (folder / Path(sweep["base"]).expanduser()).resolve()
     tables = [data.get("overrides", {})]
     tables += [v for axis in data.get("axes", {}).values() for v in axis.values()]
     tables += [p.get("set", {}) for p in data.get("patch", [])]
     for table in tables:
         if isinstance(table, dict) and isinstance(table.get("config"), str):
-            table["config"] = str((folder / table["config"]).resolve())
+            table["config"] = str((folder / Path(table["config"]).expanduser()).resolve())
 
 
 def _axis(name: str, values: Any, errors: list[str]) -> dict[str, dict[str, Any]]:
@@ -269,6 +299,13 @@ def _axis(name: str, values: Any, errors: list[str]) -> dict[str, dict[str, Any]
             continue
         out[str(label)] = dict(overrides)
     return out
+
+
+def _is_empty(values: Any) -> bool:
+    """An axis table with no label, or the shorthand ``"key" = []``."""
+    if not isinstance(values, dict):
+        return False
+    return not values or (len(values) == 1 and next(iter(values.values())) == [])
 
 
 def _label(value: Any) -> str:
@@ -292,6 +329,12 @@ def _check(grid: Grid, data: Mapping[str, Any]) -> list[str]:
                     errors.append(f"{where}: `config` {value} does not exist")
             elif "." not in key:
                 errors.append(f"{where}: override key {key!r} must look like `section.field`")
+            elif key in _SWEEP_SETS:
+                errors.append(
+                    f"{where}: `{key}` = {value!r} is set by the sweep: the sweep names every run "
+                    "(`sweep.run_name`, default: its labels joined by '__') and puts it in "
+                    "`sweep.out_dir` (or --out); remove the override"
+                )
     selectors = [("patch `when`", w) for w, _ in grid.patches]
     selectors += [("exclude", e) for e in grid.excludes]
     for where, sel in selectors:

@@ -10,8 +10,11 @@ Status of a run (its directory is ``sweep.out_dir/<run name>``):
 - ``changed``: the directory holds a run of *another* config (the grid was edited); the sweep
   refuses to start until it is moved away or ``--out`` points elsewhere. The saved config is
   read through today's config model, so a field added to the defaults later is no change.
-- ``invalid``: the config does not validate (e.g. an algorithm not registered yet); the sweep
-  refuses to start, and ``--dry-run`` lists the errors with the run names.
+- ``invalid``: the config does not validate (e.g. an algorithm not registered yet), or does not
+  fit its model or this machine's devices (:func:`fedamole.preflight.preflight`'s errors: a target
+  module the model lacks, ``model.device = "cuda"`` on a CPU-only torch); the sweep refuses to
+  start, and ``--dry-run`` lists the errors with the run names. What this machine merely lacks (the
+  data, a hub model) does not make a run invalid here: the run itself stops on it.
 
 ``done.json``, written by the engine after the last round, is the finished criterion because the
 metrics of the last round are appended client by client (a crash can leave some) and checkpoints
@@ -29,6 +32,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,12 +42,14 @@ from pathlib import Path
 
 from fedamole.config import Config, ConfigError, dump, load
 from fedamole.experiments.grid import Grid, GridError, GridRun, expand, resolve_config, select
+from fedamole.preflight import preflight
 from fedamole.rundir import RunDir, checkpoint_config, config_mismatch, has_checkpoint
 
 __all__ = [
     "PlannedRun",
     "SweepResult",
     "format_plan",
+    "parse_devices",
     "plan",
     "run_status",
     "run_sweep",
@@ -93,6 +99,10 @@ def plan(grid: Grid, only: Mapping[str, list[str]] | None = None) -> list[Planne
             continue
         except FileNotFoundError as exc:
             planned.append(PlannedRun(run, "invalid", None, (str(exc),)))
+            continue
+        errors = preflight(cfg).errors
+        if errors:
+            planned.append(PlannedRun(run, "invalid", cfg, errors))
             continue
         planned.append(PlannedRun(run, run_status(run.run_dir, cfg), cfg))
     return planned
@@ -276,6 +286,31 @@ def _run_sequential(todo: list[PlannedRun], engine: str, result: SweepResult) ->
             setup_logging(logging.getLevelName(level))
             gc.collect()  # free this run's model before the next one loads
         progress.finished(p.run.name, time.monotonic() - t0, error, 0)
+
+
+_DEVICE_ID = re.compile(r"\d+|(GPU|MIG)-[\w-]+")
+
+
+def parse_devices(text: str | None) -> list[str] | None:
+    """The GPU ids of ``--devices`` (``"0,1"``): indices or ``GPU-``/``MIG-`` UUIDs, as
+    ``CUDA_VISIBLE_DEVICES`` takes them; ``None`` for none given.
+
+    Raises:
+        GridError: an empty entry or one that is not such an id.
+    """
+    if text is None:
+        return None
+    ids = [part.strip() for part in text.split(",")]
+    bad = [i for i in ids if not _DEVICE_ID.fullmatch(i)]
+    if bad:
+        raise GridError(
+            [
+                f"--devices {text!r}: {', '.join(repr(b) for b in bad)} is not a GPU id; give "
+                "GPU indices separated by commas, e.g. --devices 0,1 (as nvidia-smi lists them, "
+                "or GPU-/MIG- UUIDs), or leave it out to use every visible GPU"
+            ]
+        )
+    return ids
 
 
 def _devices(devices: Sequence[str] | None) -> list[str]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftConfig, PeftModel
 from peft.functional import set_adapter
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -64,8 +67,9 @@ def load_exported(
 
     Raises:
         FileNotFoundError: ``model_dir`` holds neither format.
-        ValueError: a manifest of an unknown format or version, or a base model fedamole cannot
-            load (the message says which).
+        ValueError: a manifest of an unknown format or version, a damaged export (a file that
+            does not read, or does not fit the model; the message names the folder and says to
+            export again), or a base model fedamole cannot load (the message says which).
 
     Example::
 
@@ -74,23 +78,31 @@ def load_exported(
         logits = model(**batch).logits
     """
     model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    if (model_dir / "adapter_config.json").exists():
-        base = (
-            manifest.get("base_model")
-            or PeftConfig.from_pretrained(model_dir).base_model_name_or_path
-        )
-        model, tokenizer = _backbone(base, manifest, device)
-        model = _attach_peft(model, model_dir, kind=manifest.get("kind", "peft"))
-    elif (model_dir / MOLE_STATE).exists():
-        model, tokenizer = _backbone(manifest["base_model"], manifest, device)
-        inject_mole(model, MoLEConfig(**manifest["mole"]), generator=torch.Generator())
-        set_mole_state(model, unpack_modules(load_file(str(model_dir / MOLE_STATE))))
-    else:
+    peft_dir, mole_dir = (
+        (model_dir / "adapter_config.json").exists(),
+        (model_dir / MOLE_STATE).exists(),
+    )
+    if not peft_dir and not mole_dir:
         raise FileNotFoundError(
             f"{model_dir} is not an exported model: it has neither adapter_config.json nor "
             f"{MOLE_STATE}; create one with `fedamole export RUN --client C --out DIR`"
         )
+    with _damaged(model_dir):
+        manifest = read_manifest(model_dir)
+        if peft_dir:
+            base = (
+                manifest.get("base_model")
+                or PeftConfig.from_pretrained(model_dir).base_model_name_or_path
+            )
+        else:
+            base, mole = manifest["base_model"], MoLEConfig(**manifest["mole"])
+    model, tokenizer = _backbone(base, manifest, device)
+    with _damaged(model_dir):
+        if peft_dir:
+            model = _attach_peft(model, model_dir, kind=manifest.get("kind", "peft"))
+        else:
+            inject_mole(model, mole, generator=torch.Generator())
+            set_mole_state(model, unpack_modules(load_file(str(model_dir / MOLE_STATE))))
     model.requires_grad_(False)
     model.eval()
     return model, tokenizer
@@ -112,12 +124,14 @@ def generate(model_dir: Path, prompt: str, *, max_new_tokens: int, context: str 
         ValueError: the templated prompt is longer than the model's ``max_length``.
     """
     model, tokenizer = load_exported(model_dir)
-    manifest = read_manifest(Path(model_dir))
+    with _damaged(Path(model_dir)):
+        manifest = read_manifest(Path(model_dir))
     max_length = int(manifest.get("max_length", 1024))
     example = Example(prompt=alpaca_prompt(prompt, context), response="", category="")
     scales: dict[str, float] = {}
     if manifest.get("kind") == "feddpa":
-        direction = load_file(str(Path(model_dir) / FEDDPA_DIRECTION))["direction"]
+        with _damaged(Path(model_dir)):
+            direction = load_file(str(Path(model_dir) / FEDDPA_DIRECTION))["direction"]
         (weight,) = mix_weights(
             model, tokenizer, [example.prompt], direction, max_length=max_length, batch_size=1
         )
@@ -136,13 +150,42 @@ def generate(model_dir: Path, prompt: str, *, max_new_tokens: int, context: str 
     return text
 
 
+class ExportFormatError(ValueError):
+    """A manifest of a format or version this fedamole does not read (not damage)."""
+
+
+@contextmanager
+def _damaged(model_dir: Path) -> Iterator[None]:
+    """An error reading the export's own files (a manifest that is not JSON or lacks a key, a
+    truncated or garbled tensor file, tensors that do not fit the model) as one ``ValueError``
+    naming the folder and the fix, instead of a traceback from deep inside a library."""
+    try:
+        yield
+    except ExportFormatError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"{model_dir} is a damaged export ({type(exc).__name__}: {detail}); export the "
+            "client again with `fedamole export RUN --client C --out NEW_DIR`"
+        ) from None
+
+
 def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """The export's manifest (``{}`` when it has none: a plain peft folder).
+
+    Raises:
+        ExportFormatError: (a ``ValueError``) a format or version this fedamole does not read.
+        ValueError: a manifest that is not a JSON table.
+    """
     path = model_dir / MANIFEST
     if not path.exists():
         return {}
     manifest = json.loads(path.read_text())
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{MANIFEST} holds a {type(manifest).__name__}, not a table")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ValueError(
+        raise ExportFormatError(
             f"{path}: unknown export format {manifest.get('format')!r} version "
             f"{manifest.get('version')!r}; expected {FORMAT!r} version {VERSION}"
         )

@@ -125,8 +125,9 @@ def _no_tensorboard(folder: str, detail: str = "") -> str:
 def tensorboard_folder(setting: str | Path, run_dir: Path) -> Path:
     """Where a run's TensorBoard mirror goes: ``<setting>/<run directory's name>-<8 hex>``, the
     hex digits a hash of the run directory's resolved path, so that two runs of one name (the same
-    grid point in two sweeps) mirror into two folders of one ``--tensorboard DIR``."""
-    return Path(setting) / f"{run_dir.resolve().name}-{_run_key(run_dir)}"
+    grid point in two sweeps) mirror into two folders of one ``--tensorboard DIR`` (``~``
+    expanded)."""
+    return Path(setting).expanduser() / f"{run_dir.resolve().name}-{_run_key(run_dir)}"
 
 
 def _run_key(run_dir: Path) -> str:

@@ -2,9 +2,10 @@
 and the one rule for resuming with a config (docs/run-directory.md#starting-resuming-overwriting).
 
 Nothing here ever deletes a run: ``overwrite`` moves the old directory aside to
-``NAME.old-<time>``. The writing process holds an exclusive ``flock`` on ``.lock`` (the *process
-lock*; not to be confused with the dependency pins of :mod:`fedamole.lockfile`), which dies with
-the process, so a killed run leaves nothing to clean up.
+``NAME.old-<time>``; only a new run that failed before it logged anything leaves nothing behind
+(:func:`discard_unstarted`). The writing process holds an exclusive ``flock`` on ``.lock`` (the
+*process lock*; not to be confused with the dependency pins of :mod:`fedamole.lockfile`), which
+dies with the process, so a killed run leaves nothing to clean up.
 
 :func:`config_mismatch` is the one rule that says whether a config may resume a run: every caller
 that resumes (``fedamole run --resume``, ``fedamole.run(resume=True)``, a sweep, the Flower
@@ -36,6 +37,7 @@ __all__ = [
     "backup_name",
     "config_mismatch",
     "default_run_dir",
+    "discard_unstarted",
     "is_backup",
 ]
 
@@ -191,9 +193,9 @@ def _exists(run: RunDir) -> str:
 
 
 def default_run_dir(run: RunConfig) -> Path:
-    """Where a run goes without ``--run-dir``: ``run.out_dir/run.name`` (a relative
-    ``run.out_dir`` from the current directory)."""
-    return Path(run.out_dir) / run.name
+    """Where a run goes without ``--run-dir``: ``run.out_dir/run.name`` (``~`` expanded, a
+    relative ``run.out_dir`` from the current directory)."""
+    return Path(run.out_dir).expanduser() / run.name
 
 
 def backup_name(path: Path) -> Path:
@@ -204,6 +206,40 @@ def backup_name(path: Path) -> Path:
         n += 1
         backup = path.with_name(f"{stem}-{n}")
     return backup
+
+
+def discard_unstarted(path: Path, *, existed: bool) -> bool:
+    """Take away what :meth:`RunDir.prepare` wrote in ``path`` for a run that failed before it
+    logged anything (no ``metrics.jsonl``, no checkpoint: the model or the data did not load), so
+    that the same command works once the cause is fixed. ``existed``: the folder was there (and
+    empty) before the run, so it stays. Anything else in ``path`` keeps it all.
+
+    Returns:
+        Whether it took the run away.
+    """
+    run = RunDir(path)
+    if not path.is_dir() or run.metrics.exists() or _holds_anything(run.checkpoints):
+        return False
+    files = [run.config, run.env, run.log, run.lock_file]
+    known = {p.name for p in files} | {run.assignments.name, run.checkpoints.name}
+    if any(entry.name not in known for entry in path.iterdir()):
+        return False
+    if run.assignments.is_dir() and any(p.is_dir() for p in run.assignments.iterdir()):
+        return False
+    for file in files:
+        file.unlink(missing_ok=True)
+    for folder in (run.assignments, run.checkpoints):
+        if folder.is_dir():
+            for item in folder.iterdir():
+                item.unlink()
+            folder.rmdir()
+    if not existed:
+        path.rmdir()
+    return True
+
+
+def _holds_anything(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def is_backup(relative: Path) -> bool:
