@@ -116,13 +116,18 @@ bench-quality-rounds: install
 	$(BIN)/fedamole report runs/sweeps/cpu_quality_rounds --round best > $(QUALITY)/rounds5/table.md
 	$(BIN)/fedamole plot rounds runs/sweeps/cpu_quality_rounds --out $(QUALITY)/rounds5
 
-# The collaboration benchmark: 8 clients in 4 pairs of conflicting families, 7 arms x 3 seeds on
+# The collaboration benchmark: 8 clients in 4 pairs of conflicting families, 11 arms x 2 seeds on
 # the embedded model; the tables (paired intervals against Local and against FedAMoLE), the
-# per-round figure and the RSEA diagnostics that docs/results/collaboration.md discusses.
+# per-round figure and the RSEA diagnostics that docs/results/collaboration.md discusses. About
+# 20-30 minutes a run two at a time on 2 cores: the published 8 arms take about 2.6 hours for two
+# seeds on a quiet machine, the 11 about 3.7 (docs/results/collaboration.md#cost). COLLAB_ONLY
+# selects runs, e.g.
+#   make bench-collab COLLAB_ONLY="--only seed=seed62"        (one seed, about 1.8 hours)
 COLLAB := docs/results/collaboration
 CRUNS := runs/sweeps/collab
+COLLAB_ONLY :=
 bench-collab: install
-	$(BIN)/fedamole sweep configs/sweeps/collab.toml --jobs 2
+	$(BIN)/fedamole sweep configs/sweeps/collab.toml --jobs 2 $(COLLAB_ONLY)
 	mkdir -p $(COLLAB)
 	$(BIN)/fedamole report $(CRUNS) --round last --against Local > $(COLLAB)/table.md
 	$(BIN)/fedamole report $(CRUNS) --round last --against Local --format csv > $(COLLAB)/table.csv
