@@ -10,6 +10,7 @@ __all__ = [
     "FEDALT_MIXERS",
     "FEDAMOLE_PREFIXES",
     "FEDDPA_DIRECTION",
+    "FEDLEASE_ROUTERS",
     "FORMAT",
     "MANIFEST",
     "MOLE_STATE",
@@ -22,6 +23,7 @@ __all__ = [
 MANIFEST = "fedamole_export.json"
 FEDDPA_DIRECTION = "feddpa_direction.safetensors"
 FEDALT_MIXERS = "fedalt_mixers.safetensors"
+FEDLEASE_ROUTERS = "fedlease_routers.safetensors"
 MOLE_STATE = "mole_state.safetensors"
 README = "README.md"
 FORMAT, VERSION = "fedamole-export", 1

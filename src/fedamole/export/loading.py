@@ -17,6 +17,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedamole.algorithms.fedalt import ROW_ADAPTER, install_mixers, set_mixer_state
 from fedamole.algorithms.feddpa import LOCAL_ADAPTER, mix_weights, mixture
+from fedamole.algorithms.fedlease_router import (
+    expert_adapter,
+    install_routers,
+    set_router_state,
+)
 from fedamole.algorithms.lora_common import DEFAULT_ADAPTER, adapter_scales
 from fedamole.algorithms.virtual_tokens import VirtualTokenLM
 from fedamole.config import MoLEConfig
@@ -26,6 +31,7 @@ from fedamole.evaluation import generate_responses
 from fedamole.export.formats import (
     FEDALT_MIXERS,
     FEDDPA_DIRECTION,
+    FEDLEASE_ROUTERS,
     FORMAT,
     MANIFEST,
     MOLE_STATE,
@@ -99,7 +105,7 @@ def load_exported(
     model, tokenizer = _backbone(base, manifest, device)
     with _damaged(model_dir):
         if peft_dir:
-            model = _attach_peft(model, model_dir, kind=manifest.get("kind", "peft"))
+            model = _attach_peft(model, model_dir, manifest)
         else:
             inject_mole(model, mole, generator=torch.Generator())
             set_mole_state(model, unpack_modules(load_file(str(model_dir / MOLE_STATE))))
@@ -192,13 +198,19 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _attach_peft(model: PreTrainedModel, model_dir: Path, *, kind: str) -> PreTrainedModel:
+def _attach_peft(
+    model: PreTrainedModel, model_dir: Path, manifest: dict[str, Any]
+) -> PreTrainedModel:
     """The backbone with the directory's adapter(s) injected (no ``PeftModel`` wrapper; FedALT's
-    with its mixers), or a :class:`VirtualTokenLM` for a prompt-learning adapter."""
+    with its mixers, FedLEASE's with its routers), or a :class:`VirtualTokenLM` for a
+    prompt-learning adapter."""
+    kind = manifest.get("kind", "peft")
     with quiet_peft():
         peft_model = PeftModel.from_pretrained(model, model_dir)
     if peft_model.active_peft_config.is_prompt_learning:
         return VirtualTokenLM(peft_model)  # type: ignore[return-value]
+    if kind == "fedlease":
+        return _fedlease(peft_model, model_dir, manifest["fedlease"])
     second = {"feddpa": LOCAL_ADAPTER, "fedalt": ROW_ADAPTER}.get(kind)
     if second is None:
         return peft_model.get_base_model()
@@ -211,6 +223,23 @@ def _attach_peft(model: PreTrainedModel, model_dir: Path, *, kind: str) -> PreTr
             raise FileNotFoundError(f"{mixers} is missing: the FedALT export is incomplete")
         install_mixers(model)
         set_mixer_state(model, load_file(str(mixers)))
+    return model
+
+
+def _fedlease(peft_model: PeftModel, model_dir: Path, info: dict[str, Any]) -> PreTrainedModel:
+    """FedLEASE's M experts, gated per token by the client's routers (none in the warm-up)."""
+    m, own = int(info["num_experts"]), int(info["cluster"])
+    names = [expert_adapter(k) for k in range(max(m, 1))]
+    for name in names[1:]:
+        peft_model.load_adapter(model_dir / name, adapter_name=name)
+    model = peft_model.get_base_model()
+    set_adapter(model, names)
+    if m:
+        routers = model_dir / FEDLEASE_ROUTERS
+        if not routers.is_file():
+            raise FileNotFoundError(f"{routers} is missing: the FedLEASE export is incomplete")
+        install_routers(model, m)
+        set_router_state(model, load_file(str(routers)), own)
     return model
 
 
