@@ -83,11 +83,26 @@ def test_the_last_server_experts_are_the_means_of_the_clients_own(run, cfg):
 
 
 def test_resume_after_a_kill_equals_the_uninterrupted_run(run, cfg, tmp_path):
+    """Killed after the clustering: the resumed server holds the clusters, experts and routers."""
     run_killed(cfg, tmp_path / "resumed", kill_round=3)
     run_embedded(cfg, tmp_path / "resumed", resume=True, progress=False)
     assert result_records(tmp_path / "resumed") == result_records(run)
     for name in ("comm.jsonl", "predictions.jsonl"):
         assert (tmp_path / "resumed" / name).read_text() == (run / name).read_text(), name
+
+
+def test_resume_before_the_clustering_equals_the_uninterrupted_run(cfg, tmp_path):
+    """A 2-round warm-up killed in round 2: the resumed run clusters as the uninterrupted one."""
+    cfg = cfg.replace(**{"baselines.fedlease.warmup_rounds": 2})
+    run_embedded(cfg, tmp_path / "whole", progress=False)
+    run_killed(cfg, tmp_path / "resumed", kill_round=2)
+    run_embedded(cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert result_records(tmp_path / "resumed") == result_records(tmp_path / "whole")
+    for name in ("comm.jsonl", "predictions.jsonl"):
+        whole = (tmp_path / "whole" / name).read_text()
+        assert (tmp_path / "resumed" / name).read_text() == whole, name
+    server = load_checkpoint(tmp_path / "resumed" / "checkpoints")["server"]
+    assert len(server["clusters"]) == cfg.federation.num_clients
 
 
 def test_export_loads_back_as_the_clients_model(run, cfg, tmp_path):
