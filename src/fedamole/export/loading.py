@@ -59,6 +59,8 @@ def load_exported(
     - **FedDPA**: both adapters active at full scale: mix them per prompt as :func:`generate` does.
     - **FedALT**: the individual and the rest-of-world adapters with the client's mixers, gating
       them per token as in training.
+    - **FedLEASE**: the client's M cluster experts with its routers (adaptive top-M per token, as
+      in training); exported in the warm-up, its plain LoRA adapter.
     - **peft prompt** (FedPrompt, FedPTuning): a
       :class:`~fedamole.algorithms.virtual_tokens.VirtualTokenLM` (the virtual tokens placed after
       the left padding, as evaluated), with ``forward`` and ``generate`` of a causal LM.
