@@ -14,6 +14,7 @@ __all__ = [
     "FORMAT",
     "MANIFEST",
     "MOLE_STATE",
+    "PFEDMOE_GATES",
     "README",
     "VERSION",
     "export_kind",
@@ -25,6 +26,7 @@ FEDDPA_DIRECTION = "feddpa_direction.safetensors"
 FEDALT_MIXERS = "fedalt_mixers.safetensors"
 FEDLEASE_ROUTERS = "fedlease_routers.safetensors"
 MOLE_STATE = "mole_state.safetensors"
+PFEDMOE_GATES = "pfedmoe_gates.safetensors"
 README = "README.md"
 FORMAT, VERSION = "fedamole-export", 1
 # fedamole's own backbones: no hub id, only fedamole.models loads them.

@@ -23,6 +23,7 @@ from fedamole.algorithms.fedlease_router import (
     set_router_state,
 )
 from fedamole.algorithms.lora_common import DEFAULT_ADAPTER, adapter_scales
+from fedamole.algorithms.pfedmoe import LOCAL_EXPERT
 from fedamole.algorithms.virtual_tokens import VirtualTokenLM
 from fedamole.config import MoLEConfig
 from fedamole.data.prompts import alpaca_prompt
@@ -35,6 +36,7 @@ from fedamole.export.formats import (
     FORMAT,
     MANIFEST,
     MOLE_STATE,
+    PFEDMOE_GATES,
     VERSION,
 )
 from fedamole.export.source import quiet_peft
@@ -59,6 +61,7 @@ def load_exported(
     - **FedDPA**: both adapters active at full scale: mix them per prompt as :func:`generate` does.
     - **FedALT**: the individual and the rest-of-world adapters with the client's mixers, gating
       them per token as in training.
+    - **pFedMoE**: the shared and the local experts with the client's gates, as in training.
     - **FedLEASE**: the client's M cluster experts with its routers (adaptive top-M per token, as
       in training); exported in the warm-up, its plain LoRA adapter.
     - **peft prompt** (FedPrompt, FedPTuning): a
@@ -213,17 +216,19 @@ def _attach_peft(
         return VirtualTokenLM(peft_model)  # type: ignore[return-value]
     if kind == "fedlease":
         return _fedlease(peft_model, model_dir, manifest["fedlease"])
-    second = {"feddpa": LOCAL_ADAPTER, "fedalt": ROW_ADAPTER}.get(kind)
+    second = {"feddpa": LOCAL_ADAPTER, "fedalt": ROW_ADAPTER, "pfedmoe": LOCAL_EXPERT}.get(kind)
     if second is None:
         return peft_model.get_base_model()
     peft_model.load_adapter(model_dir / second, adapter_name=second)
     model = peft_model.get_base_model()
     set_adapter(model, [DEFAULT_ADAPTER, second])
-    if kind == "fedalt":
-        mixers = model_dir / FEDALT_MIXERS
+    gates = {"fedalt": (FEDALT_MIXERS, "FedALT"), "pfedmoe": (PFEDMOE_GATES, "pFedMoE")}
+    if kind in gates:
+        file, method = gates[kind]
+        mixers = model_dir / file
         if not mixers.is_file():
-            raise FileNotFoundError(f"{mixers} is missing: the FedALT export is incomplete")
-        install_mixers(model)
+            raise FileNotFoundError(f"{mixers} is missing: the {method} export is incomplete")
+        install_mixers(model, (DEFAULT_ADAPTER, second))
         set_mixer_state(model, load_file(str(mixers)))
     return model
 

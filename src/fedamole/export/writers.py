@@ -29,6 +29,7 @@ from fedamole.export.formats import (
     FEDDPA_DIRECTION,
     FEDLEASE_ROUTERS,
     MOLE_STATE,
+    PFEDMOE_GATES,
 )
 from fedamole.export.source import Source, base_model, lora_client_state, quiet_peft
 from fedamole.federated.messages import pack_modules
@@ -44,6 +45,7 @@ __all__ = [
     "write_hetlora",
     "write_mole",
     "write_peft",
+    "write_pfedmoe",
     "write_prompt",
 ]
 
@@ -139,6 +141,22 @@ def write_fedalt(source: Source, out: Path) -> dict[str, Any]:
     peft_model.save_pretrained(str(out), save_embedding_layers=False)
     mixers = {k: v.contiguous() for k, v in client_state["mixer"].items()}
     save_file(mixers, str(out / FEDALT_MIXERS))
+    return {}
+
+
+def write_pfedmoe(source: Source, out: Path) -> dict[str, Any]:
+    """Both experts as one peft folder (the local one in ``local/``) and the gates
+    (:data:`~fedamole.export.formats.PFEDMOE_GATES`)."""
+    from fedamole.algorithms.pfedmoe import LOCAL_EXPERT
+
+    client_state = lora_client_state(source)
+    if "gate" not in client_state:
+        raise ValueError("the checkpoint's client state lacks the pFedMoE gates")
+    peft_model, _ = _two_adapters(source.cfg, client_state, LOCAL_EXPERT, "pFedMoE")
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    save_file(
+        {k: v.contiguous() for k, v in client_state["gate"].items()}, str(out / PFEDMOE_GATES)
+    )
     return {}
 
 

@@ -43,12 +43,12 @@ from fedamole.export import export_kind, exportable_algorithms
 HAND_WRITTEN_ORDER = (
     "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT",
     "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "FlexLoRA", "HetLoRA",
-    "FedALT", "FedLEASE", "Local",
+    "FedALT", "FedLEASE", "pFedMoE", "Local",
     "FedIT-clustered", "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo",
     "FedAMoLE-DP", "FedAMoLE",
 )  # fmt: skip
 # What fedamole.export.load_exported can read back.
-LOADABLE_KINDS = {"peft", "feddpa", "fedalt", "fedlease", "prompt", "mole"}
+LOADABLE_KINDS = {"peft", "feddpa", "fedalt", "fedlease", "pfedmoe", "prompt", "mole"}
 
 
 def test_every_registration_names_its_class_and_its_writer():
