@@ -1,5 +1,6 @@
-"""FedLEASE (NeurIPS 2025): clients clustered once by their warm-up LoRA, one LoRA expert per
-cluster, and a per-module adaptive top-M router over all experts (docs/algorithm.md#fedlease).
+"""FedLEASE (Wang et al., NeurIPS 2025, arXiv 2509.15087): clients clustered once by their warm-up
+LoRA, one LoRA expert per cluster, and a per-module adaptive top-M router over all experts
+(docs/algorithm.md#fedlease).
 
 Phases:
 

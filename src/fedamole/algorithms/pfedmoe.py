@@ -1,5 +1,5 @@
-"""pFedMoE (Yi et al., 2024): a shared LoRA expert averaged over all clients, a local LoRA expert,
-and a local per-token gate over the two (docs/algorithm.md#pfedmoe).
+"""pFedMoE (Yi et al., 2024, arXiv 2402.01350): a shared LoRA expert averaged over all clients, a
+local LoRA expert, and a local per-token gate over the two (docs/algorithm.md#pfedmoe).
 
 Per target module a client holds
 
