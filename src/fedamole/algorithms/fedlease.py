@@ -43,7 +43,7 @@ from fedamole.algorithms.base import (
     RoundSummary,
     screen_updates,
 )
-from fedamole.algorithms.fedlease_cluster import b_distances, choose_clusters
+from fedamole.algorithms.fedlease_cluster import b_distances, choose_clusters, rand_index
 from fedamole.algorithms.fedlease_router import (
     expert_adapter,
     install_routers,
@@ -63,6 +63,7 @@ from fedamole.algorithms.lora_common import (
 from fedamole.algorithms.lora_strategy import LoRAStrategy, state_key, train_adapter
 from fedamole.config import Config
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
+from fedamole.federated.groups import client_groups
 from fedamole.federated.messages import ClientMessage, ServerMessage
 
 __all__ = [
@@ -90,6 +91,7 @@ class FedLEASE(LoRAStrategy):
     """Warm-up LoRA, one-off clustering, cluster experts with an adaptive top-M router."""
 
     name = "fedlease"
+    observes_partition = True  # the clustering's diagnostic against the partition's groups
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
@@ -100,6 +102,14 @@ class FedLEASE(LoRAStrategy):
         self.routers: list[dict[str, torch.Tensor]] = []  # cluster k's router state
         self.silhouettes: dict[int, float] = {}
         self.in_features: dict[str, int] = {}  # each LoRA module's d_in (setup)
+        self.categories: list[frozenset[str]] | None = None  # the partition's, when known
+
+    def observe_partition(self, categories: list[frozenset[str]]) -> None:
+        """The partition's categories per client, for the ``fedlease/rand_index`` diagnostic of
+        the clustering. Call before :meth:`setup`."""
+        if len(categories) != self.num_clients:
+            raise ValueError(f"{len(categories)} category sets for {self.num_clients} clients")
+        self.categories = [frozenset(c) for c in categories]
 
     # ---------------------------------------------------------------------------------- server side
 
@@ -135,17 +145,31 @@ class FedLEASE(LoRAStrategy):
         accepted, rejected = screen_updates(
             rnd, updates, lambda c, msg: check_update(msg.tensors, expected), weighted=False
         )
-        if upload and accepted:
-            uploads = {c: dict(msg.tensors) for c, msg in accepted.items()}
-            if self.clusters:
-                self.experts, self.routers = within_cluster_means(
-                    self.experts, self.routers, self.clusters, uploads
-                )
-            else:
-                self._cluster(uploads)
-        elif upload and not self.clusters:
-            self._cluster({})
-        return RoundSummary(rnd, tuple(accepted), rejected)
+        info = {}
+        uploads = {c: dict(msg.tensors) for c, msg in accepted.items()} if upload else {}
+        if upload and not self.clusters:
+            self._cluster(uploads)
+            info = {"metrics": self.clustering_metrics()}
+        elif uploads:
+            self.experts, self.routers = within_cluster_means(
+                self.experts, self.routers, self.clusters, uploads
+            )
+        return RoundSummary(rnd, tuple(accepted), rejected, info)
+
+    def clustering_metrics(self) -> dict[str, float]:
+        """The clustering's server metrics: ``fedlease/clusters`` (M), ``fedlease/silhouette``
+        (M's, when a choice was made) and ``fedlease/rand_index`` against the partition's groups of
+        related clients (:func:`~fedamole.federated.groups.client_groups`), when known."""
+        out = {"fedlease/clusters": float(len(self.experts))}
+        if self.silhouettes:
+            out["fedlease/silhouette"] = self.silhouettes[len(self.experts)]
+        if self.categories is not None:
+            truth = [0] * self.num_clients
+            for g, members in enumerate(client_groups(self.categories)):
+                for c in members:
+                    truth[c] = g
+            out["fedlease/rand_index"] = rand_index(self.clusters, truth)
+        return out
 
     def _cluster(self, uploads: Mapping[int, Mapping[str, torch.Tensor]]) -> None:
         """The one-off clustering of the round-``W`` uploads (module docstring)."""

@@ -15,6 +15,8 @@ clustering library so that every tie is broken the same way on every machine:
   scikit-learn) and ``b_i`` the smallest mean distance to another cluster.
 - :func:`choose_clusters`: the labels of the ``k`` in ``2..k_max`` with the best silhouette (the
   smallest ``k`` on a tie); one cluster when fewer than 3 clients are clustered.
+- :func:`rand_index`: a diagnostic, the share of client pairs on which two labellings agree
+  (together in both, or apart in both): 1 when the clusters are the partition's groups.
 
 Labels are renumbered by first appearance (client 0's cluster is 0), so they are a function of
 the distance matrix alone.
@@ -28,7 +30,7 @@ import torch
 
 from fedamole.algorithms.lora_common import part_of
 
-__all__ = ["average_linkage", "b_distances", "choose_clusters", "silhouette"]
+__all__ = ["average_linkage", "b_distances", "choose_clusters", "rand_index", "silhouette"]
 
 
 def b_distances(states: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
@@ -127,6 +129,23 @@ def choose_clusters(dist: torch.Tensor, k_max: int) -> tuple[list[int], dict[int
             best = (k, labels)
     assert best is not None
     return best[1], scores
+
+
+def rand_index(labels: Sequence[int], truth: Sequence[int]) -> float:
+    """The share of the ``n (n - 1) / 2`` client pairs that ``labels`` and ``truth`` both put
+    together or both put apart (1.0 for fewer than 2 clients).
+
+    Raises:
+        ValueError: the two labellings differ in length.
+    """
+    n = len(labels)
+    if len(truth) != n:
+        raise ValueError(f"{n} labels against {len(truth)}")
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if not pairs:
+        return 1.0
+    agree = sum((labels[i] == labels[j]) == (truth[i] == truth[j]) for i, j in pairs)
+    return agree / len(pairs)
 
 
 def _relabel(clusters: Sequence[Sequence[int]], n: int) -> list[int]:

@@ -83,9 +83,17 @@ def test_the_server_clusters_once_and_averages_within_clusters_by_hand(make_algo
     algo, _, _, uploads = _clustered(make_algo)
     assert max_clusters(algo.cfg) == 3  # min(N - 1, mole.max_experts_per_client) = min(3, 4)
     assert all(not m.tensors for m in algo.configure_round(1).values())  # the warm-up
-    algo.aggregate(1, uploads)
+    algo.categories = [frozenset(s) for s in ("a", "b", "a", "b")]  # the planted groups
+    summary = algo.aggregate(1, uploads)
     assert algo.clusters == [0, 1, 0, 1]
     assert set(algo.silhouettes) == {2, 3}
+    assert summary.info["metrics"] == {
+        "fedlease/clusters": 2.0,
+        "fedlease/silhouette": algo.silhouettes[2],
+        "fedlease/rand_index": 1.0,
+    }
+    algo.categories = [frozenset(s) for s in ("a", "a", "b", "b")]  # 2 of 6 pairs agree
+    assert algo.clustering_metrics()["fedlease/rand_index"] == pytest.approx(1 / 3)
     # expert k starts as its members' mean: A of client c is c + 1
     torch.testing.assert_close(algo.experts[0][QA], torch.full_like(algo.experts[0][QA], 2.0))
     torch.testing.assert_close(algo.experts[1][QA], torch.full_like(algo.experts[1][QA], 3.0))
@@ -103,7 +111,7 @@ def test_the_server_clusters_once_and_averages_within_clusters_by_hand(make_algo
         tensors = {k: torch.full_like(v, 10.0 * (c + 1)) for k, v in own.items()}
         tensors |= {k: torch.full_like(v, c + 1.0) for k, v in algo.routers[c % 2].items()}
         replies[c] = ClientMessage(2, c, tensors, {"num_examples": 1}, {})
-    algo.aggregate(2, replies)
+    assert algo.aggregate(2, replies).info == {}
     assert algo.clusters == [0, 1, 0, 1]  # never clustered again
     torch.testing.assert_close(algo.experts[0][QB], torch.full_like(algo.experts[0][QB], 20.0))
     torch.testing.assert_close(algo.experts[1][QA], torch.full_like(algo.experts[1][QA], 20.0))

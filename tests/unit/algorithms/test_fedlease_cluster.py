@@ -15,6 +15,7 @@ from fedamole.algorithms.fedlease_cluster import (
     average_linkage,
     b_distances,
     choose_clusters,
+    rand_index,
     silhouette,
 )
 
@@ -124,6 +125,15 @@ def test_planted_groups_of_b_are_recovered_with_their_number(planted):
     assert _partition(labels) == _partition(truth)
     assert max(scores, key=scores.get) == planted
     assert set(scores) == {2, 3, 4, 5, 6}
+
+
+def test_rand_index_by_hand():
+    assert rand_index([0, 0, 1, 1], [5, 5, 7, 7]) == 1.0  # the same partition, other names
+    # pairs (0,1) (0,2) (0,3) (1,2) (1,3) (2,3): together/apart agree on (0,3) and (1,2) only
+    assert rand_index([0, 1, 0, 1], [0, 0, 1, 1]) == pytest.approx(2 / 6)
+    assert rand_index([0], [3]) == 1.0
+    with pytest.raises(ValueError, match="labels"):
+        rand_index([0, 1], [0])
 
 
 def test_too_few_clients_make_one_cluster_and_bad_input_is_named():
