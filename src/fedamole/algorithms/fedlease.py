@@ -13,7 +13,9 @@ Phases:
   ``baselines.fedlease.max_clusters`` is set. Expert ``k`` starts as the unweighted mean (A and B
   separately) of its members' round-``W`` adapters; every router starts from one draw of
   ``run.seed + 2`` (uniform on ``+-1/sqrt(d_in)``, ``nn.Linear``'s default). A client that sent
-  nothing in round ``W`` joins the largest cluster (the smallest index on a tie).
+  nothing in round ``W`` joins the largest cluster (the smallest index on a tie). The round's
+  server metrics: ``fedlease/clusters``, ``fedlease/silhouette`` and ``fedlease/rand_index``
+  (against the partition's groups of related clients).
 - **Rounds** ``W+1..R``: the server sends every client all M experts and its cluster's router;
   the client trains only its own cluster's expert and its router (:mod:`.fedlease_router`) and
   uploads both; the server replaces expert ``k`` and router ``k`` by the unweighted mean of the
@@ -34,6 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from peft.functional import set_adapter
 from transformers import PreTrainedModel
 
 from fedamole.algorithms.base import (
@@ -260,8 +263,6 @@ class FedLEASE(LoRAStrategy):
 def load_client_model(model: torch.nn.Module, state: Mapping[str, Any], installed: int) -> None:
     """Load a client's FedLEASE state into the model: in the warm-up adapter ``default`` alone,
     ungated; after the clustering experts ``0..M-1`` gated by the router (in place)."""
-    from peft.functional import set_adapter
-
     m = int(state.get("num_experts", 0))
     names = [expert_adapter(k) for k in range(max(m, 1))]
     if m > installed:
