@@ -312,8 +312,10 @@ class SecAggPlusConfig(Section):
 
     num_shares: int | None = Field(None, ge=3)
     reconstruction_threshold: int | None = Field(None, ge=2)
-    clipping_range: float = Field(8.0, gt=0)
-    quantization_range: int = Field(2**22, ge=2, le=2**31 - 1)  # Flower rounds into int32
+    # Flower's defaults are 8.0 and 2**22 (up to 1023 clients); adapters stay well inside +-4,
+    # and a small federation affords 4x finer levels: a step 2c/Q = 4.8e-7, up to 255 clients
+    clipping_range: float = Field(4.0, gt=0)
+    quantization_range: int = Field(2**24, ge=2, le=2**31 - 1)  # Flower rounds into int32
     modulus_range: int = Field(2**32, ge=4, le=2**32)
     experts_in_clear: bool = False  # FedAMoLE: run with the domain experts aggregated in the clear
 

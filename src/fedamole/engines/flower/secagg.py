@@ -30,7 +30,7 @@ We use both as they are, with no crypto of our own, and drive them from our roun
 ``[-c, c]`` (``c = clipping_range``; a client whose values exceed ``c`` refuses rather than be
 clipped) and rounds stochastically to ``Q = quantization_range`` levels, an error below
 ``2c/Q`` per entry; the server divides the sum by ``sum(d)``. So each entry of the mean is within
-``n * 2c / (Q * sum(d))`` of the mean with weights ``d``: ``2c/Q`` (3.8e-6 by default) when
+``n * 2c / (Q * sum(d))`` of the mean with weights ``d``: ``2c/Q`` (4.8e-7 by default) when
 unweighted. Flower draws the rounding from numpy's global generator; the client seeds it from
 ``(run.seed, round, client)`` for the call and restores it, so runs and resumes are reproducible.
 
