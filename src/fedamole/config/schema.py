@@ -306,9 +306,9 @@ class RunConfig(Section):
 
 
 class SecAggPlusConfig(Section):
-    """Flower's SecAgg+ parameters (``flower.secagg = "secaggplus"``; docs/algorithm.md#secure-
-    aggregation). ``None`` shares and threshold: every client shares with every other, and a
-    majority of them reconstructs."""
+    """Flower's SecAgg+ parameters (``flower.secagg = "secaggplus"``;
+    docs/algorithm.md#secure-aggregation). ``None`` shares and threshold: every client shares
+    with every other, and a majority of them reconstructs."""
 
     num_shares: int | None = Field(None, ge=3)
     reconstruction_threshold: int | None = Field(None, ge=2)
