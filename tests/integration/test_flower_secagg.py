@@ -12,6 +12,10 @@ that, plus float32 rounding; what the clients then measure moves by as little: l
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -27,6 +31,9 @@ from .flower_grid import FakeGrid
 pytestmark = pytest.mark.flower
 
 SECURE = {"flower.secagg": "secaggplus"}
+
+
+FEDIT_ONE_ROUND = {"federation.algorithm": "fedit", "federation.rounds": 1, "eval.timing": "global"}
 
 
 def _serve(cfg, run_dir):
@@ -62,9 +69,7 @@ def _assert_same_metrics(a, b) -> None:
 @pytest.fixture(scope="module")
 def fedit_runs(smoke, tmp_path_factory):
     """FedIT, one round and the global model after it evaluated (round 2): plain and SecAgg+."""
-    cfg = smoke.replace(
-        **{"federation.algorithm": "fedit", "federation.rounds": 1, "eval.timing": "global"}
-    )
+    cfg = smoke.replace(**FEDIT_ONE_ROUND)
     root = tmp_path_factory.mktemp("fedit")
     _serve(cfg, root / "plain")
     result = _serve(cfg.replace(**SECURE), root / "secure")
@@ -131,3 +136,29 @@ def test_server_refuses_fedamole_unless_its_experts_may_travel_in_the_clear(smok
         _serve(smoke.replace(**SECURE), tmp_path / "r")
     assert "flower.secaggplus.experts_in_clear = true" in str(refused.value)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_ray_simulation_with_secagg_gives_the_plain_metrics(repo, fedit_runs, tmp_path):
+    """`fedamole run ... flower.secagg=secaggplus --engine flower`: Flower's simulation runtime
+    (Ray actors, its own node state) carries the protocol, and the metrics equal the plain run's
+    (scores exactly, losses within 1e-5 relative, which also absorbs the actors' torch threads)."""
+    _, plain, _, _ = fedit_runs
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    }
+    overrides = [f"{k}={v}" for k, v in {**FEDIT_ONE_ROUND, **SECURE}.items()]
+    cmd = [sys.executable, "-m", "fedamole", "run", str(repo / "configs" / "smoke.toml")]
+    cmd += [*overrides, "--engine", "flower", "--run-dir", str(tmp_path / "sim")]
+    # a guard against a hung Ray start, not a speed limit
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_metrics(plain, tmp_path / "sim")
+    protocol = [
+        r for r in read_jsonl(tmp_path / "sim" / "wire.jsonl") if "secagg_up_serialized" in r
+    ]
+    assert sorted(r["client"] for r in protocol) == [0, 1, 2]
+    assert "SecAgg+ mean of 3 clients" in (tmp_path / "sim" / "log.txt").read_text()

@@ -201,7 +201,7 @@ def describe_secagg(cfg: Config) -> str:
     return (
         f"SecAgg+ (Flower's workflow): the server sees only the mean over all clients of "
         f"{', '.join(spec.secure_kinds)} ({shares} shares, threshold {threshold}; quantization "
-        f"step {step:.3g}, values clipped to +-{s.clipping_range:g} refused){clear}"
+        f"step {step:.3g}; values beyond +-{s.clipping_range:g} refused){clear}"
     )
 
 
@@ -246,7 +246,8 @@ class SecureAggregation:
         self.wire = {}
         if not held:
             return
-        common = max({h for h in held.values()}, key=lambda h: sum(v == h for v in held.values()))
+        kinds = sorted(set(held.values()), key=lambda h: h.keys)  # the most common, ties: first
+        common = max(kinds, key=lambda h: sum(v == h for v in held.values()))
         clients = {c for c, h in held.items() if h == common}
         for client in sorted(set(held) - clients):
             outcomes[client] = ValueError(f"client {client} holds other tensors than the rest")
