@@ -244,27 +244,14 @@ class SecureAggregation:
         """Sum what ``held``'s clients hold and put the mean into their outcomes (in place); a
         client that cannot take part, or leaves the protocol, gets an error outcome."""
         self.wire = {}
-        if not held:
+        common = self._participants(rnd, outcomes, held)
+        if common is None:
             return
-        kinds = sorted(set(held.values()), key=lambda h: h.keys)  # the most common, ties: first
-        common = max(kinds, key=lambda h: sum(v == h for v in held.values()))
-        clients = {c for c, h in held.items() if h == common}
-        for client in sorted(set(held) - clients):
-            outcomes[client] = ValueError(f"client {client} holds other tensors than the rest")
-        shares, threshold = secagg_shares(self.cfg.flower, self.cfg.federation.num_clients)
-        need = max(SECAGG_MIN_CLIENTS, threshold)
-        if len(clients) < need:
-            for client in clients:
-                outcomes[client] = RuntimeError(
-                    f"secure aggregation needs {need} clients and only {len(clients)} replied "
-                    f"in round {rnd}; their updates are left out"
-                )
-            return
-        weights = {c: self._weight(outcomes[c]) for c in clients}
-        nodes = {node_of[c]: c for c in clients}
-        contributions = {n: (common.keys, weights[c]) for n, c in nodes.items()}
-        strategy = _MeanStrategy(grid, rnd, contributions)
+        nodes = {node_of[c]: c for c, h in held.items() if h == common}
+        weights = {n: self._weight(outcomes[c]) for n, c in nodes.items()}
+        strategy = _MeanStrategy(rnd, common.keys, weights)
         counting = _CountingGrid(grid)
+        shares, threshold = secagg_shares(self.cfg.flower, self.cfg.federation.num_clients)
         s = self.cfg.flower.secaggplus
         workflow = SecAggPlusWorkflow(
             shares,
@@ -275,22 +262,44 @@ class SecureAggregation:
             modulus_range=s.modulus_range,
             timeout=self.cfg.flower.round_timeout,
         )
-        workflow(counting, _legacy_context(rnd, strategy))
+        workflow(counting, _legacy_context(rnd, strategy, grid, nodes))
         self.wire = {nodes[n]: sizes for n, sizes in counting.sizes.items() if n in nodes}
-        mean = strategy.mean
         for node, client in nodes.items():
-            if mean is None or node not in strategy.summed:
+            if strategy.mean is None or node not in strategy.summed:
                 reason = counting.errors.get(node, "it left the protocol or the protocol halted")
                 outcomes[client] = RuntimeError(f"secure aggregation failed: {reason}")
                 continue
             tensors = {
                 key: torch.from_numpy(arr).to(getattr(torch, dtype))
-                for key, dtype, arr in zip(common.keys, common.dtypes, mean, strict=True)
+                for key, dtype, arr in zip(common.keys, common.dtypes, strategy.mean, strict=True)
             }
             update = outcomes[client]
             outcomes[client] = replace(update, tensors={**update.tensors, **tensors})
-        if mean is not None:
+        if strategy.mean is not None:
             log.info("round %d: SecAgg+ mean of %d clients", rnd, len(strategy.summed))
+
+    def _participants(
+        self, rnd: int, outcomes: dict[int, Any], held: Mapping[int, Held]
+    ) -> Held | None:
+        """What the sum is over: the tensors most clients hold (the others fail), or ``None``
+        (and every holder fails) when too few hold them to hide one among them."""
+        if not held:
+            return None
+        kinds = sorted(set(held.values()), key=lambda h: h.keys)  # the most common, ties: first
+        common = max(kinds, key=lambda h: sum(v == h for v in held.values()))
+        for client in sorted(c for c, h in held.items() if h != common):
+            outcomes[client] = ValueError(f"client {client} holds other tensors than the rest")
+        clients = sorted(c for c, h in held.items() if h == common)
+        _, threshold = secagg_shares(self.cfg.flower, self.cfg.federation.num_clients)
+        need = max(SECAGG_MIN_CLIENTS, threshold)
+        if len(clients) >= need:
+            return common
+        for client in clients:
+            outcomes[client] = RuntimeError(
+                f"secure aggregation needs {need} clients and only {len(clients)} replied "
+                f"in round {rnd}; their updates are left out"
+            )
+        return None
 
     def _weight(self, update: ClientMessage) -> int:
         if self.cfg.federation.weighting != "examples":
@@ -299,34 +308,36 @@ class SecureAggregation:
         return count if isinstance(count, int) and count > 0 else 1  # the algorithm rejects it
 
 
-def _legacy_context(rnd: int, strategy: Strategy) -> LegacyContext:
-    """The workflow's context: this round's number, no global parameters, ``strategy``."""
+def _legacy_context(
+    rnd: int, strategy: Strategy, grid: Grid, nodes: Iterable[int]
+) -> LegacyContext:
+    """The workflow's context: this round's number, no global parameters, ``strategy``, and a
+    client manager holding a proxy of each node (what ``configure_fit`` samples)."""
     state = RecordDict()
     state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: rnd})
     state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
+    manager = SimpleClientManager()
+    for node in sorted(nodes):
+        manager.register(GridClientProxy(node, grid, 0))
     base = Context(run_id=0, node_id=0, node_config={}, state=state, run_config={})
-    return LegacyContext(base, ServerConfig(num_rounds=1), strategy, SimpleClientManager())
+    return LegacyContext(base, ServerConfig(num_rounds=1), strategy, manager)
 
 
 class _MeanStrategy(Strategy):
-    """A one-round legacy strategy for the workflow: ``configure_fit`` names the clients (and what
-    each contributes), ``aggregate_fit`` keeps the unmasked mean and who is in it."""
+    """A one-round legacy strategy for the workflow: ``configure_fit`` sends every registered
+    node the keys to contribute and its weight, ``aggregate_fit`` keeps the unmasked mean and who
+    is in it."""
 
-    def __init__(self, grid: Grid, rnd: int, nodes: Mapping[int, tuple[tuple[str, ...], int]]):
-        self.grid, self.rnd, self.nodes = grid, rnd, dict(nodes)
+    def __init__(self, rnd: int, keys: tuple[str, ...], weights: Mapping[int, int]):
+        self.rnd, self.keys, self.weights = rnd, json.dumps(list(keys)), dict(weights)
         self.mean: list[np.ndarray] | None = None
         self.summed: set[int] = set()
 
     def configure_fit(self, server_round, parameters, client_manager):
+        config = {"round": self.rnd, "keys": self.keys}
         return [
-            (
-                GridClientProxy(node, self.grid, 0),
-                FitIns(
-                    Parameters([], ""),
-                    {"round": self.rnd, "keys": json.dumps(list(keys)), "weight": weight},
-                ),
-            )
-            for node, (keys, weight) in sorted(self.nodes.items())
+            (proxy, FitIns(Parameters([], ""), {**config, "weight": self.weights[proxy.node_id]}))
+            for _, proxy in sorted(client_manager.all().items())
         ]
 
     def aggregate_fit(self, server_round, results, failures):
