@@ -24,7 +24,8 @@ We use both as they are, with no crypto of our own, and drive them from our roun
    Flower's workflow hands every ``FitRes`` the aggregate, and the algorithm aggregates as usual:
    its mean over the participants of equal tensors is that mean. A client that left the protocol
    (an error, a timeout, a vector it could not contribute) fails the round, so the algorithm's
-   clients are the sum's.
+   clients are the sum's (one the server then rejects for its clear upload or a non-finite
+   metric stays in the sum: nobody can take it out).
 
 **Quantization.** Each client scales by ``d = round(w / max_weight * Q) / Q``, clips to
 ``[-c, c]`` (``c = clipping_range``; a client whose values exceed ``c`` refuses rather than be
