@@ -15,6 +15,9 @@ server state exactly as the embedded engine does, connects the nodes and hands
   engine; the run goes on. Each message also names, in a ``fedamole.keep`` record, the round of
   the run's ``checkpoints/best``, whose state snapshot the client keeps besides its last two
   (:mod:`fedamole.engines.flower.client_app`).
+- **secure aggregation** (``flower.secagg``, :mod:`fedamole.engines.flower.secagg`): after the
+  ``train`` replies, Flower's SecAgg+ workflow sums what the clients held back (the means over
+  every client) in four more exchanges, and each participant's update gets the mean.
 
 Besides the shared logs, the run directory gets ``wire.jsonl``: per round and client, the
 serialized size of the Flower messages (every object Flower ships: message, records, arrays)
@@ -268,19 +271,25 @@ class FlowerClients:
                 ),
             )
         if self.secagg is not None:
-            self.secagg.complete(self.grid, rnd, outcomes, held, self.node_of)
-            for client, (down_bytes, up_bytes) in sorted(self.secagg.wire.items()):
-                if self.wire is not None:
-                    self.wire.log(
-                        {
-                            "round": rnd,
-                            "client": client,
-                            "secagg_down_serialized": down_bytes,
-                            "secagg_up_serialized": up_bytes,
-                        }
-                    )
+            self._secure(rnd, outcomes, held)
         for client in sorted(messages):
             yield client, outcomes[client]
+
+    def _secure(self, rnd: int, outcomes: dict[int, Outcome], held: Mapping[int, Held]) -> None:
+        """SecAgg+ over the clients that hold tensors for it (:mod:`.secagg`): their outcomes get
+        the mean, or an error; ``wire.jsonl`` gets the protocol's bytes per client."""
+        assert self.secagg is not None
+        self.secagg.complete(self.grid, rnd, outcomes, held, self.node_of)
+        for client, (down_bytes, up_bytes) in sorted(self.secagg.wire.items()):
+            if self.wire is not None:
+                self.wire.log(
+                    {
+                        "round": rnd,
+                        "client": client,
+                        "secagg_down_serialized": down_bytes,
+                        "secagg_up_serialized": up_bytes,
+                    }
+                )
 
     def states(self) -> dict[int, dict[str, Any]]:
         return {}  # clients keep their own state (context.state and snapshots)
