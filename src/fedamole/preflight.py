@@ -119,10 +119,11 @@ def secagg_errors(cfg: Config) -> list[str]:
     if not spec.secure_kinds:
         able = sorted(n for n, s in registry().items() if s.secure_kinds)
         return [
-            f"`flower.secagg` = 'secaggplus' cannot protect {name}: its server averages no "
-            "tensor over every client (it keeps updates apart, or averages within groups of "
-            "clients, and a secure sum over a small group hides nothing: each member can "
-            "subtract its own update from the group's mean and read the rest); set "
+            f"`flower.secagg` = 'secaggplus' cannot protect {name}: it registers no tensor "
+            "that its server only ever averages over every client (it keeps updates apart, "
+            "forwards one client's tensors, or averages within groups of clients, and a secure "
+            "sum over a small group hides nothing: each member can subtract its own update from "
+            "the group's mean and read the rest); set "
             f'`flower.secagg = "none"`, or choose one of {able}'
         ]
     if spec.clear_groups and not cfg.flower.secaggplus.experts_in_clear:

@@ -133,6 +133,18 @@ def test_fedamole_secure_shared_parts_equal_plain_within_quantization(smoke, tmp
     assert "IN THE CLEAR: each domain expert" in log_text
 
 
+@pytest.mark.parametrize("name", ["ffa_lora", "fedsa_lora", "feddpa", "fedprompt"])
+def test_other_registered_algorithms_equal_plain_within_quantization(smoke, tmp_path, name):
+    """Every algorithm that registers secure kinds runs with SecAgg+ and gives the plain run's
+    metrics (its server state is the plain one's within 2c/Q per entry of the summed kinds)."""
+    cfg = smoke.replace(**{**FEDIT_ONE_ROUND, "federation.algorithm": name})
+    _serve(cfg, tmp_path / "plain")
+    result = _serve(cfg.replace(**SECURE), tmp_path / "secure")
+    assert result.failures == 0
+    _assert_same_metrics(tmp_path / "plain", tmp_path / "secure")
+    assert "SecAgg+ mean of 3 clients" in (tmp_path / "secure" / "log.txt").read_text()
+
+
 def test_killed_secure_run_resumes_exactly(smoke, tmp_path):
     """The rounding noise is seeded per (run.seed, round, client), so a SecAgg+ run killed in
     round 2 and resumed (new node ids, new key pairs and masks) equals the uninterrupted one,

@@ -70,12 +70,14 @@ def test_quantization_within_the_modulus_passes_and_beyond_it_names_the_limit(sm
     assert f"<= {(2**32 - 1) // 3}" in message
 
 
-@pytest.mark.parametrize("name", ["fedit", "ffa_lora", "fedsa_lora"])
+@pytest.mark.parametrize("name", ["fedit", "ffa_lora", "fedsa_lora", "feddpa", "fedprompt"])
 def test_algorithms_with_a_mean_over_all_clients_run(smoke, name):
     assert secagg_errors(smoke.replace(**SECURE, **{"federation.algorithm": name})) == []
 
 
-@pytest.mark.parametrize("name", ["fedit_clustered", "local", "flexlora", "hetlora", "fedalt"])
+@pytest.mark.parametrize(
+    "name", ["fedit_clustered", "local", "flexlora", "hetlora", "fedalt", "fdlora", "fedptuning"]
+)
 def test_algorithms_without_one_are_refused(smoke, name):
     (message,) = secagg_errors(smoke.replace(**SECURE, **{"federation.algorithm": name}))
     assert f"cannot protect {name}" in message

@@ -27,6 +27,8 @@ def _uploads(algo, name: str) -> dict[int, ClientMessage]:
     for client in range(algo.num_clients):
         if name == "fedamole":
             sent = pack_modules(algo._client_modules(client))
+        elif name == "fedprompt":
+            sent = algo.global_params
         else:
             sent = select_parts(algo.global_state, algo.shared_parts)
         tensors = {
