@@ -34,7 +34,7 @@ pytestmark = pytest.mark.flower
 SECURE = {"flower.secagg": "secaggplus"}
 
 
-FEDIT_ONE_ROUND = {"federation.algorithm": "fedit", "federation.rounds": 1, "eval.timing": "global"}
+ONE_ROUND = {"federation.algorithm": "fedit", "federation.rounds": 1, "eval.timing": "global"}
 
 
 def _serve(cfg, run_dir, grid=None, **kwargs):
@@ -71,7 +71,7 @@ def _assert_same_metrics(a, b) -> None:
 @pytest.fixture(scope="module")
 def fedit_runs(smoke, tmp_path_factory):
     """FedIT, one round and the global model after it evaluated (round 2): plain and SecAgg+."""
-    cfg = smoke.replace(**FEDIT_ONE_ROUND)
+    cfg = smoke.replace(**ONE_ROUND)
     root = tmp_path_factory.mktemp("fedit")
     _serve(cfg, root / "plain")
     result = _serve(cfg.replace(**SECURE), root / "secure")
@@ -137,7 +137,7 @@ def test_fedamole_secure_shared_parts_equal_plain_within_quantization(smoke, tmp
 def test_other_registered_algorithms_equal_plain_within_quantization(smoke, tmp_path, name):
     """Every algorithm that registers secure kinds runs with SecAgg+ and gives the plain run's
     metrics (its server state is the plain one's within 2c/Q per entry of the summed kinds)."""
-    cfg = smoke.replace(**{**FEDIT_ONE_ROUND, "federation.algorithm": name})
+    cfg = smoke.replace(**{**ONE_ROUND, "federation.algorithm": name})
     _serve(cfg, tmp_path / "plain")
     result = _serve(cfg.replace(**SECURE), tmp_path / "secure")
     assert result.failures == 0
@@ -196,7 +196,7 @@ def test_ray_simulation_with_secagg_gives_the_plain_metrics(repo, fedit_runs, tm
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     }
-    overrides = [f"{k}={v}" for k, v in {**FEDIT_ONE_ROUND, **SECURE}.items()]
+    overrides = [f"{k}={v}" for k, v in {**ONE_ROUND, **SECURE}.items()]
     cmd = [sys.executable, "-m", "fedamole", "run", str(repo / "configs" / "smoke.toml")]
     cmd += [*overrides, "--engine", "flower", "--run-dir", str(tmp_path / "sim")]
     # a guard against a hung Ray start, not a speed limit
