@@ -27,6 +27,12 @@ We use both as they are, with no crypto of our own, and drive them from our roun
    clients are the sum's (one the server then rejects for its clear upload or a non-finite
    metric stays in the sum: nobody can take it out).
 
+Why this shape: Flower's mod empties every ``ArrayRecord`` of the reply it masks, so the clear
+tensors cannot ride in the collect stage's reply (hence the separate ``train`` round first); the
+workflow sends its stages as plain ``train`` messages, so our ``train`` handler tells them apart
+by Flower's ``secaggplus_configs`` record (:func:`handles`); and the workflow takes a legacy
+``Strategy`` and ``LegacyContext``, hence the small adapter.
+
 **Quantization.** Each client scales by ``d = round(w / max_weight * Q) / Q``, clips to
 ``[-c, c]`` (``c = clipping_range``; a client whose values exceed ``c`` refuses rather than be
 clipped) and rounds stochastically to ``Q = quantization_range`` levels, an error below
