@@ -37,6 +37,7 @@ __all__ = [
     "device_errors",
     "preflight",
     "run_size_warning",
+    "secagg_errors",
     "unmatched_targets",
 ]
 
@@ -83,7 +84,7 @@ def preflight(cfg: Config) -> Preflight:
     ``config.json`` files at most, never weights."""
     from fedamole.model_config import ModelUnavailableError
 
-    absent, errors = _data_errors(cfg), device_errors(cfg.model.device)
+    absent, errors = _data_errors(cfg), device_errors(cfg.model.device) + secagg_errors(cfg)
     try:
         names, parameters = _modules(cfg.model.name)
     except ModelUnavailableError as exc:
@@ -101,6 +102,42 @@ def preflight(cfg: Config) -> Preflight:
         return Preflight(tuple(errors), tuple(absent))
     errors += _target_errors(cfg, names)
     return Preflight(tuple(errors), tuple(absent), parameters)
+
+
+def secagg_errors(cfg: Config) -> list[str]:
+    """``flower.secagg`` against the algorithm's registration
+    (:attr:`~fedamole.algorithms.registry.AlgorithmSpec.secure_kinds`): SecAgg+ sums over every
+    client, so an algorithm must have a mean over all clients to protect; one that also averages
+    over groups (FedAMoLE's domain experts) runs only when ``flower.secaggplus.experts_in_clear``
+    says that those may travel in the clear (docs/algorithm.md#secure-aggregation)."""
+    from fedamole.algorithms.registry import algorithm_spec, registry
+
+    name = cfg.federation.algorithm
+    if cfg.flower.secagg == "none" or name not in registry():
+        return []
+    spec = algorithm_spec(name)
+    if not spec.secure_kinds:
+        able = sorted(n for n, s in registry().items() if s.secure_kinds)
+        return [
+            f"`flower.secagg` = 'secaggplus' cannot protect {name}: it registers no tensor "
+            "that its server only ever averages over every client (it keeps updates apart, "
+            "forwards one client's tensors, or averages within groups of clients, and a secure "
+            "sum over a small group hides nothing: each member can subtract its own update from "
+            "the group's mean and read the rest); set "
+            f'`flower.secagg = "none"`, or choose one of {able}'
+        ]
+    if spec.clear_groups and not cfg.flower.secaggplus.experts_in_clear:
+        k = cfg.mole.clients_per_expert
+        return [
+            f"`flower.secagg` = 'secaggplus' with {name} protects only "
+            f"{' and '.join(spec.secure_kinds)} (means over every client); {spec.clear_groups} "
+            f"({k}) would travel in the clear: SecAgg+ runs one sum over all clients, and a "
+            "group this small hides nothing anyway, since a holder can subtract its own update "
+            "from its group's mean and read the rest; set `flower.secaggplus.experts_in_clear = "
+            "true` "
+            'to run so, or `flower.secagg = "none"`'
+        ]
+    return []
 
 
 @functools.lru_cache(maxsize=16)

@@ -42,4 +42,6 @@ ALGORITHM = AlgorithmSpec(
     label_flags=ablation_flags,
     settings="mole",
     targets="mole.target_modules",
+    secure_kinds=("token_proj", "shared"),  # ExpertBank.fold: means over every client
+    clear_groups="each domain expert, averaged among its `mole.clients_per_expert` holders",
 )

@@ -11,4 +11,5 @@ ALGORITHM = AlgorithmSpec(
     global_model=False,  # the private adapter mixed in per instance is the product
     # two peft adapters and the mixing direction
     export=Export(kind="feddpa", writer="fedamole.export.writers:write_feddpa"),
+    secure_kinds=("lora_A", "lora_B"),  # LoRAStrategy.merge: a mean over all
 )

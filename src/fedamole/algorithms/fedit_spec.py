@@ -9,4 +9,5 @@ ALGORITHM = AlgorithmSpec(
     table_order=10,
     global_model=True,
     export=Export(kind="peft", writer="fedamole.export.writers:write_peft"),
+    secure_kinds=("lora_A", "lora_B"),  # LoRAStrategy.merge: a mean over all
 )

@@ -12,4 +12,5 @@ ALGORITHM = AlgorithmSpec(
     # only the received global prompt is checkpointed
     export=Export(kind="prompt", writer="fedamole.export.writers:write_prompt", trained=False),
     targets=None,  # virtual tokens: no layer is wrapped
+    secure_kinds=("prompt",),  # prompt_tuning._average: a mean over all
 )

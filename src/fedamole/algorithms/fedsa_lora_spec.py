@@ -10,4 +10,5 @@ ALGORITHM = AlgorithmSpec(
     table_order=60,
     global_model=False,  # B stays personal
     export=Export(kind="peft", writer="fedamole.export.writers:write_peft"),
+    secure_kinds=("lora_A", "lora_B"),  # LoRAStrategy.merge: a mean over all
 )

@@ -79,6 +79,11 @@ class AlgorithmSpec:
             model before a run (:mod:`fedamole.preflight`): ``"baselines.target_modules"``
             (peft's LoRA), ``"mole.target_modules"`` (FedAMoLE's injection), or ``None`` when
             it wraps no layer (the prompt methods).
+        secure_kinds: the upload's tensor kinds (the key before the first ``:``) that the server
+            only ever averages over every accepted client, and that the Flower engine can so sum
+            with SecAgg+ (``flower.secagg``, docs/algorithm.md#secure-aggregation); ``()``: none.
+        clear_groups: what else the server averages, over groups of clients, and so sees in the
+            clear under SecAgg+ (FedAMoLE's domain experts); ``None``: nothing.
     """
 
     name: str
@@ -91,6 +96,8 @@ class AlgorithmSpec:
     label_flags: Callable[[Mapping[str, Any]], str] | None = None
     settings: str = "baselines"
     targets: str | None = "baselines.target_modules"
+    secure_kinds: tuple[str, ...] = ()
+    clear_groups: str | None = None
 
     def load_class(self) -> type:
         """The algorithm class (imports its module, and so torch)."""

@@ -20,6 +20,7 @@ from fedamole.config.schema import (
     DataConfig,
     EvalConfig,
     FederationConfig,
+    FlowerConfig,
     ModelConfig,
     MoLEConfig,
     PartitionConfig,
@@ -36,6 +37,8 @@ __all__ = [
     "fedlease_errors",
     "model_errors",
     "rank_errors",
+    "secagg_errors",
+    "secagg_shares",
     "target_errors",
     "train_errors",
 ]
@@ -245,3 +248,61 @@ def algorithm_errors(federation: FederationConfig) -> list[str]:
     if name in names:
         return []
     return [f"`federation.algorithm` ({name!r}) is unknown; choose one of {sorted(names)}"]
+
+
+SECAGG_MIN_CLIENTS = 3
+"""The fewest clients a secure sum may have: with two, each can subtract its own update from the
+sum (which the next global model reveals) and read the other's."""
+
+
+def secagg_shares(flower: FlowerConfig, num_clients: int) -> tuple[int, int]:
+    """``(num_shares, reconstruction_threshold)`` of a run's SecAgg+: the configured values, or
+    every client and a majority of them."""
+    s = flower.secaggplus
+    shares = s.num_shares if s.num_shares is not None else num_clients
+    threshold = s.reconstruction_threshold
+    return shares, threshold if threshold is not None else shares // 2 + 1
+
+
+def secagg_errors(flower: FlowerConfig, federation: FederationConfig) -> list[str]:
+    """SecAgg+ (``flower.secagg = "secaggplus"``): enough clients to hide one among them, and
+    shares, threshold and ranges Flower's protocol accepts and that cannot overflow. Whether the
+    algorithm has a mean over all clients to protect is checked before a run
+    (:func:`fedamole.preflight.secagg_errors`), where its registration is read."""
+    if flower.secagg == "none":
+        return []
+    s, n = flower.secaggplus, federation.num_clients
+    if n < SECAGG_MIN_CLIENTS:
+        return [
+            f"`flower.secagg` = 'secaggplus' needs `federation.num_clients` >= "
+            f"{SECAGG_MIN_CLIENTS} (got {n}): with {n} client(s) the sum hides nothing, since "
+            "each client can subtract its own update from it; add clients or set "
+            '`flower.secagg = "none"`'
+        ]
+    errors = []
+    shares, threshold = secagg_shares(flower, n)
+    if shares > n:
+        errors.append(
+            f"`flower.secaggplus.num_shares` ({shares}) must be <= `federation.num_clients` ({n})"
+        )
+    elif shares < n and shares % 2 == 0:
+        errors.append(
+            f"`flower.secaggplus.num_shares` ({shares}) must be odd when below the number of "
+            f"clients ({n}): each client shares with as many neighbours on each side; use "
+            f"{shares + 1} or {shares - 1}"
+        )
+    if threshold >= shares:
+        errors.append(
+            f"`flower.secaggplus.reconstruction_threshold` ({threshold}) must be < num_shares "
+            f"({shares}); unset it for a majority ({shares // 2 + 1})"
+        )
+    q, m = s.quantization_range, s.modulus_range
+    if m & (m - 1):
+        errors.append(f"`flower.secaggplus.modulus_range` ({m}) must be a power of 2, e.g. 2**32")
+    if n * q >= m:
+        errors.append(
+            f"`flower.secaggplus.quantization_range` ({q}) times the clients ({n}) must be < "
+            f"`modulus_range` ({m}), or the sum of the quantized updates wraps around; lower "
+            f"quantization_range to <= {(m - 1) // n}"
+        )
+    return errors

@@ -31,6 +31,7 @@ __all__ = [
     "PartitionConfig",
     "RanksConfig",
     "RunConfig",
+    "SecAggPlusConfig",
     "Section",
     "TrainConfig",
 ]
@@ -313,11 +314,28 @@ class RunConfig(Section):
         return value or None  # [] is unset: no hook
 
 
+class SecAggPlusConfig(Section):
+    """Flower's SecAgg+ parameters (``flower.secagg = "secaggplus"``;
+    docs/algorithm.md#secure-aggregation). ``None`` shares and threshold: every client shares
+    with every other, and a majority of them reconstructs."""
+
+    num_shares: int | None = Field(None, ge=3)
+    reconstruction_threshold: int | None = Field(None, ge=2)
+    # Flower's defaults are 8.0 and 2**22 (up to 1023 clients); adapters stay well inside +-4,
+    # and a small federation affords 4x finer levels: a step 2c/Q = 4.8e-7, up to 255 clients
+    clipping_range: float = Field(4.0, gt=0)
+    quantization_range: int = Field(2**24, ge=2, le=2**31 - 1)  # Flower rounds into int32
+    modulus_range: int = Field(2**32, ge=4, le=2**32)
+    experts_in_clear: bool = False  # FedAMoLE: run with the domain experts aggregated in the clear
+
+
 class FlowerConfig(Section):
     """The Flower engine (``--engine flower``, ``fedamole deploy-local``); the embedded engine
-    ignores it."""
+    refuses ``secagg`` and ignores the rest."""
 
     client_cpus: float = Field(1.0, gt=0)
     client_gpus: float = Field(0.0, ge=0)
     round_timeout: float = Field(3600.0, gt=0)
     connect_timeout: float = Field(300.0, gt=0)
+    secagg: Literal["none", "secaggplus"] = "none"
+    secaggplus: SecAggPlusConfig = SecAggPlusConfig()

@@ -27,6 +27,7 @@ from fedamole.config.checks import (
     fedlease_errors,
     model_errors,
     rank_errors,
+    secagg_errors,
     target_errors,
     train_errors,
 )
@@ -113,6 +114,7 @@ def feasibility_errors(cfg: Config) -> list[str]:
         *data_errors(cfg.data, cfg.partition),
         *train_errors(cfg.train),
         *federation_errors(cfg.federation),
+        *secagg_errors(cfg.flower, cfg.federation),
         *algorithm_errors(cfg.federation),
     ]
 

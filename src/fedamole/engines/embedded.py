@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from fedamole.algorithms.base import Algorithm, ClientContext
 from fedamole.algorithms.runtime import build_runtime
-from fedamole.config import Config
+from fedamole.config import Config, ConfigError
 from fedamole.data import load_federated_data
 from fedamole.engines.common import (
     InjectedFailure,
@@ -83,6 +83,14 @@ def run_embedded(
             :func:`~fedamole.engines.common.run_federation`).
         on_record: called with every record written to ``metrics.jsonl`` (ditto).
     """
+    if cfg.flower.secagg != "none":
+        raise ConfigError(
+            [
+                f"`flower.secagg` = {cfg.flower.secagg!r} needs the Flower engine: the embedded "
+                "engine runs every client in this process, where no secure sum can hide one "
+                'client\'s update; run with `--engine flower`, or set `flower.secagg = "none"`'
+            ]
+        )
     run = open_run(cfg, run_dir, resume=resume, overwrite=overwrite)
     try:
         runtime = build_runtime(cfg)

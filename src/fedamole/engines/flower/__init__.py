@@ -9,6 +9,8 @@ module                  what
                         deployment, :func:`~.server_app.make_server_app` for simulation)
 ``client_app``          the ClientApp: ``local_update`` with this node's data, state in
                         ``context.state``
+``secagg``              ``flower.secagg``: Flower's SecAgg+ workflow and client mod, driven from our
+                        round for the means over every client
 ``simulation``          ``fedamole run --engine flower``: Flower's simulation engine (Ray)
 ``deploy``              ``fedamole deploy-local``: a SuperLink and N SuperNodes on 127.0.0.1, TLS
                         and SuperNode authentication, one ``flwr run``, every process stopped

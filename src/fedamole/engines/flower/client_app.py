@@ -6,7 +6,10 @@ Two message types arrive (see :mod:`fedamole.engines.flower.server_app`):
   in simulation, a folder for state snapshots. The app keeps them in ``context.state``, checks
   that this node's data loads, and answers with its client index, ``node_config["partition-id"]``.
 - ``train`` (every round): one :class:`~fedamole.federated.messages.ServerMessage`; the app runs
-  ``algo.local_update`` and answers with the ``ClientMessage``.
+  ``algo.local_update`` and answers with the ``ClientMessage``. With ``flower.secagg`` it holds
+  back the tensors its algorithm averages over every client, and the SecAgg+ stages that follow
+  (also ``train`` messages, Flower's own) go through Flower's ``secaggplus_mod``
+  (:mod:`fedamole.engines.flower.secagg`).
 
 Where the data comes from: with ``node_config["data-file"]`` (deployment) this owner's local file
 (:func:`fedamole.data.node.load_node_data`); without it (simulation) partition ``partition-id`` of
@@ -45,6 +48,7 @@ from flwr.clientapp import ClientApp
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedamole.algorithms.base import Algorithm, ClientContext
+from fedamole.algorithms.registry import algorithm_spec
 from fedamole.algorithms.runtime import build_runtime
 from fedamole.config import Config
 from fedamole.data.types import ClientData
@@ -57,6 +61,7 @@ from fedamole.engines.flower.records import (
     state_from_records,
     state_to_records,
 )
+from fedamole.engines.flower.secagg import SECAGG_KEY, handles, hold_back, secure_train
 from fedamole.federated.messages import ServerMessage
 from fedamole.rundir import client_snapshot, client_snapshots, load_checkpoint, save_checkpoint
 
@@ -109,6 +114,9 @@ def train(msg: Message, context: Context) -> Message:
     if SETUP_KEY not in context.state.config_records:
         raise RuntimeError("no handshake received for this run; the server must query first")
     setup_record = context.state.config_records[SETUP_KEY]
+    if handles(msg):  # a SecAgg+ stage
+        cfg = _parse_config(str(setup_record["config"]))
+        return secure_train(msg, context, cfg, _client_index(context, cfg))
     runtime, loaded_now = _runtime(str(setup_record["config"]))
     cfg = runtime.cfg
     client = _client_index(context, cfg)
@@ -126,6 +134,10 @@ def train(msg: Message, context: Context) -> Message:
     t_work = time.perf_counter()
     update = runtime.algo.local_update(server_msg.round, server_msg, ctx)
     work_s = time.perf_counter() - t_work
+    held = None
+    if cfg.flower.secagg != "none":
+        kinds = algorithm_spec(cfg.federation.algorithm).secure_kinds
+        update, held = hold_back(context, update, kinds)
     keep = msg.content.config_records.get(KEEP_KEY)  # the run's best round, when it has one
     keep_round = int(keep["round"]) if keep is not None else None
     _store_state(context, ctx.state, client, server_msg.round, state_dir, keep_round)
@@ -136,6 +148,8 @@ def train(msg: Message, context: Context) -> Message:
     }
     content = message_to_record(update)
     content[RUNTIME_KEY] = ConfigRecord(timing)
+    if held is not None:
+        content[SECAGG_KEY] = held
     return Message(content, reply_to=msg)
 
 

@@ -15,6 +15,9 @@ server state exactly as the embedded engine does, connects the nodes and hands
   engine; the run goes on. Each message also names, in a ``fedamole.keep`` record, the round of
   the run's ``checkpoints/best``, whose state snapshot the client keeps besides its last two
   (:mod:`fedamole.engines.flower.client_app`).
+- **secure aggregation** (``flower.secagg``, :mod:`fedamole.engines.flower.secagg`): after the
+  ``train`` replies, Flower's SecAgg+ workflow sums what the clients held back (the means over
+  every client) in four more exchanges, and each participant's update gets the mean.
 
 Besides the shared logs, the run directory gets ``wire.jsonl``: per round and client, the
 serialized size of the Flower messages (every object Flower ships: message, records, arrays)
@@ -53,8 +56,10 @@ from fedamole.engines.common import (
 )
 from fedamole.engines.flower.client_app import KEEP_KEY, NODE_KEY, RUNTIME_KEY, SETUP_KEY
 from fedamole.engines.flower.records import message_from_record, message_to_record
+from fedamole.engines.flower.secagg import Held, SecureAggregation, describe_secagg, held_of
 from fedamole.engines.summary import RunResult
 from fedamole.federated.messages import ClientMessage, ServerMessage
+from fedamole.preflight import secagg_errors
 from fedamole.rundir import (
     BEST,
     CheckpointError,
@@ -147,8 +152,13 @@ def make_server_app(settings: ServerSettings) -> ServerApp:
 def serve(grid: Grid, settings: ServerSettings) -> RunResult:
     """Run (or resume) the experiment over ``grid``; see the module docstring."""
     cfg = settings.cfg
+    refused = secagg_errors(cfg)
+    if refused:
+        raise ConfigError(refused)
     run = open_run(cfg, settings.run_dir, resume=settings.resume, overwrite=settings.overwrite)
     try:
+        if cfg.flower.secagg != "none":
+            log.info("%s", describe_secagg(cfg))
         runtime = build_runtime(cfg)
         algo = runtime.algo
         _observe_partition(cfg, algo)
@@ -196,6 +206,7 @@ class FlowerClients:
         self.grid, self.cfg, self.setup, self.wire = grid, cfg, dict(setup), wire
         self.checkpoints = checkpoints
         self.node_of: dict[int, int] = {}  # client index -> node id
+        self.secagg = SecureAggregation(cfg) if cfg.flower.secagg != "none" else None
         self.queried: set[int] = set()  # nodes that answered the handshake (or refused it)
 
     def connect(self) -> None:
@@ -242,12 +253,16 @@ class FlowerClients:
         timeout = self.cfg.flower.round_timeout
         t_sent = time.time()
         replies = self.grid.send_and_receive([m for _, m in sent.values()], timeout=timeout)
+        held: dict[int, Held] = {}  # client -> what it holds for SecAgg+
         for reply in replies:
             node = reply.metadata.src_node_id
             if node not in sent:
                 continue
             client = sent[node][0]
             outcomes[client] = self._receive(rnd, client, reply, down[client], t_sent, messages)
+            found = held_of(reply.content) if isinstance(outcomes[client], ClientMessage) else None
+            if found is not None:
+                held[client] = found
         for node, (client, _) in sent.items():
             outcomes.setdefault(
                 client,
@@ -255,8 +270,26 @@ class FlowerClients:
                     f"no reply from node {node} within {timeout:g} s (`flower.round_timeout`)"
                 ),
             )
+        if self.secagg is not None:
+            self._secure(rnd, outcomes, held)
         for client in sorted(messages):
             yield client, outcomes[client]
+
+    def _secure(self, rnd: int, outcomes: dict[int, Outcome], held: Mapping[int, Held]) -> None:
+        """SecAgg+ over the clients that hold tensors for it (:mod:`.secagg`): their outcomes get
+        the mean, or an error; ``wire.jsonl`` gets the protocol's bytes per client."""
+        assert self.secagg is not None
+        self.secagg.complete(self.grid, rnd, outcomes, held, self.node_of)
+        for client, (down_bytes, up_bytes) in sorted(self.secagg.wire.items()):
+            if self.wire is not None:
+                self.wire.log(
+                    {
+                        "round": rnd,
+                        "client": client,
+                        "secagg_down_serialized": down_bytes,
+                        "secagg_up_serialized": up_bytes,
+                    }
+                )
 
     def states(self) -> dict[int, dict[str, Any]]:
         return {}  # clients keep their own state (context.state and snapshots)
