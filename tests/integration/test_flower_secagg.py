@@ -22,6 +22,7 @@ import torch
 
 pytest.importorskip("flwr", reason="the Flower engine needs `make install-flower`")
 
+from fedamole.algorithms.registry import registry
 from fedamole.config import ConfigError
 from fedamole.engines.flower import server_app as flower_server
 from fedamole.rundir import load_checkpoint, read_jsonl
@@ -133,7 +134,13 @@ def test_fedamole_secure_shared_parts_equal_plain_within_quantization(smoke, tmp
     assert "IN THE CLEAR: each domain expert" in log_text
 
 
-@pytest.mark.parametrize("name", ["ffa_lora", "fedsa_lora", "feddpa", "fedprompt"])
+# FedIT and FedAMoLE have their own tests above
+OTHERS = sorted(
+    n for n, s in registry().items() if s.secure_kinds and n not in ("fedit", "fedamole")
+)
+
+
+@pytest.mark.parametrize("name", OTHERS)
 def test_other_registered_algorithms_equal_plain_within_quantization(smoke, tmp_path, name):
     """Every algorithm that registers secure kinds runs with SecAgg+ and gives the plain run's
     metrics (its server state is the plain one's within 2c/Q per entry of the summed kinds)."""
