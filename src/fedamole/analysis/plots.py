@@ -252,8 +252,9 @@ def plot_ablation(runs: list[Run], mode: RoundMode) -> list[Drawing]:
 def plot_privacy(runs: list[Run], mode: RoundMode) -> list[Drawing]:
     """Fig. 11: FedAMoLE-DP's score vs noise rate η (smaller = more noise); FedAMoLE dashed."""
     items = fedamole_entries(runs, ("federation.privacy", "federation.privacy_eta"), dp=True)
-    private = [e for e in items if e.run.get("federation.privacy") is True]
-    need(private, "FedAMoLE runs with federation.privacy = true")
+    # true in the configs of runs from before privacy named a mechanism
+    private = [e for e in items if e.run.get("federation.privacy") in (True, "paper")]
+    need(private, "FedAMoLE runs with federation.privacy = 'paper'")
     for e in items:
         e.method = "FedAMoLE-DP"
     return versus(

@@ -23,6 +23,7 @@ from fedamole.config.schema import (
     ModelConfig,
     MoLEConfig,
     PartitionConfig,
+    PrivacyConfig,
     TrainConfig,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "eval_timing_errors",
     "federation_errors",
     "model_errors",
+    "privacy_errors",
     "rank_errors",
     "target_errors",
     "train_errors",
@@ -188,6 +190,52 @@ def federation_errors(federation: FederationConfig) -> list[str]:
                 f"`federation.fail_clients` entry ({rnd}, {client}) is out of range: "
                 f"rounds 0..{f.rounds}, clients 0..{f.num_clients - 1}"
             )
+    return errors
+
+
+def privacy_errors(federation: FederationConfig, privacy: PrivacyConfig) -> list[str]:
+    """The Gaussian mechanism has exactly one of a target epsilon and a noise multiplier, and
+    ``[privacy]`` settings are not given to a run that uses none of them (docs/privacy.md)."""
+    f, p, errors = federation, privacy, []
+    both = p.epsilon is not None and p.noise_multiplier is not None
+    if f.privacy == "gaussian":
+        if both:
+            errors.append(
+                f"`privacy.epsilon` ({p.epsilon}) and `privacy.noise_multiplier` "
+                f"({p.noise_multiplier}) are both set: give the target epsilon (the noise is "
+                "solved for it) or the noise multiplier (epsilon is reported), not both"
+            )
+        elif p.epsilon is None and p.noise_multiplier is None:
+            errors.append(
+                "`federation.privacy` = 'gaussian' needs `privacy.epsilon` (a target, e.g. "
+                "privacy.epsilon=4) or `privacy.noise_multiplier` (e.g. 1.0)"
+            )
+        if f.algorithm != "fedamole":
+            errors.append(
+                f"`federation.privacy` = 'gaussian' protects FedAMoLE's RSEA statistics; "
+                f"`federation.algorithm` = {f.algorithm!r} uploads none: set "
+                "federation.privacy='none'"
+            )
+        elif f.assignment != "rsea":
+            errors.append(
+                f"`federation.privacy` = 'gaussian' protects the RSEA statistics, which "
+                f"`federation.assignment` = {f.assignment!r} never uploads: set "
+                "federation.assignment='rsea' or federation.privacy='none'"
+            )
+        if f.rounds < 2:
+            errors.append(
+                f"`federation.privacy` = 'gaussian' with `federation.rounds` ({f.rounds}): the "
+                "statistics are uploaded in rounds 1..R-1, so there is nothing to protect; set "
+                "federation.rounds >= 2 or federation.privacy='none'"
+            )
+    else:
+        for name in ("epsilon", "noise_multiplier"):
+            if getattr(p, name) is not None:
+                errors.append(
+                    f"`privacy.{name}` ({getattr(p, name)}) is set but `federation.privacy` = "
+                    f"{f.privacy!r} does not use it: set federation.privacy='gaussian' or "
+                    f"remove privacy.{name}"
+                )
     return errors
 
 

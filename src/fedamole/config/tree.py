@@ -25,6 +25,7 @@ from fedamole.config.checks import (
     eval_timing_errors,
     federation_errors,
     model_errors,
+    privacy_errors,
     rank_errors,
     target_errors,
     train_errors,
@@ -42,6 +43,7 @@ from fedamole.config.schema import (
     ModelConfig,
     MoLEConfig,
     PartitionConfig,
+    PrivacyConfig,
     PTuningConfig,
     RunConfig,
     Section,
@@ -59,6 +61,7 @@ class Config(Section):
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     federation: FederationConfig = FederationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -111,6 +114,7 @@ def feasibility_errors(cfg: Config) -> list[str]:
         *data_errors(cfg.data, cfg.partition),
         *train_errors(cfg.train),
         *federation_errors(cfg.federation),
+        *privacy_errors(cfg.federation, cfg.privacy),
         *algorithm_errors(cfg.federation),
     ]
 
