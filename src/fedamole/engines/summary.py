@@ -29,6 +29,8 @@ class RunResult:
     bytes_down: int = 0
     failures: int = 0
     experts: dict[int, list[int]] = field(default_factory=dict)  # client -> experts held per module
+    # privacy/epsilon_<what> -> client -> its last logged epsilon (docs/privacy.md#accounting)
+    epsilon: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def summarize_run(run_dir: Path) -> RunResult:
@@ -52,6 +54,7 @@ def summarize_run(run_dir: Path) -> RunResult:
     result = RunResult(run_dir, rounds[-1] if rounds else -1, bytes_up=up, bytes_down=down)
     if rounds:
         result.first, result.last = by_round[rounds[0]], by_round[rounds[-1]]
+    result.epsilon = _last_epsilon(records)
     assignments = run.read_assignments()
     if assignments:
         modules = assignments[max(assignments)]["modules"]
@@ -59,6 +62,17 @@ def summarize_run(run_dir: Path) -> RunResult:
             for client, ids in enumerate(per_client):
                 result.experts.setdefault(client, []).append(len(ids))
     return result
+
+
+def _last_epsilon(records: list) -> dict[str, dict[int, float]]:
+    """Each ``privacy/epsilon_...`` metric's latest value per client."""
+    out: dict[str, dict[int, float]] = {}
+    names = {r["metric"] for r in records if r["split"] == "privacy"}
+    for name in sorted(n for n in names if n.startswith("epsilon_")):
+        for rnd, clients in sorted(fold(records, "privacy", name).items()):
+            for client, value in clients.items():
+                out.setdefault(name.removeprefix("epsilon_"), {})[client] = value
+    return out
 
 
 def _add(
@@ -103,6 +117,12 @@ def format_summary(result: RunResult) -> str:
         for client, counts in sorted(result.experts.items()):
             mean = sum(counts) / len(counts)
             lines.append(f"  client {client:>3}: {mean:4.1f} ({min(counts)}-{max(counts)})")
+    for what, per_client in sorted(result.epsilon.items()):
+        values = list(per_client.values())
+        lines.append(
+            f"privacy ({what}): epsilon per client at the end {min(values):.3f}-{max(values):.3f} "
+            f"(docs/privacy.md)"
+        )
     lines.append(
         f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
     )
