@@ -82,7 +82,13 @@ from fedamole.algorithms.base import (
     screen_updates,
     train_examples,
 )
-from fedamole.algorithms.fedamole_privacy import gaussian_stats, paper_noise, privacy_metrics
+from fedamole.algorithms.fedamole_privacy import (
+    gaussian_stats,
+    paper_noise,
+    privacy_metrics,
+    private_fold,
+    update_privacy,
+)
 from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
 from fedamole.federated.aggregation import TensorSpec, check_update, spec_of
@@ -161,6 +167,7 @@ class FedAMoLE(RoundTemplate):
         self.rng = np.random.default_rng([cfg.run.seed, 1])
         self.dirty = True
         self.missed: set[int] = set()  # clients that gave no reply last round: resend their experts
+        self.update_dp = update_privacy(cfg)  # privacy.updates = "gaussian", else None
 
     # ---------------------------------------------------------------------------------- server side
 
@@ -213,19 +220,21 @@ class FedAMoLE(RoundTemplate):
             return RoundSummary(rnd, tuple(accepted), rejected, info)
         if not rnd < self.cfg.federation.rounds:
             return RoundSummary(rnd, tuple(accepted), rejected)
-        bank = self._bank()
+        bank, dp = self._bank(), {}
         if accepted:
             modules = {c: unpack_modules(m.tensors) for c, m in accepted.items() if m.tensors}
-            weights = None
-            if self.cfg.federation.weighting == "examples":
-                weights = {c: float(accepted[c].config["num_examples"]) for c in modules}
-            bank.fold(modules, weights)
+            if self.update_dp is not None:  # unweighted: validation refuses "examples" here
+                dp = private_fold(self.update_dp, bank, modules, self._client_modules, rnd)
+            elif self.cfg.federation.weighting == "examples":
+                bank.fold(modules, {c: float(accepted[c].config["num_examples"]) for c in modules})
+            else:
+                bank.fold(modules, None)
             stats = {c: unpack_stats(m.tensors) for c, m in accepted.items()}
             bank.fold_embeddings(stats, self._assignment(), self.num_clients)
         previous = self._assignment()
         self.assignment, affinities = self._next_assignment()
         self.dirty = True
-        info = {"metrics": self._diagnostics(self.assignment, previous, affinities)}
+        info = {"metrics": {**self._diagnostics(self.assignment, previous, affinities), **dp}}
         return RoundSummary(rnd, tuple(accepted), rejected, info)
 
     def assignment_record(self) -> dict[str, Any]:
@@ -238,6 +247,7 @@ class FedAMoLE(RoundTemplate):
             "rng": _rng_state(self.rng),
             "dirty": self.dirty,
             "missed": sorted(self.missed),
+            **({"update_dp": self.update_dp.state_dict()} if self.update_dp else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -249,6 +259,8 @@ class FedAMoLE(RoundTemplate):
         self.rng.bit_generator.state = json_to_rng_state(state["rng"])
         self.dirty = bool(state["dirty"])
         self.missed = {int(c) for c in state.get("missed", [])}  # absent before it existed
+        if self.update_dp is not None:
+            self.update_dp.load_state_dict(state["update_dp"])
 
     # ---------------------------------------------------------------------------------- client side
 
@@ -304,7 +316,6 @@ class FedAMoLE(RoundTemplate):
         reply = client_round(self, rnd, msg, ctx)
         if self.cfg.federation.privacy != "gaussian":
             return reply
-        # every round: this round's release, or the epsilon so far when it uploaded nothing
         found = ctx.cache.pop(_PRIVACY_METRICS, None) or privacy_metrics(self.cfg, ctx)
         return replace(reply, metrics={**reply.metrics, **found})
 

@@ -1,6 +1,8 @@
 """FedAMoLE's protection of the uploaded RSEA statistics (``federation.privacy``; docs/privacy.md).
 
 - ``"paper"``: the reference's noise heuristic (:mod:`fedamole.federated.privacy`), no guarantee.
+- ``privacy.updates = "gaussian"``: client-level DP for the uploaded weights on the server
+  (:func:`private_fold`, :mod:`fedamole.federated.update_dp`).
 - ``"gaussian"``: the Gaussian mechanism with per-example clipping
   (:mod:`fedamole.federated.gaussian`) and an accountant per client
   (:mod:`fedamole.federated.accounting`). The client accounts for itself: it knows what it
@@ -18,6 +20,9 @@ round). A client that misses rounds releases less, so its epsilon stays below th
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,16 +31,21 @@ import torch
 from fedamole.algorithms.base import ClientContext, client_seed
 from fedamole.config import Config
 from fedamole.federated.accounting import Accountant, noise_for_epsilon
+from fedamole.federated.expert_bank import ExpertBank
 from fedamole.federated.gaussian import noisy_module_stats
+from fedamole.federated.messages import pack_modules, unpack_modules
 from fedamole.federated.privacy import NormClipper, privatize
-from fedamole.mole import ExampleStats, ModuleStats
+from fedamole.federated.update_dp import UpdatePrivacy
+from fedamole.mole import ExampleStats, ModuleState, ModuleStats
 
 __all__ = [
     "STATE_KEY",
     "gaussian_stats",
     "paper_noise",
     "privacy_metrics",
+    "private_fold",
     "stats_noise_multiplier",
+    "update_privacy",
 ]
 
 STATE_KEY = "dp_stats"
@@ -118,3 +128,61 @@ def paper_noise(
         out[name] = type(st)(**{**st.__dict__, "token": noisy_t[0], "experts": noisy_t[1:]})
     ctx.state["clipper"] = clipper.state_dict()
     return out
+
+
+def update_privacy(cfg: Config) -> UpdatePrivacy | None:
+    """The server's update DP (one upload per round ``1..R-1``), or ``None`` without it."""
+    if cfg.privacy.updates != "gaussian":
+        return None
+    return UpdatePrivacy(cfg, releases=stats_releases(cfg))
+
+
+def private_fold(
+    dp: UpdatePrivacy,
+    bank: ExpertBank,
+    uploads: Mapping[int, Mapping[str, ModuleState]],
+    received: Callable[[int], dict[str, ModuleState]],
+    rnd: int,
+) -> dict[str, float]:
+    """:meth:`ExpertBank.fold` under client-level DP (:mod:`fedamole.federated.update_dp`).
+
+    Each client's update (every tensor it uploads, against what it received) is clipped
+    jointly; after the means, each expert gets noise ``z C / m`` for its ``m`` uploading
+    holders, the shared expert and the token projection ``z C / M`` for the ``M`` uploading
+    clients. One release per uploading client is accounted.
+
+    Args:
+        received: client -> the modules it was sent this round (the bank before folding).
+
+    Returns:
+        The round's ``dp/...`` server metrics (noise standard deviations, group sizes, epsilon).
+    """
+    clipped, norms = {}, []
+    for c in sorted(uploads):
+        ref = {k: v for k, v in pack_modules(received(c)).items() if not k.startswith("ids:")}
+        tensors, norm = dp.clip(pack_modules(uploads[c]), ref)
+        clipped[c], norms = unpack_modules(tensors), [*norms, norm]
+    bank.fold(clipped)
+    gen, everyone, sizes = dp.generator(rnd), len(clipped), [len(clipped)]
+    for name in sorted(bank.modules):
+        st = bank.modules[name]
+        holders = Counter(int(e) for up in clipped.values() for e in up[name].expert_ids)
+        a, b = st.lora_A.clone(), st.lora_B.clone()
+        gate = None if st.gate is None else st.gate.clone()
+        for e, m in sorted(holders.items()):
+            a[e], b[e] = dp.noise(a[e], m, gen), dp.noise(b[e], m, gen)
+            if gate is not None:
+                gate[e] = dp.noise(gate[e], m, gen)
+            sizes.append(m)
+        shared = {}
+        if st.shared_A is not None and st.shared_B is not None:
+            shared = {
+                "shared_A": dp.noise(st.shared_A, everyone, gen),
+                "shared_B": dp.noise(st.shared_B, everyone, gen),
+            }
+        token_proj = dp.noise(st.token_proj, everyone, gen)
+        bank.modules[name] = replace(
+            st, lora_A=a, lora_B=b, gate=gate, token_proj=token_proj, **shared
+        )
+    dp.step(sorted(clipped), sizes, norms)
+    return dict(dp.round_info)

@@ -28,6 +28,7 @@ from fedamole.config.schema import (
 )
 
 __all__ = [
+    "UPDATE_DP_ALGORITHMS",
     "AlgorithmName",
     "algorithm_errors",
     "assignment_errors",
@@ -193,6 +194,11 @@ def federation_errors(federation: FederationConfig) -> list[str]:
     return errors
 
 
+# The algorithms whose server averages uploaded weights through the shared hooks that apply
+# privacy.updates (tests/unit/test_config_privacy.py checks each one has the hook).
+UPDATE_DP_ALGORITHMS = ("fedamole", "feddpa", "fedit", "fedsa_lora", "ffa_lora")
+
+
 def privacy_errors(federation: FederationConfig, privacy: PrivacyConfig) -> list[str]:
     """The Gaussian mechanism has exactly one of a target epsilon and a noise multiplier, and
     ``[privacy]`` settings are not given to a run that uses none of them (docs/privacy.md)."""
@@ -236,6 +242,47 @@ def privacy_errors(federation: FederationConfig, privacy: PrivacyConfig) -> list
                     f"{f.privacy!r} does not use it: set federation.privacy='gaussian' or "
                     f"remove privacy.{name}"
                 )
+    return errors + _update_errors(f, p)
+
+
+def _update_errors(f: FederationConfig, p: PrivacyConfig) -> list[str]:
+    errors = []
+    if p.updates == "none":
+        for name in ("update_epsilon", "update_noise_multiplier"):
+            if getattr(p, name) is not None:
+                errors.append(
+                    f"`privacy.{name}` ({getattr(p, name)}) is set but `privacy.updates` = "
+                    f"'none': set privacy.updates='gaussian' or remove privacy.{name}"
+                )
+        return errors
+    if p.update_epsilon is not None and p.update_noise_multiplier is not None:
+        errors.append(
+            f"`privacy.update_epsilon` ({p.update_epsilon}) and `privacy.update_noise_multiplier` "
+            f"({p.update_noise_multiplier}) are both set: give one"
+        )
+    elif p.update_epsilon is None and p.update_noise_multiplier is None:
+        errors.append(
+            "`privacy.updates` = 'gaussian' needs `privacy.update_epsilon` (a target, e.g. 4) "
+            "or `privacy.update_noise_multiplier` (e.g. 1.0)"
+        )
+    if f.algorithm not in UPDATE_DP_ALGORITHMS:
+        errors.append(
+            f"`privacy.updates` = 'gaussian' is not implemented for `federation.algorithm` = "
+            f"{f.algorithm!r} (local training uploads nothing; the others average in their own "
+            f"way): use one of {list(UPDATE_DP_ALGORITHMS)} or privacy.updates='none'"
+        )
+    if f.weighting != "uniform":
+        errors.append(
+            f"`privacy.updates` = 'gaussian' needs unweighted means: `federation.weighting` = "
+            f"{f.weighting!r} makes one client's influence depend on its data; set "
+            "federation.weighting='uniform'"
+        )
+    if p.delta >= 1 / f.num_clients:
+        errors.append(
+            f"`privacy.delta` ({p.delta}) must be < 1 / `federation.num_clients` "
+            f"(1/{f.num_clients}) for client-level DP: a delta that large allows releasing one "
+            f"client's update outright; lower it, e.g. privacy.delta={0.1 / f.num_clients:.2g}"
+        )
     return errors
 
 

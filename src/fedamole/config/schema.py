@@ -247,6 +247,12 @@ class PrivacyConfig(Section):
     delta: float = Field(1e-5, gt=0, lt=1)
     noise_multiplier: float | None = Field(None, gt=0)
     clip: float = Field(1.0, gt=0)  # public L2 bound on one example's contribution
+    # Client-level DP for model updates (docs/privacy.md#client-level-dp-for-model-updates):
+    # each client's update clipped to update_clip, Gaussian noise on every server mean.
+    updates: Literal["none", "gaussian"] = "none"
+    update_epsilon: float | None = Field(None, gt=0)
+    update_noise_multiplier: float | None = Field(None, gt=0)
+    update_clip: float = Field(1.0, gt=0)
 
 
 _Beta = Annotated[float, Field(ge=0, lt=1)]  # torch's Adam refuses a beta outside [0, 1)

@@ -65,13 +65,16 @@ def summarize_run(run_dir: Path) -> RunResult:
 
 
 def _last_epsilon(records: list) -> dict[str, dict[int, float]]:
-    """Each ``privacy/epsilon_...`` metric's latest value per client."""
+    """Each ``privacy/epsilon_...`` metric's latest value per client; the server's
+    ``dp/epsilon_updates_max`` (the largest over the clients) as client ``-1``."""
     out: dict[str, dict[int, float]] = {}
     names = {r["metric"] for r in records if r["split"] == "privacy"}
     for name in sorted(n for n in names if n.startswith("epsilon_")):
-        for rnd, clients in sorted(fold(records, "privacy", name).items()):
+        for _, clients in sorted(fold(records, "privacy", name).items()):
             for client, value in clients.items():
                 out.setdefault(name.removeprefix("epsilon_"), {})[client] = value
+    for _, clients in sorted(fold(records, "server", "dp/epsilon_updates_max").items()):
+        out.setdefault("updates", {}).update(clients)
     return out
 
 
