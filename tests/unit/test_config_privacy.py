@@ -55,3 +55,53 @@ def test_impossible_combinations_are_named(repo, overrides, message):
     with pytest.raises(ConfigError) as raised:
         load(repo / "configs" / "smoke.toml", overrides)
     assert message in str(raised.value)
+
+
+_UPDATES = ["privacy.updates=gaussian", "privacy.update_epsilon=1", "privacy.delta=0.01"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["privacy.updates=gaussian", "privacy.delta=0.01"], "needs `privacy.update_epsilon`"),
+        (
+            [*_UPDATES, "privacy.update_noise_multiplier=1"],
+            "are both set",
+        ),
+        (["privacy.update_epsilon=1"], "set privacy.updates='gaussian'"),
+        (
+            [*_UPDATES, "federation.algorithm=local"],
+            "is not implemented for `federation.algorithm` = 'local'",
+        ),
+        (
+            [*_UPDATES, "federation.weighting=examples"],
+            "needs unweighted means",
+        ),
+        (
+            ["privacy.updates=gaussian", "privacy.update_epsilon=1", "privacy.delta=0.5"],
+            "`privacy.delta` (0.5) must be < 1 / `federation.num_clients` (1/3)",
+        ),
+    ],
+)
+def test_impossible_update_dp_combinations_are_named(repo, overrides, message):
+    with pytest.raises(ConfigError) as raised:
+        load(repo / "configs" / "smoke.toml", overrides)
+    assert message in str(raised.value)
+
+
+def test_update_dp_algorithms_average_through_the_hooked_code():
+    """Each listed algorithm averages through the code that applies privacy.updates: the
+    shared LoRA merge (not overridden) or FedAMoLE's bank; the others must be refused."""
+    from fedamole.algorithms import get_algorithm
+    from fedamole.algorithms.fedamole import FedAMoLE
+    from fedamole.algorithms.lora_strategy import LoRAStrategy
+    from fedamole.config.checks import UPDATE_DP_ALGORITHMS
+
+    for name in UPDATE_DP_ALGORITHMS:
+        cls = get_algorithm(name)
+        if cls is FedAMoLE:
+            continue
+        assert issubclass(cls, LoRAStrategy), name
+        assert cls.merge is LoRAStrategy.merge and cls.aggregate is LoRAStrategy.aggregate, name
+        assert cls.broadcast_init and cls.shared_parts, name  # it uploads something
+    assert get_algorithm("flexlora").merge is not LoRAStrategy.merge  # refused: own averaging
