@@ -54,3 +54,28 @@ def test_flower_meets_the_target_and_resumes_the_accountant(private, tmp_path):
     _serve(private, tmp_path / "r", FakeGrid(3, base=5000), resume=True, state_dir=state_dir)
     check_epsilon(tmp_path / "r", private)
     assert _rounded(tmp_path / "r") == _rounded(tmp_path / "embedded")
+
+
+def test_flower_with_both_mechanisms_resumes_like_the_embedded_engine(private, tmp_path):
+    """Statistics DP on the clients and update DP on the server, killed between releases."""
+    both = private.replace(
+        **{
+            "privacy.updates": "gaussian",
+            "privacy.update_epsilon": 4.0,
+            "privacy.update_clip": 0.5,
+            "privacy.delta": 0.01,
+        }
+    )
+    run_embedded(both, tmp_path / "embedded", progress=False)
+
+    def kill(rnd):
+        if rnd == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    state_dir = tmp_path / "r" / "checkpoints" / "clients"
+    with pytest.raises(KeyboardInterrupt):
+        _serve(both, tmp_path / "r", FakeGrid(3), state_dir=state_dir, on_round=kill)
+    _serve(both, tmp_path / "r", FakeGrid(3, base=5000), resume=True, state_dir=state_dir)
+    assert _rounded(tmp_path / "r") == _rounded(tmp_path / "embedded")
+    eps = [r for r in result_records(tmp_path / "r") if r["metric"] == "dp/epsilon_updates_max"]
+    assert len(eps) == 2 and 0 < eps[-1]["value"] <= 4.0
