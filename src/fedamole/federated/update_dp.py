@@ -26,6 +26,7 @@ treats the group sizes as public (the server knows the assignment).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -109,6 +110,7 @@ class UpdatePrivacy:
             "dp/noise_std_max": self.std(min(group_sizes)) if group_sizes else 0.0,
             "dp/noise_std_min": self.std(max(group_sizes)) if group_sizes else 0.0,
             "dp/clipped_updates": sum(n > self.clip_norm for n in norms) / max(len(norms), 1),
+            "dp/update_norm_median": float(statistics.median(norms)) if norms else 0.0,
         }
 
     def epsilon(self, client: int) -> float:
