@@ -116,7 +116,7 @@ bench-quality-rounds: install
 	$(BIN)/fedamole report runs/sweeps/cpu_quality_rounds --round best > $(QUALITY)/rounds5/table.md
 	$(BIN)/fedamole plot rounds runs/sweeps/cpu_quality_rounds --out $(QUALITY)/rounds5
 
-# The collaboration benchmark: 8 clients in 4 pairs of conflicting families, 11 arms x 2 seeds on
+# The collaboration benchmark: 8 clients in 4 pairs of conflicting families, 13 arms x 2 seeds on
 # the embedded model; the tables (paired intervals against Local and against FedAMoLE), the
 # per-round figure and the RSEA diagnostics that docs/results/collaboration.md discusses. About
 # 20-30 minutes a run two at a time on 2 cores: the published 8 arms take about 2.6 hours for two

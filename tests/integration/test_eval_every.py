@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fedamole.analysis.plots import plot_rounds
 from fedamole.analysis.results import entries, load_runs
 from fedamole.cli import app
-from fedamole.engines.common import selection_split
+from fedamole.engines.best import selection_split
 from fedamole.engines.embedded import run_embedded
 from fedamole.engines.summary import summarize_run
 from fedamole.rundir import checkpoint_info, load_checkpoint, read_jsonl

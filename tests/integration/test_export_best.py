@@ -22,7 +22,7 @@ from fedamole.algorithms.virtual_tokens import VirtualTokenLM
 from fedamole.analysis.results import entries, load_runs
 from fedamole.cli import app
 from fedamole.data import load_federated_data
-from fedamole.engines import common
+from fedamole.engines import best, common
 from fedamole.engines.embedded import run_embedded
 from fedamole.evaluation import evaluate_examples
 from fedamole.export import MANIFEST, README, export_client, load_exported
@@ -168,7 +168,7 @@ def test_a_kill_before_the_promotion_is_repaired_on_resume(mole_run, tmp_path, m
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed between saving last and promoting it")
 
-    monkeypatch.setattr(common, "promote_checkpoint", killed)
+    monkeypatch.setattr(best, "promote_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         run_embedded(cfg, tmp_path / "r", progress=False)
     assert "best" not in checkpoint_rounds(tmp_path / "r" / "checkpoints")

@@ -178,10 +178,11 @@ def test_apps_on_an_in_process_grid_equal_the_embedded_engine(smoke, embedded_ru
     assert all(w["load_s"] > 0 for w in wire_log)  # ephemeral: every message loads the backbone
 
 
-@pytest.mark.parametrize("name", ["flexlora", "hetlora", "fedalt"])
+@pytest.mark.parametrize("name", ["flexlora", "hetlora", "fedalt", "fedlease", "pfedmoe"])
 def test_new_peers_on_the_grid_equal_the_embedded_engine(smoke, tmp_path, name):
-    """Clients of different (for HetLoRA, shrinking) ranks, each message its own shapes, and
-    FedALT, each client its own rest of world."""
+    """Clients of different (for HetLoRA, shrinking) ranks, each message its own shapes;
+    FedALT, each client its own rest of world; FedLEASE, a warm-up round with no download, then
+    the experts and each client's cluster router; pFedMoE, a local expert and gate per client."""
     cfg = smoke.replace(
         **{
             "federation.algorithm": name,

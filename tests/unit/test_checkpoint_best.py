@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from fedamole.engines.common import BestCheckpoint, selection_split
+from fedamole.engines.best import BestCheckpoint, selection_split
 from fedamole.rundir import (
     CheckpointError,
     JsonlLogger,

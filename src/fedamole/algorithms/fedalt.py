@@ -163,9 +163,12 @@ def rest_of_world(
 # ---------------------------------------------------------------------------------- the mixers
 
 
-def install_mixers(model: nn.Module) -> nn.Module:
+def install_mixers(
+    model: nn.Module, adapters: tuple[str, str] = (DEFAULT_ADAPTER, ROW_ADAPTER)
+) -> nn.Module:
     """Attach a zero-initialized float32 mixer (``d_in -> 2``, no bias) per ``LoraLayer`` and the
-    hooks that gate its ``default`` and ``row`` adapters per token (in place).
+    hooks that gate its two ``adapters`` per token (in place): ``g_1`` the first's, ``g_2`` the
+    second's (FedALT's ``default`` and ``row``; pFedMoE's shared and local experts).
 
     The mixers live in ``model.fedalt_mixers`` (an ``nn.ModuleDict`` keyed by the layer's name,
     dots written ``/``), outside the peft layers, so peft's adapter state never includes them.
@@ -181,7 +184,7 @@ def install_mixers(model: nn.Module) -> nn.Module:
         mixers[_key(name)] = mixer
         gates: dict[str, torch.Tensor] = {}
         layer.register_forward_pre_hook(_compute_gates(mixer, gates))
-        for slot, adapter in enumerate((DEFAULT_ADAPTER, ROW_ADAPTER)):
+        for slot, adapter in enumerate(adapters):
             layer.lora_B[adapter].register_forward_hook(_gate(gates, slot))
     model.add_module(MIXER, mixers)
     return model

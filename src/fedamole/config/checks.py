@@ -35,6 +35,7 @@ __all__ = [
     "data_errors",
     "eval_timing_errors",
     "federation_errors",
+    "fedlease_errors",
     "model_errors",
     "privacy_errors",
     "rank_errors",
@@ -145,6 +146,28 @@ def rank_errors(
         "`baselines.ranks.values`"
         for problem in assignment_errors(mole, as_fedamole)
     ]
+
+
+def fedlease_errors(baselines: BaselinesConfig, federation: FederationConfig) -> list[str]:
+    """FedLEASE's warm-up must end before the last round, and its largest cluster count must
+    leave a cluster with 2 clients (docs/algorithm.md#fedlease)."""
+    if federation.algorithm != "fedlease":
+        return []
+    f, errors = baselines.fedlease, []
+    if f.warmup_rounds >= federation.rounds:
+        errors.append(
+            f"`baselines.fedlease.warmup_rounds` ({f.warmup_rounds}) must be below "
+            f"`federation.rounds` ({federation.rounds}): the clients are clustered after the "
+            "warm-up and need a round with the cluster experts; lower the warm-up or add rounds"
+        )
+    if f.max_clusters is not None and f.max_clusters > federation.num_clients - 1:
+        errors.append(
+            f"`baselines.fedlease.max_clusters` ({f.max_clusters}) must be at most "
+            f"`federation.num_clients` - 1 ({federation.num_clients - 1}): the silhouette needs "
+            "a cluster of 2 clients; lower it, or leave it unset for min(N - 1, "
+            "mole.max_experts_per_client)"
+        )
+    return errors
 
 
 def eval_timing_errors(federation: FederationConfig, evaluation: EvalConfig) -> list[str]:

@@ -28,6 +28,7 @@ __all__ = [
     "EvalConfig",
     "FDLoRAConfig",
     "FedDPAConfig",
+    "FedLEASEConfig",
     "FederationConfig",
     "FlowerConfig",
     "HetLoRAConfig",
@@ -183,6 +184,13 @@ class HetLoRAConfig(Section):
     prune_gamma: float = Field(0.9, gt=0, le=1)
 
 
+class FedLEASEConfig(Section):
+    """``[baselines.fedlease]``: FedLEASE only (docs/algorithm.md#fedlease)."""
+
+    warmup_rounds: int = Field(1, ge=1)
+    max_clusters: int | None = Field(None, ge=2)
+
+
 class RanksConfig(Section):
     """``[baselines.ranks]``: each client's LoRA rank in the heterogeneous-rank baselines
     (FlexLoRA, HetLoRA; docs/algorithm.md#heterogeneous-ranks)."""
@@ -205,6 +213,7 @@ class BaselinesConfig(Section):
     fdlora: FDLoRAConfig = FDLoRAConfig()
     feddpa: FedDPAConfig = FedDPAConfig()
     hetlora: HetLoRAConfig = HetLoRAConfig()
+    fedlease: FedLEASEConfig = FedLEASEConfig()
     ranks: RanksConfig = RanksConfig()
 
 

@@ -14,8 +14,8 @@ both engines write the same run directory (``metrics.jsonl``, ``comm.jsonl``, ``
    :func:`~fedamole.rundir.open_hooks`), then for every round call the
    ``on_round`` callback (progress, or a test's simulated kill), :func:`play_round`, write the
    assignment and an atomic checkpoint (``checkpoints/last``, and ``checkpoints/best`` when the
-   round is the best so far, :class:`BestCheckpoint`); after the last round mark the run done
-   (``done.json``).
+   round is the best so far, :class:`~fedamole.engines.best.BestCheckpoint`); after the last
+   round mark the run done (``done.json``).
 3. :func:`play_round`: ``configure_round`` -> :meth:`Clients.run_round` -> log bytes and metrics per
    client (in client order) -> ``aggregate`` -> log rejections and ``server/round_seconds``.
 
@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
-from fedamole.algorithms.registry import algorithm_spec
 from fedamole.algorithms.runtime import set_threads
 from fedamole.config import Config
+from fedamole.engines.best import BestCheckpoint, checkpoint_or_none
 from fedamole.engines.resume import received_too_late, restore
 from fedamole.engines.summary import RunResult, format_summary, summarize_run
 from fedamole.federated.messages import (
@@ -52,19 +52,14 @@ from fedamole.rundir import (
     BEST,
     LAST,
     SERVER_CLIENT,
-    CheckpointError,
     JsonlLogger,
-    JsonlTail,
     RecordHook,
     RecordHooks,
     RunDir,
-    checkpoint_info,
     comm_record,
-    fold,
     metric_record,
     open_hooks,
     prediction_records,
-    promote_checkpoint,
     read_jsonl,
     save_checkpoint,
     setup_logging,
@@ -76,7 +71,6 @@ if TYPE_CHECKING:
     from fedamole.algorithms.base import Algorithm
 
 __all__ = [
-    "BestCheckpoint",
     "Clients",
     "InjectedFailure",
     "RoundCallback",
@@ -87,7 +81,6 @@ __all__ = [
     "open_run",
     "play_round",
     "run_federation",
-    "selection_split",
 ]
 
 log = logging.getLogger("fedamole")
@@ -243,82 +236,6 @@ def run_federation(
     return result
 
 
-def selection_split(cfg: Config) -> str:
-    """The evaluation split whose client-mean ``score`` picks ``checkpoints/best``.
-
-    The split of the run's main row in ``fedamole report`` (:func:`fedamole.analysis.results.
-    method_labels`): ``test`` (after local training) with ``eval.timing = "personalized"``,
-    ``test_global`` (the received global model) with ``"global"``; with ``"both"``, ``test_global``
-    for the algorithms whose product is the global model (FedIT, FedPrompt, FedPTuning, FFA-LoRA,
-    FDLoRA: the plain label, the other row is ``-FT``) and ``test`` for the others.
-    """
-    from fedamole.analysis.results import method_labels
-
-    splits = [split for _, split in method_labels(cfg.to_dict())]
-    if len(splits) == 1:
-        return splits[0]
-    return "test_global" if algorithm_spec(cfg.federation.algorithm).global_model else "test"
-
-
-class BestCheckpoint:
-    """Keeps ``checkpoints/best`` = the checkpoint of the round ``fedamole report --round best``
-    names: the maximum over rounds of the unweighted client mean of ``<split>/score``
-    (:func:`selection_split`; the earliest round on ties, as
-    :func:`fedamole.analysis.summaries.summarize_rounds`). Only rounds with scores compete: with
-    ``eval.every > 1`` an untested round is never promoted, and ``last`` holds a later tested
-    round when its scores complete (below), so the promotion happens then.
-
-    A round's mean is final once every client reported it: ``test`` scores of round ``r`` arrive
-    in round ``r``, ``test_global`` scores of round ``r`` (the global model after its aggregation)
-    in round ``r + 1``. :meth:`update` is called before and after each save of ``last``; whenever
-    the best complete round is the one ``last`` holds and ``best`` holds another, ``last`` is
-    copied to ``best`` (:func:`~fedamole.rundir.promote_checkpoint`, atomic). Everything is
-    derived from ``metrics.jsonl`` and the checkpoints on disk, so a resumed run (whose
-    ``metrics.jsonl`` was cut back to its checkpoint) keeps the same ``best`` as an uninterrupted
-    one; a kill between saving ``last`` and promoting it is repaired on resume.
-    """
-
-    def __init__(self, cfg: Config, run: RunDir):
-        self.split = selection_split(cfg)
-        self.folder = run.checkpoints
-        self._metrics = JsonlTail(run.metrics)  # read incrementally, as it grows
-        self._scores: dict[int, dict[int, float]] = {}  # round -> client -> score
-
-    def update(self, played: int) -> None:
-        """Promote ``last`` to ``best`` when it holds the best complete round, given that every
-        round up to ``played`` has run."""
-        complete = played if self.split == "test" else played - 1
-        fold(self._metrics.read(), self.split, "score", into=self._scores)
-        means = {
-            rnd: sum(v.values()) / len(v)
-            for rnd, v in self._scores.items()
-            if rnd <= complete and v
-        }
-        if not means:
-            return
-        from fedamole.analysis.summaries import summarize_rounds
-
-        rnd, value = summarize_rounds(means, "best")
-        last = _info(self.folder, LAST)
-        if last is None or last["round"] != rnd:
-            return
-        current = _info(self.folder, BEST)  # damaged: replaced by the round `last` holds
-        if current is not None and current["round"] == rnd:
-            return
-        selection = {"rule": "best", "round": rnd, "split": self.split, "metric": "score"}
-        promote_checkpoint(self.folder, {**selection, "value": value}, source=LAST, target=BEST)
-        log.info("checkpoints/best: round %d (%s/score %.4f)", rnd, self.split, value)
-
-
-def _info(folder: Path, name: str) -> dict[str, Any] | None:
-    """:func:`~fedamole.rundir.checkpoint_info`, ``None`` for a damaged checkpoint too (a
-    resume from ``best`` past a damaged ``last``, which the next save replaces)."""
-    try:
-        return checkpoint_info(folder, name)
-    except CheckpointError:
-        return None
-
-
 def play_round(rnd: int, cfg: Config, algo: Algorithm, clients: Clients, logs: RoundLogs) -> int:
     """One round: configure, reach the clients, log what came back, aggregate.
 
@@ -450,7 +367,7 @@ def _after_failure(run: RunDir) -> str:
         "`model.max_length` shorter than the prompts) needs a new run: fix it and start again "
         "with --overwrite"
     )
-    saved = _info(run.checkpoints, LAST) or _info(run.checkpoints, BEST)
+    saved = checkpoint_or_none(run.checkpoints, LAST) or checkpoint_or_none(run.checkpoints, BEST)
     if saved is None:
         return f"No round was saved: {config_cause}."
     return (

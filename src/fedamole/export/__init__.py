@@ -56,6 +56,12 @@ or ``"both"`` (``--round best``, or ``last`` after the evaluation-only round); F
 padding, as evaluated); peft's own forward places them before the padding, which gives the same
 result on an unpadded input.
 
+**FedALT** and **FedLEASE**: the same peft directory with more adapters and their gates: FedALT's
+rest-of-world adapter in ``row/`` and its mixers in ``fedalt_mixers.safetensors``; FedLEASE's
+cluster experts ``1..M-1`` in ``expert<k>/`` (expert 0 is the default adapter) and its routers in
+``fedlease_routers.safetensors``, the manifest's ``fedlease`` entry giving ``num_experts`` and the
+client's ``cluster``. :func:`load_exported` restores the gated model.
+
 FDLoRA exports the same way: the client's fused adapter ``w0 * global + w1 * private`` with the
 fusion weights it logged for the received model (``fusion/received_w0``, ``_w1``); its adapter
 after local training is not checkpointed.
@@ -75,14 +81,15 @@ unpack_modules(tensors))``; the result is a ``transformers`` causal LM whose wra
 hold the client's experts (``model(input_ids).logits``, ``model.generate(...)``).
 
 The manifest ``fedamole_export.json``: ``format`` ("fedamole-export"), ``version`` (1), ``kind``
-("peft", "feddpa", "prompt" or "mole"), ``algorithm``, ``client``, ``round`` (of the checkpoint),
-``checkpoint`` ("last" or "best"), ``model`` ("trained": the client's model after that round's
-local training, "received": the model it received from the server, see above), ``selection`` (for
-``best``: the split, score and rule that chose it), ``base_model`` (the backbone to load: the run's
-``model.name``, a local folder made absolute), ``model_name`` (``model.name`` as configured),
-``model_seed`` (the run seed: it fixes the weights of ``tiny:*`` test models), ``dtype``,
-``max_length``, and for MoLE ``mole`` (the ``[mole]`` config) and ``expert_ids`` (module -> the
-global ids of the client's experts), for FDLoRA ``fdlora`` (the fusion weights).
+("peft", "feddpa", "fedalt", "fedlease", "prompt" or "mole"), ``algorithm``, ``client``, ``round``
+(of the checkpoint), ``checkpoint`` ("last" or "best"), ``model`` ("trained": the client's model
+after that round's local training, "received": the model it received from the server, see above),
+``selection`` (for ``best``: the split, score and rule that chose it), ``base_model`` (the backbone
+to load: the run's ``model.name``, a local folder made absolute), ``model_name`` (``model.name`` as
+configured), ``model_seed`` (the run seed: it fixes the weights of ``tiny:*`` test models),
+``dtype``, ``max_length``, and for MoLE ``mole`` (the ``[mole]`` config) and ``expert_ids`` (module
+-> the global ids of the client's experts), for FDLoRA ``fdlora`` (the fusion weights), for FedLEASE
+``fedlease`` (``num_experts``, ``cluster``).
 
 :func:`generate` loads any kind and greedily answers one instruction wrapped in the Alpaca
 template (docs/algorithm.md#prompt-templates), as the evaluation decodes.

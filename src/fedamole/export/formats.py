@@ -10,9 +10,11 @@ __all__ = [
     "FEDALT_MIXERS",
     "FEDAMOLE_PREFIXES",
     "FEDDPA_DIRECTION",
+    "FEDLEASE_ROUTERS",
     "FORMAT",
     "MANIFEST",
     "MOLE_STATE",
+    "PFEDMOE_GATES",
     "README",
     "VERSION",
     "export_kind",
@@ -22,7 +24,9 @@ __all__ = [
 MANIFEST = "fedamole_export.json"
 FEDDPA_DIRECTION = "feddpa_direction.safetensors"
 FEDALT_MIXERS = "fedalt_mixers.safetensors"
+FEDLEASE_ROUTERS = "fedlease_routers.safetensors"
 MOLE_STATE = "mole_state.safetensors"
+PFEDMOE_GATES = "pfedmoe_gates.safetensors"
 README = "README.md"
 FORMAT, VERSION = "fedamole-export", 1
 # fedamole's own backbones: no hub id, only fedamole.models loads them.

@@ -17,7 +17,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedamole.algorithms.fedalt import ROW_ADAPTER, install_mixers, set_mixer_state
 from fedamole.algorithms.feddpa import LOCAL_ADAPTER, mix_weights, mixture
+from fedamole.algorithms.fedlease_router import (
+    expert_adapter,
+    install_routers,
+    set_router_state,
+)
 from fedamole.algorithms.lora_common import DEFAULT_ADAPTER, adapter_scales
+from fedamole.algorithms.pfedmoe import LOCAL_EXPERT
 from fedamole.algorithms.virtual_tokens import VirtualTokenLM
 from fedamole.config import MoLEConfig
 from fedamole.data.prompts import alpaca_prompt
@@ -26,9 +32,11 @@ from fedamole.evaluation import generate_responses
 from fedamole.export.formats import (
     FEDALT_MIXERS,
     FEDDPA_DIRECTION,
+    FEDLEASE_ROUTERS,
     FORMAT,
     MANIFEST,
     MOLE_STATE,
+    PFEDMOE_GATES,
     VERSION,
 )
 from fedamole.export.source import quiet_peft
@@ -53,6 +61,9 @@ def load_exported(
     - **FedDPA**: both adapters active at full scale: mix them per prompt as :func:`generate` does.
     - **FedALT**: the individual and the rest-of-world adapters with the client's mixers, gating
       them per token as in training.
+    - **pFedMoE**: the shared and the local experts with the client's gates, as in training.
+    - **FedLEASE**: the client's M cluster experts with its routers (adaptive top-M per token, as
+      in training); exported in the warm-up, its plain LoRA adapter.
     - **peft prompt** (FedPrompt, FedPTuning): a
       :class:`~fedamole.algorithms.virtual_tokens.VirtualTokenLM` (the virtual tokens placed after
       the left padding, as evaluated), with ``forward`` and ``generate`` of a causal LM.
@@ -99,7 +110,7 @@ def load_exported(
     model, tokenizer = _backbone(base, manifest, device)
     with _damaged(model_dir):
         if peft_dir:
-            model = _attach_peft(model, model_dir, kind=manifest.get("kind", "peft"))
+            model = _attach_peft(model, model_dir, manifest)
         else:
             inject_mole(model, mole, generator=torch.Generator())
             set_mole_state(model, unpack_modules(load_file(str(model_dir / MOLE_STATE))))
@@ -192,25 +203,50 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _attach_peft(model: PreTrainedModel, model_dir: Path, *, kind: str) -> PreTrainedModel:
+def _attach_peft(
+    model: PreTrainedModel, model_dir: Path, manifest: dict[str, Any]
+) -> PreTrainedModel:
     """The backbone with the directory's adapter(s) injected (no ``PeftModel`` wrapper; FedALT's
-    with its mixers), or a :class:`VirtualTokenLM` for a prompt-learning adapter."""
+    with its mixers, FedLEASE's with its routers), or a :class:`VirtualTokenLM` for a
+    prompt-learning adapter."""
+    kind = manifest.get("kind", "peft")
     with quiet_peft():
         peft_model = PeftModel.from_pretrained(model, model_dir)
     if peft_model.active_peft_config.is_prompt_learning:
         return VirtualTokenLM(peft_model)  # type: ignore[return-value]
-    second = {"feddpa": LOCAL_ADAPTER, "fedalt": ROW_ADAPTER}.get(kind)
+    if kind == "fedlease":
+        return _fedlease(peft_model, model_dir, manifest["fedlease"])
+    second = {"feddpa": LOCAL_ADAPTER, "fedalt": ROW_ADAPTER, "pfedmoe": LOCAL_EXPERT}.get(kind)
     if second is None:
         return peft_model.get_base_model()
     peft_model.load_adapter(model_dir / second, adapter_name=second)
     model = peft_model.get_base_model()
     set_adapter(model, [DEFAULT_ADAPTER, second])
-    if kind == "fedalt":
-        mixers = model_dir / FEDALT_MIXERS
+    gates = {"fedalt": (FEDALT_MIXERS, "FedALT"), "pfedmoe": (PFEDMOE_GATES, "pFedMoE")}
+    if kind in gates:
+        file, method = gates[kind]
+        mixers = model_dir / file
         if not mixers.is_file():
-            raise FileNotFoundError(f"{mixers} is missing: the FedALT export is incomplete")
-        install_mixers(model)
+            raise FileNotFoundError(f"{mixers} is missing: the {method} export is incomplete")
+        install_mixers(model, (DEFAULT_ADAPTER, second))
         set_mixer_state(model, load_file(str(mixers)))
+    return model
+
+
+def _fedlease(peft_model: PeftModel, model_dir: Path, info: dict[str, Any]) -> PreTrainedModel:
+    """FedLEASE's M experts, gated per token by the client's routers (none in the warm-up)."""
+    m, own = int(info["num_experts"]), int(info["cluster"])
+    names = [expert_adapter(k) for k in range(max(m, 1))]
+    for name in names[1:]:
+        peft_model.load_adapter(model_dir / name, adapter_name=name)
+    model = peft_model.get_base_model()
+    set_adapter(model, names)
+    if m:
+        routers = model_dir / FEDLEASE_ROUTERS
+        if not routers.is_file():
+            raise FileNotFoundError(f"{routers} is missing: the FedLEASE export is incomplete")
+        install_routers(model, m)
+        set_router_state(model, load_file(str(routers)), own)
     return model
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedamole.export.formats import FEDALT_MIXERS, FEDDPA_DIRECTION, MANIFEST
+from fedamole.export.formats import (
+    FEDALT_MIXERS,
+    FEDDPA_DIRECTION,
+    FEDLEASE_ROUTERS,
+    MANIFEST,
+    PFEDMOE_GATES,
+)
 from fedamole.rundir import BEST
 
 __all__ = ["readme"]
@@ -98,6 +104,20 @@ def readme(manifest: dict[str, Any]) -> str:
                 "That loads the individual adapter only, ungated; the rest-of-world adapter is in "
                 f"`row/` and `{FEDALT_MIXERS}` holds the per-token mixers that gate the two: "
                 "use `load_exported` for the model the client was tested as.",
+            ]
+        if kind == "pfedmoe":
+            lines += [
+                "",
+                "That loads the shared expert only, ungated; the local expert is in `local/` and "
+                f"`{PFEDMOE_GATES}` holds the per-token gates that mix the two: use "
+                "`load_exported` for the model the client was tested as.",
+            ]
+        if kind == "fedlease":
+            lines += [
+                "",
+                "That loads cluster expert 0 only, ungated; the other experts are in "
+                f"`expert<k>/` and `{FEDLEASE_ROUTERS}` holds the per-token routers that mix "
+                "them: use `load_exported` for the model the client was tested as.",
             ]
         if kind == "prompt":
             lines += [

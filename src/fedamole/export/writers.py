@@ -24,7 +24,13 @@ from fedamole.algorithms.lora_ranks import client_ranks, truncate
 from fedamole.algorithms.lora_strategy import state_key
 from fedamole.config import Config
 from fedamole.data import load_federated_data
-from fedamole.export.formats import FEDALT_MIXERS, FEDDPA_DIRECTION, MOLE_STATE
+from fedamole.export.formats import (
+    FEDALT_MIXERS,
+    FEDDPA_DIRECTION,
+    FEDLEASE_ROUTERS,
+    MOLE_STATE,
+    PFEDMOE_GATES,
+)
 from fedamole.export.source import Source, base_model, lora_client_state, quiet_peft
 from fedamole.federated.messages import pack_modules
 from fedamole.models import load_model_and_tokenizer
@@ -34,10 +40,12 @@ __all__ = [
     "write_fdlora",
     "write_fedalt",
     "write_feddpa",
+    "write_fedlease",
     "write_flexlora",
     "write_hetlora",
     "write_mole",
     "write_peft",
+    "write_pfedmoe",
     "write_prompt",
 ]
 
@@ -134,6 +142,52 @@ def write_fedalt(source: Source, out: Path) -> dict[str, Any]:
     mixers = {k: v.contiguous() for k, v in client_state["mixer"].items()}
     save_file(mixers, str(out / FEDALT_MIXERS))
     return {}
+
+
+def write_pfedmoe(source: Source, out: Path) -> dict[str, Any]:
+    """Both experts as one peft folder (the local one in ``local/``) and the gates
+    (:data:`~fedamole.export.formats.PFEDMOE_GATES`)."""
+    from fedamole.algorithms.pfedmoe import LOCAL_EXPERT
+
+    client_state = lora_client_state(source)
+    if "gate" not in client_state:
+        raise ValueError("the checkpoint's client state lacks the pFedMoE gates")
+    peft_model, _ = _two_adapters(source.cfg, client_state, LOCAL_EXPERT, "pFedMoE")
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    save_file(
+        {k: v.contiguous() for k, v in client_state["gate"].items()}, str(out / PFEDMOE_GATES)
+    )
+    return {}
+
+
+def write_fedlease(source: Source, out: Path) -> dict[str, Any]:
+    """The client's M cluster experts as one peft folder (expert k > 0 in ``expert<k>/``) and its
+    routers (:data:`~fedamole.export.formats.FEDLEASE_ROUTERS`); in the warm-up (no cluster yet)
+    its plain LoRA adapter alone."""
+    from fedamole.algorithms.fedlease_router import expert_adapter
+
+    cfg, client_state = source.cfg, lora_client_state(source)
+    m, own = int(client_state.get("num_experts", 0)), int(client_state.get("cluster", 0))
+    names = [expert_adapter(k) for k in range(max(m, 1))]
+    missing = [state_key(n) for n in names if state_key(n) not in client_state]
+    if missing or (m and "router" not in client_state):
+        raise ValueError(f"the checkpoint's client state lacks the FedLEASE experts {missing}")
+    model, _ = load_model_and_tokenizer(
+        cfg.model.name, dtype=cfg.model.dtype, device="cpu", seed=cfg.run.seed
+    )
+    with quiet_peft():
+        peft_model = get_peft_model(model, lora_config(cfg.baselines))
+    for name in names[1:]:
+        peft_model.add_adapter(name, lora_config(cfg.baselines))
+    for adapter_config in peft_model.peft_config.values():
+        adapter_config.base_model_name_or_path = base_model(cfg)
+    for name in names:
+        set_lora_state(peft_model.get_base_model(), client_state[state_key(name)], name)
+    peft_model.save_pretrained(str(out), save_embedding_layers=False)
+    if m:
+        routers = {k: v.contiguous() for k, v in client_state["router"].items()}
+        save_file(routers, str(out / FEDLEASE_ROUTERS))
+    return {"fedlease": {"num_experts": m, "cluster": own}}
 
 
 def _two_adapters(

@@ -43,12 +43,12 @@ from fedamole.export import export_kind, exportable_algorithms
 HAND_WRITTEN_ORDER = (
     "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning", "FedPTuning-FT",
     "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "FlexLoRA", "HetLoRA",
-    "FedALT", "Local",
+    "FedALT", "FedLEASE", "pFedMoE", "Local",
     "FedIT-clustered", "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo",
     "FedAMoLE-DP", "FedAMoLE-GDP", "FedAMoLE",
 )  # fmt: skip
 # What fedamole.export.load_exported can read back.
-LOADABLE_KINDS = {"peft", "feddpa", "fedalt", "prompt", "mole"}
+LOADABLE_KINDS = {"peft", "feddpa", "fedalt", "fedlease", "pfedmoe", "prompt", "mole"}
 
 
 def test_every_registration_names_its_class_and_its_writer():
@@ -136,7 +136,8 @@ def test_the_optional_hooks_have_defaults():
     for name in algorithm_names():
         cls = get_algorithm(name)
         overrides = cls.observe_partition is not RoundTemplate.observe_partition
-        assert cls.observes_partition == overrides == (name in {"fedamole", "fedit_clustered"})
+        observers = {"fedamole", "fedit_clustered", "fedlease"}  # fedlease: a diagnostic
+        assert cls.observes_partition == overrides == (name in observers)
 
 
 def test_the_behaviour_recording_covers_every_registered_algorithm(repo):

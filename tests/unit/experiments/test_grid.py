@@ -216,8 +216,8 @@ def test_shipped_grids_expand_and_validate(path, tmp_path):
 def test_main_grid_lists_seven_scenarios_by_every_method_by_three_seeds(repo, tmp_path):
     grid = load_grid(repo / "configs" / "sweeps" / "main.toml", out_dir=tmp_path)
     planned = plan(grid)
-    assert len(grid.axes["scenario"]) == 7 and len(grid.axes["method"]) == 12
-    assert len(planned) == 7 * 12 * 3
+    assert len(grid.axes["scenario"]) == 7 and len(grid.axes["method"]) == 14
+    assert len(planned) == 7 * 14 * 3
     assert {p.run.overrides["run.seed"] for p in planned} == {42, 62, 82}
     rows = set()
     for p in planned:
@@ -229,7 +229,7 @@ def test_main_grid_lists_seven_scenarios_by_every_method_by_three_seeds(repo, tm
     assert rows == {
         "FedAMoLE", "FedIT", "FedIT-FT", "FedPrompt", "FedPrompt-FT", "FedPTuning",
         "FedPTuning-FT", "FDLoRA", "FFA-LoRA", "FedSA-LoRA", "FedDPA", "FlexLoRA", "HetLoRA",
-        "FedALT", "Local",
+        "FedALT", "FedLEASE", "pFedMoE", "Local",
     }  # fmt: skip
     valid = [p for p in planned if p.config is not None]
     datasets = {(p.config.data.dataset, p.config.partition.kind, p.config.partition.alpha)
