@@ -22,6 +22,7 @@ from fedamole.analysis.figure_parts import (
     scenarios,
     style,
 )
+from fedamole.analysis.privacy_runs import mechanisms, run_epsilon
 from fedamole.analysis.results import (
     SCORE_LABEL,
     Entry,
@@ -32,35 +33,11 @@ from fedamole.analysis.results import (
     metric_name,
     score_definition,
 )
-from fedamole.rundir import SERVER_CLIENT, fold
 
-__all__ = ["mechanisms", "plot_privacy_epsilon", "run_epsilon"]
+__all__ = ["plot_privacy_epsilon"]
 
 # The settings that tell the arms of one algorithm apart here: not separate methods.
 _IGNORE = ("privacy", "federation.privacy", "federation.privacy_eta")
-
-
-def mechanisms(run: Run) -> str:
-    """``"statistics DP"``, ``"update DP"``, ``"statistics + update DP"`` or ``""``."""
-    stats = run.get("federation.privacy") == "gaussian"
-    updates = run.get("privacy.updates") == "gaussian"
-    return {
-        (True, False): "statistics DP",
-        (False, True): "update DP",
-        (True, True): "statistics + update DP",
-    }.get((stats, updates), "")
-
-
-def run_epsilon(run: Run) -> float | None:
-    """The largest epsilon a client reached at the end of ``run``; ``None`` without any."""
-    found = []
-    stats = fold(run.metrics, "privacy", "epsilon_stats")
-    if stats:
-        found.append(max(stats[max(stats)].values()))
-    updates = fold(run.metrics, "server", "dp/epsilon_updates_max")
-    if updates:
-        found.append(updates[max(updates)][SERVER_CLIENT])
-    return max(found) if found else None
 
 
 def plot_privacy_epsilon(runs: list[Run], mode: RoundMode) -> list[Drawing]:

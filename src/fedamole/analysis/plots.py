@@ -68,8 +68,9 @@ from fedamole.analysis.figure_parts import (
     versus,
     warn_constant,
 )
-from fedamole.analysis.figure_privacy import mechanisms, plot_privacy_epsilon
+from fedamole.analysis.figure_privacy import plot_privacy_epsilon
 from fedamole.analysis.figures_fedamole import plot_experts, plot_routing, plot_rsea
+from fedamole.analysis.privacy_runs import mechanisms
 from fedamole.analysis.results import (
     SCORE_LABEL,
     RoundMode,

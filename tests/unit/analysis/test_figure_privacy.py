@@ -9,7 +9,7 @@ import json
 import pytest
 
 import fedamole.analysis.plots as plots
-from fedamole.analysis.figure_privacy import mechanisms, run_epsilon
+from fedamole.analysis.privacy_runs import mechanisms, run_epsilon
 from fedamole.analysis.results import load_runs
 from fedamole.config import dump, load
 
@@ -113,3 +113,19 @@ def test_one_line_per_arm_at_the_reached_epsilons(sweep, tmp_path, monkeypatch):
     assert {label.removesuffix(" (no DP)") for label in dashed} >= {"FedAMoLE"}
     assert any(list(line.get_ydata()) == [70.0, 70.0] for line in dashed.values())
     assert ax.get_xscale() == "log"
+
+
+def test_the_report_has_an_epsilon_column_only_with_dp_runs(sweep, tmp_path):
+    from fedamole.analysis.report import build_report, format_csv, format_markdown
+
+    report = build_report([sweep], round_mode="last")
+    by_run = {key: cell.mean for key, cell in report.epsilon.items()}
+    assert sorted(by_run.values()) == pytest.approx(
+        sorted([0.99, 3.96, 0.999, 3.996, 0.95, 3.8, 0.99, 3.96])
+    )
+    text = format_markdown(report)
+    assert "| epsilon |" in text
+    assert format_csv(report).count("\nepsilon,") == len(by_run)
+    plain = tmp_path / "plain"
+    _run(plain, "off", score=0.6)
+    assert "epsilon" not in format_markdown(build_report([plain], round_mode="last"))
