@@ -57,7 +57,7 @@ def test_target_epsilon_is_met(private_run, private):
     path, result = private_run
     check_epsilon(path, private)
     assert set(result.epsilon["stats"]) == {0, 1, 2}
-    assert "privacy (stats): epsilon per client at the end" in format_summary(result)
+    assert "privacy (stats): epsilon at the end, per client: " in format_summary(result)
 
 
 def test_kill_and_resume_restore_the_accountant_exactly(private_run, private, tmp_path):

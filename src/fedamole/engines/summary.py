@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedamole.rundir import RunDir, fold, read_jsonl
+from fedamole.rundir import SERVER_CLIENT, RunDir, fold, read_jsonl
 
 __all__ = ["RunResult", "format_summary", "summarize_run"]
 
@@ -122,10 +122,9 @@ def format_summary(result: RunResult) -> str:
             lines.append(f"  client {client:>3}: {mean:4.1f} ({min(counts)}-{max(counts)})")
     for what, per_client in sorted(result.epsilon.items()):
         values = list(per_client.values())
-        lines.append(
-            f"privacy ({what}): epsilon per client at the end {min(values):.3f}-{max(values):.3f} "
-            f"(docs/privacy.md)"
-        )
+        spread = f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+        which = "the largest of any client" if SERVER_CLIENT in per_client else "per client"
+        lines.append(f"privacy ({what}): epsilon at the end, {which}: {spread} (docs/privacy.md)")
     lines.append(
         f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
     )
