@@ -20,6 +20,7 @@ round). A client that misses rounds releases less, so its epsilon stays below th
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -47,6 +48,8 @@ __all__ = [
     "stats_noise_multiplier",
     "update_privacy",
 ]
+
+log = logging.getLogger(__name__)
 
 STATE_KEY = "dp_stats"
 """Where a client keeps its statistics accountant (:meth:`Accountant.state_dict`): ``ctx.state``."""
@@ -103,6 +106,15 @@ def gaussian_stats(
     acc.step()
     ctx.state[STATE_KEY] = acc.state_dict()
     m = next(iter(rows.values())).token.shape[0]
+    if cfg.privacy.delta >= 1 / m and not ctx.cache.get("delta_warned"):
+        ctx.cache["delta_warned"] = True
+        log.warning(
+            "client %d: privacy.delta (%g) >= 1 / its %d embedding examples: a delta that large "
+            "allows releasing one example outright; lower privacy.delta (docs/privacy.md)",
+            ctx.client_id,
+            cfg.privacy.delta,
+            m,
+        )
     return stats, {
         "privacy/epsilon_stats": acc.epsilon,
         "privacy/noise_multiplier_stats": z,
