@@ -19,7 +19,7 @@ ifneq ($(wildcard $(DEV_DATA)/.),)
 export FEDAMOLE_DATA ?= $(DEV_DATA)
 endif
 
-.PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-step bench-quality bench-quality-rounds bench-rsea bench-collab clean
+.PHONY: install install-flower lock demo test fuzz lint format bench bench-round bench-step bench-quality bench-quality-rounds bench-rsea bench-collab bench-privacy clean
 
 install: $(STAMP)
 
@@ -135,6 +135,18 @@ bench-collab: install
 	$(BIN)/fedamole report $(CRUNS) --rsea --ours FedAMoLE > $(COLLAB)/rsea.md
 	$(BIN)/fedamole plot rounds $(CRUNS) --out $(COLLAB)
 	$(BIN)/fedamole plot rsea $(CRUNS) --out $(COLLAB)
+
+# What differential privacy costs (issue 30; docs/privacy.md#measured-cost): FedAMoLE with
+# statistics DP, update DP and both, FedIT with update DP, at epsilon 1, 4, 16 and without DP;
+# 14 runs of a shrunk demo, one seed. Writes the table and the score-against-epsilon figure.
+PRIVACY := docs/results/privacy
+PRUNS := runs/sweeps/privacy_dp
+bench-privacy: install
+	$(BIN)/fedamole sweep configs/sweeps/privacy_dp.toml --jobs 2
+	mkdir -p $(PRIVACY)
+	$(BIN)/fedamole report $(PRUNS) --round last > $(PRIVACY)/table.md
+	$(BIN)/fedamole report $(PRUNS) --round last --format csv > $(PRIVACY)/table.csv
+	$(BIN)/fedamole plot privacy $(PRUNS) --out $(PRIVACY)
 
 # The RSEA benchmark (issue 17): related clients (8 clients in 4 pairs), 10 arms x 3 seeds on the
 # embedded model, then its diagnostic arm at the paper's lr (2 arms x 3 seeds). Writes the tables

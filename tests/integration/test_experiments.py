@@ -244,7 +244,7 @@ def test_figures_are_byte_identical_when_redrawn(swept, tmp_path):
 
 
 def test_a_figure_without_its_runs_fails_clearly(swept, tmp_path):
-    with pytest.raises(ValueError, match="privacy = true"):
+    with pytest.raises(ValueError, match="privacy = 'paper'"):
         plot("privacy", [swept["main"][1]], tmp_path)
     result = runner.invoke(app, ["plot", "nope", str(swept["main"][1]), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown figure" in result.output

@@ -99,3 +99,17 @@ def test_the_embedded_engine_refuses_secagg(smoke, tmp_path):
     with pytest.raises(ConfigError, match="needs the Flower engine.*--engine flower"):
         run_embedded(cfg, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_update_dp_and_secagg_are_refused_together(smoke):
+    """Update DP clips each client's update on the server; SecAgg+ shows it only the mean."""
+    dp = {
+        "federation.algorithm": "fedit",
+        "privacy.updates": "gaussian",
+        "privacy.update_noise_multiplier": 1.0,
+        "privacy.delta": 1e-5,
+    }
+    message = _errors(smoke, **dp)
+    assert "`privacy.updates` = 'gaussian' with `flower.secagg` = 'secaggplus'" in message
+    assert "privacy.updates='none' or flower.secagg='none'" in message
+    assert smoke.replace(**dp).privacy.updates == "gaussian"  # either alone is accepted

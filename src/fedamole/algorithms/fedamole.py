@@ -10,8 +10,8 @@ last known RSEA embeddings. Each round:
 2. ``local_update`` (on the client): load, train (rounds >= 1), evaluate on the test split right
    after training (the personalized metric, in the rounds ``eval.every`` selects,
    docs/algorithm.md#evaluation-timing), compute mean
-   embeddings on the embedding split (rounds 1..R-1, RSEA only), optionally add privacy noise,
-   upload.
+   embeddings on the embedding split (rounds 1..R-1, RSEA only), optionally protect them
+   (``federation.privacy``: :mod:`fedamole.algorithms.fedamole_privacy`), upload.
 3. ``aggregate`` (rounds 1..R-1 only: nothing after the last round): per expert id, the mean over
    its holders; shared expert and token projection over all clients (docs/algorithm.md#aggregation);
    then RSEA (or the ablation policy) computes next round's assignment.
@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -74,12 +75,19 @@ from fedamole.algorithms.base import (
     RoundPlan,
     RoundSummary,
     RoundTemplate,
-    client_seed,
+    client_round,
     client_stream,
     evaluated_round,
     phase_progress,
     screen_updates,
     train_examples,
+)
+from fedamole.algorithms.fedamole_privacy import (
+    gaussian_stats,
+    paper_noise,
+    privacy_metrics,
+    private_fold,
+    update_privacy,
 )
 from fedamole.config import Config
 from fedamole.data.collate import collate, encode_train
@@ -95,11 +103,11 @@ from fedamole.federated.messages import (
     unpack_modules,
     unpack_stats,
 )
-from fedamole.federated.privacy import NormClipper, privatize
 from fedamole.mole import (
     ModuleState,
     balance_loss,
     embedding_stats,
+    example_embedding_stats,
     get_mole_state,
     inject_mole,
     mole_modules,
@@ -117,6 +125,7 @@ log = logging.getLogger(__name__)
 MIN_EMBEDDING_EXAMPLES = 8
 
 _STATE_KEY = "modules"  # where a client keeps its packed MoLE state in ``ctx.state``
+_PRIVACY_METRICS = "privacy_metrics"  # ``ctx.cache``: this round's release, for the reply
 
 
 def client_mole_state(state: Mapping[str, Any]) -> dict[str, ModuleState]:
@@ -158,6 +167,7 @@ class FedAMoLE(RoundTemplate):
         self.rng = np.random.default_rng([cfg.run.seed, 1])
         self.dirty = True
         self.missed: set[int] = set()  # clients that gave no reply last round: resend their experts
+        self.update_dp = update_privacy(cfg)  # privacy.updates = "gaussian", else None
 
     # ---------------------------------------------------------------------------------- server side
 
@@ -210,19 +220,21 @@ class FedAMoLE(RoundTemplate):
             return RoundSummary(rnd, tuple(accepted), rejected, info)
         if not rnd < self.cfg.federation.rounds:
             return RoundSummary(rnd, tuple(accepted), rejected)
-        bank = self._bank()
+        bank, dp = self._bank(), {}
         if accepted:
             modules = {c: unpack_modules(m.tensors) for c, m in accepted.items() if m.tensors}
-            weights = None
-            if self.cfg.federation.weighting == "examples":
-                weights = {c: float(accepted[c].config["num_examples"]) for c in modules}
-            bank.fold(modules, weights)
+            if self.update_dp is not None:  # unweighted: validation refuses "examples" here
+                dp = private_fold(self.update_dp, bank, modules, self._client_modules, rnd)
+            elif self.cfg.federation.weighting == "examples":
+                bank.fold(modules, {c: float(accepted[c].config["num_examples"]) for c in modules})
+            else:
+                bank.fold(modules, None)
             stats = {c: unpack_stats(m.tensors) for c, m in accepted.items()}
             bank.fold_embeddings(stats, self._assignment(), self.num_clients)
         previous = self._assignment()
         self.assignment, affinities = self._next_assignment()
         self.dirty = True
-        info = {"metrics": self._diagnostics(self.assignment, previous, affinities)}
+        info = {"metrics": {**self._diagnostics(self.assignment, previous, affinities), **dp}}
         return RoundSummary(rnd, tuple(accepted), rejected, info)
 
     def assignment_record(self) -> dict[str, Any]:
@@ -235,6 +247,7 @@ class FedAMoLE(RoundTemplate):
             "rng": _rng_state(self.rng),
             "dirty": self.dirty,
             "missed": sorted(self.missed),
+            **({"update_dp": self.update_dp.state_dict()} if self.update_dp else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -246,6 +259,8 @@ class FedAMoLE(RoundTemplate):
         self.rng.bit_generator.state = json_to_rng_state(state["rng"])
         self.dirty = bool(state["dirty"])
         self.missed = {int(c) for c in state.get("missed", [])}  # absent before it existed
+        if self.update_dp is not None:
+            self.update_dp.load_state_dict(state["update_dp"])
 
     # ---------------------------------------------------------------------------------- client side
 
@@ -297,14 +312,25 @@ class FedAMoLE(RoundTemplate):
             tensors.update(pack_stats(self._stats(ctx, job.rnd)))
         return tensors
 
+    def local_update(self, rnd: int, msg: ServerMessage, ctx: ClientContext) -> ClientMessage:
+        reply = client_round(self, rnd, msg, ctx)
+        if self.cfg.federation.privacy != "gaussian":
+            return reply
+        found = ctx.cache.pop(_PRIVACY_METRICS, None) or privacy_metrics(self.cfg, ctx)
+        return replace(reply, metrics={**reply.metrics, **found})
+
     def _stats(self, ctx: ClientContext, rnd: int) -> dict[str, Any]:
         stats = ctx.cache.pop("received_stats", None) or self._embedding_stats(ctx)
-        if not self.cfg.federation.privacy:
-            return stats
-        return self._privatize(ctx, rnd, stats)
+        privacy = self.cfg.federation.privacy
+        if privacy == "gaussian":  # per-example rows: clip, average, noise, account
+            stats, ctx.cache[_PRIVACY_METRICS] = gaussian_stats(self.cfg, ctx, rnd, stats)
+        elif privacy == "paper":
+            stats = paper_noise(self.cfg, ctx, rnd, stats)
+        return stats
 
     def _embedding_stats(self, ctx: ClientContext) -> dict[str, Any]:
-        """Mean token and expert embeddings of the model as it is now, on the embedding set."""
+        """Mean token and expert embeddings of the model as it is now, on the embedding set (one
+        row per example under the Gaussian mechanism, docs/privacy.md)."""
         encoded = [
             e
             for e in (
@@ -344,22 +370,9 @@ class FedAMoLE(RoundTemplate):
                     yield batch
                     advance(len(batch["input_ids"]))
 
-            return embedding_stats(ctx.model, counted(), token_weights=token_weights)
-
-    def _privatize(self, ctx: ClientContext, rnd: int, stats: dict[str, Any]) -> dict[str, Any]:
-        rng = np.random.default_rng(client_seed(self.cfg.run.seed + 2, rnd, ctx.client_id))
-        clipper = NormClipper()
-        if "clipper" in ctx.state:
-            clipper.load_state_dict(ctx.state["clipper"])
-        out = {}
-        for name, st in stats.items():
-            vec = torch.cat([st.token[None], st.experts]).double().numpy()  # (1+n, r)
-            clip = clipper.update(vec, key=name)
-            noisy = privatize(vec, eta=self.cfg.federation.privacy_eta, rng=rng, clip_norm=clip)
-            noisy_t = torch.from_numpy(noisy).to(st.token.dtype)
-            out[name] = type(st)(**{**st.__dict__, "token": noisy_t[0], "experts": noisy_t[1:]})
-        ctx.state["clipper"] = clipper.state_dict()
-        return out
+            per_example = self.cfg.federation.privacy == "gaussian"
+            compute = example_embedding_stats if per_example else embedding_stats
+            return compute(ctx.model, counted(), token_weights=token_weights)
 
     # ---------------------------------------------------------------------------------- helpers
 

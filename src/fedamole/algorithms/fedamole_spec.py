@@ -14,7 +14,9 @@ def ablation_flags(config: Mapping[str, Any]) -> str:
     """The label suffix of a run's ablations: ``-R`` static random assignment, ``-Rand`` random
     re-drawn each round, ``-Oracle``, ``+received``/``+received-stats``/``+retention`` (RSEA
     variants), ``-H`` linear router, ``-S`` no shared expert, ``-Homo`` homogeneous architecture,
-    ``-DP`` privacy noise; in that order."""
+    ``-DP`` the paper's privacy noise, ``-GDP`` the Gaussian mechanism on the statistics
+    (docs/privacy.md); in that order. ``federation.privacy = true`` in an old run's config is
+    ``"paper"``."""
     fed, mole = config.get("federation", {}), config.get("mole", {})
     flags = [
         ("-R", fed.get("assignment") == "static"),
@@ -26,7 +28,8 @@ def ablation_flags(config: Mapping[str, Any]) -> str:
         ("-H", mole.get("router") == "linear"),
         ("-S", mole.get("shared_expert") is False),
         ("-Homo", fed.get("homogeneous") is True),
-        ("-DP", fed.get("privacy") is True),
+        ("-DP", fed.get("privacy") in (True, "paper")),
+        ("-GDP", fed.get("privacy") == "gaussian"),
     ]
     return "".join(flag for flag, on in flags if on)
 
@@ -38,7 +41,7 @@ ALGORITHM = AlgorithmSpec(
     table_order=100,  # last: the method the tables compare against the baselines
     global_model=False,
     export=Export(kind="mole", writer="fedamole.export.writers:write_mole"),
-    ablations=("-R", "-Rand", "-H", "-S", "-Homo", "-DP"),
+    ablations=("-R", "-Rand", "-H", "-S", "-Homo", "-DP", "-GDP"),
     label_flags=ablation_flags,
     settings="mole",
     targets="mole.target_modules",

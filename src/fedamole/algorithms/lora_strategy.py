@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -73,6 +74,7 @@ from fedamole.algorithms.lora_common import (
 from fedamole.config import Config
 from fedamole.federated.aggregation import average_tensors, check_update, spec_of
 from fedamole.federated.messages import ClientMessage, ServerMessage
+from fedamole.federated.update_dp import UpdatePrivacy
 from fedamole.training import TrainResult, local_train
 
 __all__ = ["LoRAStrategy", "state_key", "train_adapter"]
@@ -103,6 +105,10 @@ class LoRAStrategy(RoundTemplate):
         self.initialized = False  # the initial broadcast has gone out
         self.dirty = False  # the shared parts changed since the last dispatch
         self.missed: set[int] = set()  # clients that gave no reply last round: resend everything
+        # privacy.updates = "gaussian": clip, noise, account (one upload per round 1..R)
+        self.update_dp: UpdatePrivacy | None = None
+        if cfg.privacy.updates == "gaussian":
+            self.update_dp = UpdatePrivacy(cfg, releases=cfg.federation.rounds)
 
     # ---------------------------------------------------------------------------------- server side
 
@@ -135,11 +141,31 @@ class LoRAStrategy(RoundTemplate):
             weighted=self.cfg.federation.weighting == "examples",
         )
         self.missed = set(range(self.num_clients)) - set(updates)
+        info: dict[str, Any] = {}
         if upload:
-            if accepted:
+            if accepted and self.update_dp is not None:
+                self._merge_private(rnd, accepted, self.update_dp)
+                info = {"metrics": dict(self.update_dp.round_info)}
+            elif accepted:
                 self.merge(accepted)
             self.dirty = True  # clients trained away from the global parts: always resend them
-        return RoundSummary(rnd, tuple(accepted), rejected)
+        return RoundSummary(rnd, tuple(accepted), rejected, info)
+
+    def _merge_private(
+        self, rnd: int, accepted: Mapping[int, ClientMessage], dp: UpdatePrivacy
+    ) -> None:
+        """:meth:`merge` under client-level DP (:mod:`fedamole.federated.update_dp`): each
+        update clipped against the global parts every client received, one group of all
+        accepted clients, noise ``z C / m`` on every averaged tensor."""
+        keys = sorted(next(iter(accepted.values())).tensors)
+        reference = {k: self.global_state[k] for k in keys}
+        clipped, norms = {}, []
+        for c in sorted(accepted):
+            tensors, norm = dp.clip(accepted[c].tensors, reference)
+            clipped[c], norms = replace(accepted[c], tensors=tensors), [*norms, norm]
+        averaged, gen, m = self._average(clipped), dp.generator(rnd), len(clipped)
+        self.global_state.update({k: dp.noise(averaged[k], m, gen) for k in keys})
+        dp.step(sorted(clipped), [m], norms)
 
     def assignment_record(self) -> None:
         return None
@@ -150,12 +176,15 @@ class LoRAStrategy(RoundTemplate):
             "initialized": self.initialized,
             "dirty": self.dirty,
             "missed": sorted(self.missed),
+            **({"update_dp": self.update_dp.state_dict()} if self.update_dp else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.global_state = dict(state["global"])
         self.initialized, self.dirty = bool(state["initialized"]), bool(state["dirty"])
         self.missed = {int(c) for c in state.get("missed", [])}  # absent before it existed
+        if self.update_dp is not None:
+            self.update_dp.load_state_dict(state["update_dp"])
 
     def _dispatch(self) -> dict[str, torch.Tensor]:
         if not self.broadcast_init:

@@ -18,7 +18,7 @@ round), then mean ± sample std over seeds.
 | ``sensitivity`` | metric vs learning rate, one line per k_c (Fig. 9a) | FedAMoLE, k_c × lr |
 | ``heatmap`` | metric over E × M_max (Fig. 9b, a heatmap instead of a 3-D surface) | FedAMoLE |
 | ``ablation`` | bars per method, a panel per scenario (Fig. 2 of v3) | any |
-| ``privacy`` | metric vs noise rate η, no-noise line dashed (Fig. 11) | FedAMoLE(-DP) |
+| ``privacy`` | metric vs epsilon per arm (docs/privacy.md); else vs η (Fig. 11) | DP runs |
 | ``experts`` | experts held per client per round, one figure per run (Fig. 8 bars) | FedAMoLE |
 | ``routing`` | per-batch routing vectors in 2-D, colour = client (Fig. 8 left) | FedAMoLE |
 | ``rsea`` | group purity (and chance), retention, affinity spread per round | FedAMoLE |
@@ -68,7 +68,9 @@ from fedamole.analysis.figure_parts import (
     versus,
     warn_constant,
 )
+from fedamole.analysis.figure_privacy import plot_privacy_epsilon
 from fedamole.analysis.figures_fedamole import plot_experts, plot_routing, plot_rsea
+from fedamole.analysis.privacy_runs import mechanisms
 from fedamole.analysis.results import (
     SCORE_LABEL,
     RoundMode,
@@ -250,10 +252,15 @@ def plot_ablation(runs: list[Run], mode: RoundMode) -> list[Drawing]:
 
 
 def plot_privacy(runs: list[Run], mode: RoundMode) -> list[Drawing]:
-    """Fig. 11: FedAMoLE-DP's score vs noise rate η (smaller = more noise); FedAMoLE dashed."""
+    """Score against epsilon when any run uses a Gaussian mechanism
+    (:func:`~fedamole.analysis.figure_privacy.plot_privacy_epsilon`); else Fig. 11:
+    FedAMoLE-DP's score vs noise rate η (smaller = more noise), FedAMoLE dashed."""
+    if any(mechanisms(run) for run in runs):
+        return plot_privacy_epsilon(runs, mode)
     items = fedamole_entries(runs, ("federation.privacy", "federation.privacy_eta"), dp=True)
-    private = [e for e in items if e.run.get("federation.privacy") is True]
-    need(private, "FedAMoLE runs with federation.privacy = true")
+    # true in the configs of runs from before privacy named a mechanism
+    private = [e for e in items if e.run.get("federation.privacy") in (True, "paper")]
+    need(private, "FedAMoLE runs with federation.privacy = 'paper'")
     for e in items:
         e.method = "FedAMoLE-DP"
     return versus(

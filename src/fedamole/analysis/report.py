@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from fedamole.analysis.paired import paired_intervals
+from fedamole.analysis.privacy_runs import run_epsilon
 from fedamole.analysis.report_tables import (
     Cell,
     Report,
@@ -82,7 +83,7 @@ def build_report(
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in items:
         groups.setdefault((e.method, e.scenario), []).append(e)
-    cells, clients, overhead, seeds, eval_loss = {}, {}, {}, {}, {}
+    cells, clients, overhead, seeds, eval_loss, epsilon = {}, {}, {}, {}, {}, {}
     for key, group in groups.items():
         picked = [(e.seed, v[1] * 100) for e in group if (v := e.value(round_mode)) is not None]
         cells[key] = Cell(*mean_std([value for _, value in picked]))
@@ -92,6 +93,8 @@ def build_report(
             eval_loss[key] = Cell(*mean_std(losses))
         clients[key] = _client_cells(group, round_mode)
         overhead[key] = _overhead(group)
+        if eps := [v for e in group if (v := run_epsilon(e.run)) is not None]:
+            epsilon[key] = Cell(*mean_std(eps))
     average = {
         m: sum(cells[m, s].mean for s in scenarios) / len(scenarios)
         for m in methods
@@ -115,6 +118,7 @@ def build_report(
         eval_loss,
     )
     report.gain = _gains(report)
+    report.epsilon = epsilon
     report.partial = {
         key for key, group in groups.items() if any(not e.run.finished for e in group)
     }
@@ -179,6 +183,8 @@ def format_csv(report: Report) -> str:
         for name, value in (("mean", d.mean), ("low", d.low), ("high", d.high)):
             row = [f"paired_{name}", scenario, method, "", value * 100, "", len(d.seeds)]
             out.writerow(row)
+    for (method, scenario), cell in sorted(report.epsilon.items()):
+        out.writerow(["epsilon", scenario, method, "", cell.mean, _blank(cell.std), cell.n])
     for (method, scenario), values in sorted(report.overhead.items()):
         names = ("up_mb_per_round", "down_mb_per_round", "s_per_round")
         for name, value in zip(names, values, strict=True):

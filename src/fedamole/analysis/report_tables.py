@@ -57,6 +57,8 @@ class Report:
     partial: set[tuple[str, str]] = field(default_factory=set)  # cells with unfinished runs
     skipped: dict[str, str] = field(default_factory=dict)  # run directory left out -> why
     round_zero: list[str] = field(default_factory=list)  # results taken at round 0
+    # (method, scenario) -> the largest epsilon a client reached, over seeds (docs/privacy.md)
+    epsilon: dict[tuple[str, str], Cell] = field(default_factory=dict)
 
     @property
     def n_max(self) -> int:
@@ -179,13 +181,20 @@ def _signed(value: float | None) -> str:
 
 
 def overhead_table(report: Report) -> list[str]:
+    """Bytes and seconds per client and round; with DP runs, an ``epsilon`` column: the largest a
+    client reached at the end of the run (mean ± std over seeds; docs/privacy.md)."""
     head = ["method", "scenario", "up MB/client/round", "down MB/client/round", "s/round"]
+    if report.epsilon:
+        head.append("epsilon")
     rows = []
     for m in report.methods:
         for s in report.scenarios:
             if (m, s) in report.overhead:
                 up, down, secs = report.overhead[m, s]
                 rows.append([m, s, _num(up, 3), _num(down, 3), _num(secs, 1)])
+                if report.epsilon:
+                    eps = report.epsilon.get((m, s))
+                    rows[-1].append("—" if eps is None else eps.text(report.n_max))
     return _markdown(head, rows)
 
 

@@ -24,10 +24,12 @@ from fedamole.config.schema import (
     ModelConfig,
     MoLEConfig,
     PartitionConfig,
+    PrivacyConfig,
     TrainConfig,
 )
 
 __all__ = [
+    "UPDATE_DP_ALGORITHMS",
     "AlgorithmName",
     "algorithm_errors",
     "assignment_errors",
@@ -36,8 +38,10 @@ __all__ = [
     "federation_errors",
     "fedlease_errors",
     "model_errors",
+    "privacy_errors",
     "rank_errors",
     "secagg_errors",
+    "secagg_privacy_errors",
     "secagg_shares",
     "target_errors",
     "train_errors",
@@ -217,6 +221,98 @@ def federation_errors(federation: FederationConfig) -> list[str]:
     return errors
 
 
+# The algorithms whose server averages uploaded weights through the shared hooks that apply
+# privacy.updates (tests/unit/test_config_privacy.py checks each one has the hook).
+UPDATE_DP_ALGORITHMS = ("fedamole", "feddpa", "fedit", "fedsa_lora", "ffa_lora")
+
+
+def privacy_errors(federation: FederationConfig, privacy: PrivacyConfig) -> list[str]:
+    """The Gaussian mechanism has exactly one of a target epsilon and a noise multiplier, and
+    ``[privacy]`` settings are not given to a run that uses none of them (docs/privacy.md)."""
+    f, p, errors = federation, privacy, []
+    both = p.epsilon is not None and p.noise_multiplier is not None
+    if f.privacy == "gaussian":
+        if both:
+            errors.append(
+                f"`privacy.epsilon` ({p.epsilon}) and `privacy.noise_multiplier` "
+                f"({p.noise_multiplier}) are both set: give the target epsilon (the noise is "
+                "solved for it) or the noise multiplier (epsilon is reported), not both"
+            )
+        elif p.epsilon is None and p.noise_multiplier is None:
+            errors.append(
+                "`federation.privacy` = 'gaussian' needs `privacy.epsilon` (a target, e.g. "
+                "privacy.epsilon=4) or `privacy.noise_multiplier` (e.g. 1.0)"
+            )
+        if f.algorithm != "fedamole":
+            errors.append(
+                f"`federation.privacy` = 'gaussian' protects FedAMoLE's RSEA statistics; "
+                f"`federation.algorithm` = {f.algorithm!r} uploads none: set "
+                "federation.privacy='none'"
+            )
+        elif f.assignment != "rsea":
+            errors.append(
+                f"`federation.privacy` = 'gaussian' protects the RSEA statistics, which "
+                f"`federation.assignment` = {f.assignment!r} never uploads: set "
+                "federation.assignment='rsea' or federation.privacy='none'"
+            )
+        if f.rounds < 2:
+            errors.append(
+                f"`federation.privacy` = 'gaussian' with `federation.rounds` ({f.rounds}): the "
+                "statistics are uploaded in rounds 1..R-1, so there is nothing to protect; set "
+                "federation.rounds >= 2 or federation.privacy='none'"
+            )
+    else:
+        for name in ("epsilon", "noise_multiplier"):
+            if getattr(p, name) is not None:
+                errors.append(
+                    f"`privacy.{name}` ({getattr(p, name)}) is set but `federation.privacy` = "
+                    f"{f.privacy!r} does not use it: set federation.privacy='gaussian' or "
+                    f"remove privacy.{name}"
+                )
+    return errors + _update_errors(f, p)
+
+
+def _update_errors(f: FederationConfig, p: PrivacyConfig) -> list[str]:
+    errors = []
+    if p.updates == "none":
+        for name in ("update_epsilon", "update_noise_multiplier"):
+            if getattr(p, name) is not None:
+                errors.append(
+                    f"`privacy.{name}` ({getattr(p, name)}) is set but `privacy.updates` = "
+                    f"'none': set privacy.updates='gaussian' or remove privacy.{name}"
+                )
+        return errors
+    if p.update_epsilon is not None and p.update_noise_multiplier is not None:
+        errors.append(
+            f"`privacy.update_epsilon` ({p.update_epsilon}) and `privacy.update_noise_multiplier` "
+            f"({p.update_noise_multiplier}) are both set: give one"
+        )
+    elif p.update_epsilon is None and p.update_noise_multiplier is None:
+        errors.append(
+            "`privacy.updates` = 'gaussian' needs `privacy.update_epsilon` (a target, e.g. 4) "
+            "or `privacy.update_noise_multiplier` (e.g. 1.0)"
+        )
+    if f.algorithm not in UPDATE_DP_ALGORITHMS:
+        errors.append(
+            f"`privacy.updates` = 'gaussian' is not implemented for `federation.algorithm` = "
+            f"{f.algorithm!r} (local training uploads nothing; the others average in their own "
+            f"way): use one of {list(UPDATE_DP_ALGORITHMS)} or privacy.updates='none'"
+        )
+    if f.weighting != "uniform":
+        errors.append(
+            f"`privacy.updates` = 'gaussian' needs unweighted means: `federation.weighting` = "
+            f"{f.weighting!r} makes one client's influence depend on its data; set "
+            "federation.weighting='uniform'"
+        )
+    if p.delta >= 1 / f.num_clients:
+        errors.append(
+            f"`privacy.delta` ({p.delta}) must be < 1 / `federation.num_clients` "
+            f"(1/{f.num_clients}) for client-level DP: a delta that large allows releasing one "
+            f"client's update outright; lower it, e.g. privacy.delta={0.1 / f.num_clients:.2g}"
+        )
+    return errors
+
+
 def model_errors(model: ModelConfig) -> list[str]:
     """A ``model.name`` is not blank, and one written as a path names an existing folder."""
     name = model.name
@@ -262,6 +358,19 @@ def secagg_shares(flower: FlowerConfig, num_clients: int) -> tuple[int, int]:
     shares = s.num_shares if s.num_shares is not None else num_clients
     threshold = s.reconstruction_threshold
     return shares, threshold if threshold is not None else shares // 2 + 1
+
+
+def secagg_privacy_errors(flower: FlowerConfig, privacy: PrivacyConfig) -> list[str]:
+    """Client-level DP on updates clips each client's update on the server, which SecAgg+ hides
+    from it: the two do not combine (docs/privacy.md)."""
+    if flower.secagg == "none" or privacy.updates == "none":
+        return []
+    return [
+        f"`privacy.updates` = {privacy.updates!r} with `flower.secagg` = {flower.secagg!r}: "
+        "update DP clips every client's update on the server, and SecAgg+ gives the server only "
+        "the mean, so the clipping that bounds one client's influence cannot happen; use one of "
+        "them (privacy.updates='none' or flower.secagg='none')"
+    ]
 
 
 def secagg_errors(flower: FlowerConfig, federation: FederationConfig) -> list[str]:

@@ -12,7 +12,14 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "TRACKING_FIELDS",
@@ -29,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "PTuningConfig",
     "PartitionConfig",
+    "PrivacyConfig",
     "RanksConfig",
     "RunConfig",
     "SecAggPlusConfig",
@@ -222,9 +230,39 @@ class FederationConfig(Section):
     assignment: Literal["rsea", "static", "random", "oracle"] = "rsea"
     homogeneous: bool = False
     weighting: Literal["uniform", "examples"] = "uniform"
-    privacy: bool = False
+    # What protects the uploaded RSEA statistics (docs/privacy.md): "none"; "paper", the
+    # reference's noise heuristic (no guarantee; privacy_eta); "gaussian", the Gaussian mechanism
+    # with per-example clipping and an accountant ([privacy]). Booleans of old configs keep their
+    # meaning: true -> "paper", false -> "none".
+    privacy: Literal["none", "paper", "gaussian"] = "none"
     privacy_eta: float = Field(100.0, gt=0)
     fail_clients: tuple[tuple[int, int], ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _privacy_bool(cls, data: Any) -> Any:
+        """``privacy = true/false`` (before it named a mechanism) -> ``"paper"``/``"none"``."""
+        if isinstance(data, dict) and isinstance(data.get("privacy"), bool):
+            data = {**data, "privacy": "paper" if data["privacy"] else "none"}
+        return data
+
+
+class PrivacyConfig(Section):
+    """The Gaussian mechanism on the RSEA statistics (``federation.privacy = "gaussian"``) and
+    its accounting (docs/privacy.md#the-gaussian-mechanism-on-the-statistics). Give either a
+    target ``epsilon`` (the noise multiplier is solved for it over the run's releases) or a
+    ``noise_multiplier`` (epsilon is reported), not both."""
+
+    epsilon: float | None = Field(None, gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    noise_multiplier: float | None = Field(None, gt=0)
+    clip: float = Field(1.0, gt=0)  # public L2 bound on one example's contribution
+    # Client-level DP for model updates (docs/privacy.md#client-level-dp-for-model-updates):
+    # each client's update clipped to update_clip, Gaussian noise on every server mean.
+    updates: Literal["none", "gaussian"] = "none"
+    update_epsilon: float | None = Field(None, gt=0)
+    update_noise_multiplier: float | None = Field(None, gt=0)
+    update_clip: float = Field(1.0, gt=0)
 
 
 _Beta = Annotated[float, Field(ge=0, lt=1)]  # torch's Adam refuses a beta outside [0, 1)

@@ -26,8 +26,10 @@ from fedamole.config.checks import (
     federation_errors,
     fedlease_errors,
     model_errors,
+    privacy_errors,
     rank_errors,
     secagg_errors,
+    secagg_privacy_errors,
     target_errors,
     train_errors,
 )
@@ -44,6 +46,7 @@ from fedamole.config.schema import (
     ModelConfig,
     MoLEConfig,
     PartitionConfig,
+    PrivacyConfig,
     PTuningConfig,
     RunConfig,
     Section,
@@ -61,6 +64,7 @@ class Config(Section):
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
     federation: FederationConfig = FederationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     baselines: BaselinesConfig = BaselinesConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -115,6 +119,8 @@ def feasibility_errors(cfg: Config) -> list[str]:
         *train_errors(cfg.train),
         *federation_errors(cfg.federation),
         *secagg_errors(cfg.flower, cfg.federation),
+        *privacy_errors(cfg.federation, cfg.privacy),
+        *secagg_privacy_errors(cfg.flower, cfg.privacy),
         *algorithm_errors(cfg.federation),
     ]
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedamole.rundir import RunDir, fold, read_jsonl
+from fedamole.rundir import SERVER_CLIENT, RunDir, fold, read_jsonl
 
 __all__ = ["RunResult", "format_summary", "summarize_run"]
 
@@ -29,6 +29,8 @@ class RunResult:
     bytes_down: int = 0
     failures: int = 0
     experts: dict[int, list[int]] = field(default_factory=dict)  # client -> experts held per module
+    # privacy/epsilon_<what> -> client -> its last logged epsilon (docs/privacy.md#accounting)
+    epsilon: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 def summarize_run(run_dir: Path) -> RunResult:
@@ -52,6 +54,7 @@ def summarize_run(run_dir: Path) -> RunResult:
     result = RunResult(run_dir, rounds[-1] if rounds else -1, bytes_up=up, bytes_down=down)
     if rounds:
         result.first, result.last = by_round[rounds[0]], by_round[rounds[-1]]
+    result.epsilon = _last_epsilon(records)
     assignments = run.read_assignments()
     if assignments:
         modules = assignments[max(assignments)]["modules"]
@@ -59,6 +62,20 @@ def summarize_run(run_dir: Path) -> RunResult:
             for client, ids in enumerate(per_client):
                 result.experts.setdefault(client, []).append(len(ids))
     return result
+
+
+def _last_epsilon(records: list) -> dict[str, dict[int, float]]:
+    """Each ``privacy/epsilon_...`` metric's latest value per client; the server's
+    ``dp/epsilon_updates_max`` (the largest over the clients) as client ``-1``."""
+    out: dict[str, dict[int, float]] = {}
+    names = {r["metric"] for r in records if r["split"] == "privacy"}
+    for name in sorted(n for n in names if n.startswith("epsilon_")):
+        for _, clients in sorted(fold(records, "privacy", name).items()):
+            for client, value in clients.items():
+                out.setdefault(name.removeprefix("epsilon_"), {})[client] = value
+    for _, clients in sorted(fold(records, "server", "dp/epsilon_updates_max").items()):
+        out.setdefault("updates", {}).update(clients)
+    return out
 
 
 def _add(
@@ -103,6 +120,11 @@ def format_summary(result: RunResult) -> str:
         for client, counts in sorted(result.experts.items()):
             mean = sum(counts) / len(counts)
             lines.append(f"  client {client:>3}: {mean:4.1f} ({min(counts)}-{max(counts)})")
+    for what, per_client in sorted(result.epsilon.items()):
+        values = list(per_client.values())
+        spread = f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+        which = "the largest of any client" if SERVER_CLIENT in per_client else "per client"
+        lines.append(f"privacy ({what}): epsilon at the end, {which}: {spread} (docs/privacy.md)")
     lines.append(
         f"communication: {result.bytes_down / 1e6:.2f} MB down, {result.bytes_up / 1e6:.2f} MB up"
     )

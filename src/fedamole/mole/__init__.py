@@ -20,17 +20,19 @@ from fedamole.mole.router import (
     route,
 )
 from fedamole.mole.state import ModuleState, get_mole_state, init_module_state, set_mole_state
-from fedamole.mole.stats import ModuleStats, embedding_stats
+from fedamole.mole.stats import ExampleStats, ModuleStats, embedding_stats, example_embedding_stats
 
 __all__ = [
     "ROUTERS",
     "BalanceLossCollector",
+    "ExampleStats",
     "MoLELinear",
     "ModuleState",
     "ModuleStats",
     "Routing",
     "balance_loss",
     "embedding_stats",
+    "example_embedding_stats",
     "expert_embedding_logits",
     "find_targets",
     "get_mole_state",

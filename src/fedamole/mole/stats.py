@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from fedamole.mole.layer import MoLELinear, mole_modules
 
-__all__ = ["ModuleStats", "embedding_stats"]
+__all__ = ["ExampleStats", "ModuleStats", "embedding_stats", "example_embedding_stats"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,77 @@ class ModuleStats:
     experts: Tensor
     expert_ids: Tensor
     num_tokens: int
+
+
+@dataclass(frozen=True)
+class ExampleStats:
+    """RSEA statistics of one module, one row per example (float64, CPU): each example's own
+    token-weighted mean input ``x_i`` projected, for the Gaussian mechanism, which bounds one
+    example's contribution (docs/privacy.md#the-gaussian-mechanism-on-the-statistics).
+
+    Attributes:
+        token: ``(m, r)`` per-example token embeddings ``W_tok x_i``.
+        experts: ``(m, n, r)`` per-example expert embeddings ``A_e x_i``.
+        expert_ids: ``(n,)`` global ids of the held experts.
+    """
+
+    token: Tensor
+    experts: Tensor
+    expert_ids: Tensor
+
+
+def example_embedding_stats(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, Tensor]],
+    *,
+    token_weights: Mapping[str, Tensor] | None = None,
+) -> dict[str, ExampleStats]:
+    """Like :func:`embedding_stats`, but one row per example instead of the mean.
+
+    Args:
+        model: a model with MoLE layers; its train/eval mode is restored afterwards.
+        batches: mappings with ``input_ids`` ``(B, S)`` and ``attention_mask`` ``(B, S)``.
+        token_weights: as for :func:`embedding_stats`.
+
+    Returns:
+        ``{module name: ExampleStats}``, sorted by name, rows in the order of the examples.
+
+    Raises:
+        ValueError: no MoLE layers, a batch without ``attention_mask``, or an example without a
+            (non-padding) token.
+    """
+    modules = mole_modules(model)
+    if not modules:
+        raise ValueError("the model has no MoLE layers: call inject_mole first")
+    device = next(iter(modules.values())).token_proj.weight.device
+    was_training = model.training
+    model.eval()
+    rows: dict[str, list[Tensor]] = {name: [] for name in modules}
+    try:
+        with torch.no_grad(), _record_inputs(modules) as recorder:
+            for batch in batches:
+                if "attention_mask" not in batch:
+                    raise ValueError("per-example statistics need batches with attention_mask")
+                mask = batch["attention_mask"].to(device)  # (B, S)
+                recorder.mask, recorder.per_example = mask, {}
+                model(
+                    input_ids=batch["input_ids"].to(device), attention_mask=mask, logits_to_keep=1
+                )
+                for name, means in recorder.per_example.items():
+                    rows[name].append(means)
+    finally:
+        model.train(was_training)
+    weights = token_weights or {}
+    out = {}
+    for name, module in modules.items():
+        x = torch.cat(rows[name]).to(module.token_proj.weight.device)  # (m, d_in) float64
+        w_tok = module.token_proj.weight if weights.get(name) is None else weights[name]
+        token = x @ w_tok.detach().to(x.device).double().T  # (m, d_in) @ (d_in, r) -> (m, r)
+        # (m, d_in) x (n, r, d_in) -> (m, n, r)
+        experts = torch.einsum("md,nrd->mnr", x, module.lora_A.detach().double())
+        ids = module.expert_ids.detach().cpu().clone()
+        out[name] = ExampleStats(token=token.cpu(), experts=experts.cpu(), expert_ids=ids)
+    return out
 
 
 def embedding_stats(
@@ -97,8 +168,13 @@ class _InputRecorder:
         self.mask: Tensor | None = None
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, float] = {}
+        # when a dict: each module's per-example mean inputs of the current batch, (B, d_in)
+        self.per_example: dict[str, Tensor] | None = None
 
     def add(self, name: str, x: Tensor) -> None:
+        if self.per_example is not None:
+            self._add_examples(name, x)
+            return
         x_flat = x.reshape(-1, x.shape[-1]).float()  # (T, d_in)
         if self.mask is None:
             weight = x_flat.new_ones(x_flat.shape[0])  # (T,)
@@ -112,6 +188,21 @@ class _InputRecorder:
         total = (weight @ x_flat).double()  # (T,) @ (T, d_in) -> (d_in,)
         self.sums[name] = self.sums.get(name, 0) + total
         self.counts[name] = self.counts.get(name, 0.0) + float(weight.sum())
+
+    def _add_examples(self, name: str, x: Tensor) -> None:
+        assert self.mask is not None  # set with per_example by example_embedding_stats
+        mask = self.mask.double()  # (B, S)
+        x3 = x.reshape(mask.shape[0], -1, x.shape[-1]).double()  # (B, S, d_in)
+        if x3.shape[1] != mask.shape[1]:
+            raise ValueError(
+                f"attention_mask has {mask.shape[1]} positions but module {name!r} received "
+                f"{x3.shape[1]} per example"
+            )
+        counts = mask.sum(dim=1)  # (B,)
+        if bool((counts <= 0).any()):
+            raise ValueError(f"module {name!r}: an example without a non-padding token")
+        sums = torch.einsum("bs,bsd->bd", mask, x3)  # (B, S) x (B, S, d_in) -> (B, d_in)
+        self.per_example[name] = sums / counts[:, None]  # type: ignore[index]
 
     def result(self, name: str) -> tuple[Tensor, float]:
         count = self.counts.get(name, 0.0)

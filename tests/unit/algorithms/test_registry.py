@@ -45,7 +45,7 @@ HAND_WRITTEN_ORDER = (
     "FDLoRA", "FDLoRA-FT", "FFA-LoRA", "FFA-LoRA-FT", "FedSA-LoRA", "FedDPA", "FlexLoRA", "HetLoRA",
     "FedALT", "FedLEASE", "pFedMoE", "Local",
     "FedIT-clustered", "FedAMoLE-R", "FedAMoLE-Rand", "FedAMoLE-H", "FedAMoLE-S", "FedAMoLE-Homo",
-    "FedAMoLE-DP", "FedAMoLE",
+    "FedAMoLE-DP", "FedAMoLE-GDP", "FedAMoLE",
 )  # fmt: skip
 # What fedamole.export.load_exported can read back.
 LOADABLE_KINDS = {"peft", "feddpa", "fedalt", "fedlease", "pfedmoe", "prompt", "mole"}

@@ -88,3 +88,28 @@ def test_embedding_stats_errors(model):
         embedding_stats(model, [])
     with pytest.raises(ValueError, match="no MoLE layers"):
         embedding_stats(tiny_causal_lm(), batches())
+
+
+def test_example_stats_are_each_examples_own_statistics(model):
+    """Per-example rows equal the mean statistics of that example alone, padding excluded."""
+    from fedamole.mole import example_embedding_stats
+
+    model.train()  # dropout 0.5: must be off while the rows are computed
+    rows = example_embedding_stats(model, batches())
+    assert model.training  # mode restored
+    model.eval()
+    singles = []
+    for batch in batches():
+        for i in range(batch["input_ids"].shape[0]):
+            keep = batch["attention_mask"][i].bool()
+            ids = batch["input_ids"][i][keep][None]  # (1, S_i) without its padding
+            singles.append(embedding_stats(model, [{"input_ids": ids}]))
+    for name, st in rows.items():
+        assert st.token.shape[0] == st.experts.shape[0] == len(singles) == 6
+        for i, single in enumerate(singles):
+            torch.testing.assert_close(
+                st.token[i].float(), single[name].token, rtol=1e-4, atol=1e-5
+            )
+            torch.testing.assert_close(
+                st.experts[i].float(), single[name].experts, rtol=1e-4, atol=1e-5
+            )
