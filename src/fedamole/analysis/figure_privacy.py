@@ -97,4 +97,5 @@ def plot_privacy_epsilon(runs: list[Run], mode: RoundMode) -> list[Drawing]:
 
 
 def _arm(e: Entry) -> str:
-    return f"{e.method.removesuffix('-GDP')} ({mechanisms(e.run)})"
+    method = e.method.replace("-GDP", "").replace("-UDP", "")  # the mechanism is in brackets
+    return f"{method} ({mechanisms(e.run)})"

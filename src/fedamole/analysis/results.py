@@ -11,7 +11,8 @@ before that metric existed have no time per round).
   ``X-FT``, after aggregation (``test_global``) plain ``X``; a run with ``eval.timing = "both"``
   gives both. FedAMoLE ablations append flags: ``-R`` static random assignment, ``-Rand`` random
   re-drawn each round, ``-H`` linear router, ``-S`` no shared expert, ``-Homo`` homogeneous
-  architecture, ``-DP`` privacy noise.
+  architecture, ``-DP`` privacy noise, ``-GDP`` the Gaussian mechanism on the statistics. Any
+  algorithm with client-level DP on its updates (``privacy.updates``) gets ``-UDP``.
 - **Scenario label** from ``data.dataset`` and ``partition``: ``SNLI α=0.1``, ``NI task``.
 - When runs with one label differ in other settings (a sensitivity sweep), the label gets the
   differing fields appended, e.g. ``FedAMoLE [lr=0.0001]``, so different configs never pool.
@@ -124,6 +125,8 @@ def method_labels(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     label = algo if spec is None else spec.label
     if spec is not None and spec.label_flags is not None:
         label += spec.label_flags(config)
+    if config.get("privacy", {}).get("updates", "none") != "none":
+        label += "-UDP"  # client-level DP on the model updates (docs/privacy.md)
     timing = config.get("eval", {}).get("timing", "personalized")
     global_model = spec is not None and spec.global_model
     out = []

@@ -42,6 +42,13 @@ def _cfg(algorithm="fedamole", timing="personalized", **sections):
         (_cfg(mole__router="linear"), [("FedAMoLE-H", "test")]),
         (_cfg(mole__shared_expert=False), [("FedAMoLE-S", "test")]),
         (_cfg(federation__privacy=True), [("FedAMoLE-DP", "test")]),
+        (_cfg(federation__privacy="gaussian"), [("FedAMoLE-GDP", "test")]),
+        (_cfg(privacy__updates="gaussian"), [("FedAMoLE-UDP", "test")]),
+        (
+            _cfg("fedit", "both", privacy__updates="gaussian"),
+            [("FedIT-UDP-FT", "test"), ("FedIT-UDP", "test_global")],
+        ),
+        (_cfg(privacy__updates="none"), [("FedAMoLE", "test")]),
         (_cfg("brand_new"), [("brand_new", "test")]),
     ],
 )
