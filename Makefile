@@ -146,7 +146,7 @@ bench-privacy: install
 	mkdir -p $(PRIVACY)
 	$(BIN)/fedamole report $(PRUNS) --round last > $(PRIVACY)/table.md
 	$(BIN)/fedamole report $(PRUNS) --round last --format csv > $(PRIVACY)/table.csv
-	$(BIN)/fedamole plot privacy $(PRUNS) --out $(PRIVACY)
+	$(BIN)/fedamole plot privacy $(PRUNS) --round last --out $(PRIVACY)
 
 # The RSEA benchmark (issue 17): related clients (8 clients in 4 pairs), 10 arms x 3 seeds on the
 # embedded model, then its diagnostic arm at the paper's lr (2 arms x 3 seeds). Writes the tables
