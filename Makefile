@@ -119,10 +119,10 @@ bench-quality-rounds: install
 # The collaboration benchmark: 8 clients in 4 pairs of conflicting families, 13 arms x 2 seeds on
 # the embedded model; the tables (paired intervals against Local and against FedAMoLE), the
 # per-round figure and the RSEA diagnostics that docs/results/collaboration.md discusses. About
-# 20-30 minutes a run two at a time on 2 cores: the published 8 arms take about 2.6 hours for two
-# seeds on a quiet machine, the 11 about 3.7 (docs/results/collaboration.md#cost). COLLAB_ONLY
-# selects runs, e.g.
-#   make bench-collab COLLAB_ONLY="--only seed=seed62"        (one seed, about 1.8 hours)
+# 20-30 minutes a run two at a time on 2 cores on a quiet machine: the 8 FedAMoLE/FedIT arms take
+# about 2.6 hours for two seeds, all 13 about 4.5 (docs/results/collaboration.md#cost).
+# COLLAB_ONLY selects runs, e.g.
+#   make bench-collab COLLAB_ONLY="--only seed=seed62"        (one seed, about 2.3 hours)
 COLLAB := docs/results/collaboration
 CRUNS := runs/sweeps/collab
 COLLAB_ONLY :=
