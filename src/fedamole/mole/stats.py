@@ -81,27 +81,7 @@ def example_embedding_stats(
         ValueError: no MoLE layers, a batch without ``attention_mask``, or an example without a
             (non-padding) token.
     """
-    modules = mole_modules(model)
-    if not modules:
-        raise ValueError("the model has no MoLE layers: call inject_mole first")
-    device = next(iter(modules.values())).token_proj.weight.device
-    was_training = model.training
-    model.eval()
-    rows: dict[str, list[Tensor]] = {name: [] for name in modules}
-    try:
-        with torch.no_grad(), _record_inputs(modules) as recorder:
-            for batch in batches:
-                if "attention_mask" not in batch:
-                    raise ValueError("per-example statistics need batches with attention_mask")
-                mask = batch["attention_mask"].to(device)  # (B, S)
-                recorder.mask, recorder.per_example = mask, {}
-                model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=mask, logits_to_keep=1
-                )
-                for name, means in recorder.per_example.items():
-                    rows[name].append(means)
-    finally:
-        model.train(was_training)
+    modules, _, rows = _record_forward(model, batches, per_example=True)
     weights = token_weights or {}
     out = {}
     for name, module in modules.items():
@@ -136,29 +116,51 @@ def embedding_stats(
     Raises:
         ValueError: no MoLE layers, or no (non-padding) token was seen.
     """
+    modules, recorder, _ = _record_forward(model, batches, per_example=False)
+    weights = token_weights or {}
+    return {
+        name: _stats(module, *recorder.result(name), weights.get(name))
+        for name, module in modules.items()
+    }
+
+
+def _record_forward(
+    model: nn.Module, batches: Iterable[Mapping[str, Tensor]], *, per_example: bool
+) -> tuple[dict[str, MoLELinear], _InputRecorder, dict[str, list[Tensor]]]:
+    """One no-grad eval forward per batch with every MoLE module's input recorded: the modules,
+    the recorder (token-weighted sums) and, with ``per_example``, each module's per-example mean
+    inputs batch by batch. The model's train/eval mode is restored afterwards.
+
+    Raises:
+        ValueError: no MoLE layers, or (``per_example``) a batch without ``attention_mask``.
+    """
     modules = mole_modules(model)
     if not modules:
         raise ValueError("the model has no MoLE layers: call inject_mole first")
     device = next(iter(modules.values())).token_proj.weight.device
     was_training = model.training
     model.eval()
+    rows: dict[str, list[Tensor]] = {name: [] for name in modules}
     try:
         with torch.no_grad(), _record_inputs(modules) as recorder:
             for batch in batches:
+                if per_example and "attention_mask" not in batch:
+                    raise ValueError("per-example statistics need batches with attention_mask")
                 mask = batch.get("attention_mask")
-                mask = None if mask is None else mask.to(device)
-                recorder.mask = mask
+                recorder.mask = None if mask is None else mask.to(device)
+                if per_example:
+                    recorder.per_example = {}
                 # Only the layer inputs matter: logits for one column skip most of the lm head.
                 model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=mask, logits_to_keep=1
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=recorder.mask,
+                    logits_to_keep=1,
                 )
+                for name, means in (recorder.per_example or {}).items():
+                    rows[name].append(means)
     finally:
         model.train(was_training)
-    weights = token_weights or {}
-    return {
-        name: _stats(module, *recorder.result(name), weights.get(name))
-        for name, module in modules.items()
-    }
+    return modules, recorder, rows
 
 
 class _InputRecorder:
