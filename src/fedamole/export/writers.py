@@ -134,14 +134,7 @@ def write_fedalt(source: Source, out: Path) -> dict[str, Any]:
     (:data:`~fedamole.export.formats.FEDALT_MIXERS`)."""
     from fedamole.algorithms.fedalt import ROW_ADAPTER
 
-    client_state = lora_client_state(source)
-    if "mixer" not in client_state:
-        raise ValueError("the checkpoint's client state lacks the FedALT mixers")
-    peft_model, _ = _two_adapters(source.cfg, client_state, ROW_ADAPTER, "FedALT")
-    peft_model.save_pretrained(str(out), save_embedding_layers=False)
-    mixers = {k: v.contiguous() for k, v in client_state["mixer"].items()}
-    save_file(mixers, str(out / FEDALT_MIXERS))
-    return {}
+    return _write_gated_pair(source, out, ROW_ADAPTER, "mixer", FEDALT_MIXERS, "FedALT", "mixers")
 
 
 def write_pfedmoe(source: Source, out: Path) -> dict[str, Any]:
@@ -149,14 +142,20 @@ def write_pfedmoe(source: Source, out: Path) -> dict[str, Any]:
     (:data:`~fedamole.export.formats.PFEDMOE_GATES`)."""
     from fedamole.algorithms.pfedmoe import LOCAL_EXPERT
 
+    return _write_gated_pair(source, out, LOCAL_EXPERT, "gate", PFEDMOE_GATES, "pFedMoE", "gates")
+
+
+def _write_gated_pair(
+    source: Source, out: Path, second: str, key: str, filename: str, label: str, what: str
+) -> dict[str, Any]:
+    """Two adapters as one peft folder (``second`` in its own subfolder) and the per-token mixing
+    weights of client state ``key`` in ``filename`` (FedALT's mixers, pFedMoE's gates)."""
     client_state = lora_client_state(source)
-    if "gate" not in client_state:
-        raise ValueError("the checkpoint's client state lacks the pFedMoE gates")
-    peft_model, _ = _two_adapters(source.cfg, client_state, LOCAL_EXPERT, "pFedMoE")
+    if key not in client_state:
+        raise ValueError(f"the checkpoint's client state lacks the {label} {what}")
+    peft_model, _ = _two_adapters(source.cfg, client_state, second, label)
     peft_model.save_pretrained(str(out), save_embedding_layers=False)
-    save_file(
-        {k: v.contiguous() for k, v in client_state["gate"].items()}, str(out / PFEDMOE_GATES)
-    )
+    save_file({k: v.contiguous() for k, v in client_state[key].items()}, str(out / filename))
     return {}
 
 
